@@ -1,0 +1,50 @@
+"""Content digests: ``<algorithm>:<hex>`` (SPEC.md General 3). A leaf module."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+# algorithm -> (hex length, hashlib constructor name)
+ALGORITHMS = {"sha256": 64, "sha512": 128}
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+class DigestError(ValueError):
+    """The string is not a digest this registry accepts (DIGEST_INVALID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @classmethod
+    def parse(cls, value: str) -> Digest:
+        """Parse and validate; raise DigestError for anything not sha256/sha512 lowercase hex."""
+        m = _DIGEST_RE.fullmatch(value)
+        if m is None:
+            raise DigestError(f"invalid digest format: {value[:150]!r}")
+        algorithm, hexpart = m.group(1), m.group(2)
+        length = ALGORITHMS.get(algorithm)
+        if length is None:
+            raise DigestError(f"unsupported digest algorithm: {algorithm[:32]!r}")
+        if len(hexpart) != length or not all(c in "0123456789abcdef" for c in hexpart):
+            raise DigestError(f"invalid {algorithm} digest: {value[:150]!r}")
+        return cls(algorithm, hexpart)
+
+    def hasher(self) -> "hashlib._Hash":
+        return hashlib.new(self.algorithm)
+
+
+def sha256_of(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+def of_bytes(algorithm: str, data: bytes) -> Digest:
+    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())

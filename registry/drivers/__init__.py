@@ -1,0 +1,1 @@
+"""Storage drivers: keys and bytes only (DESIGN.md, Layers). No driver knows what a manifest is."""

@@ -1,0 +1,143 @@
+"""The narrow async driver seam every backend implements (DESIGN.md, Layers).
+
+Paths are absolute, slash-separated keys such as ``/docker/registry/v2/blobs/...``;
+a driver maps them under its own root (a directory, or ``rootdirectory`` in a bucket).
+Paths are built only by ``registry.storage.paths`` and are validated there; drivers still
+refuse anything that is not a clean absolute path (:func:`check_path`).
+
+Errors: drivers raise only the :class:`DriverError` subclasses below; the storage layer
+translates them at its boundary. Every call may be cancelled; a cancelled ``write``
+leaves the writer in a state where ``cancel()`` or ``close()`` still works.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import AsyncContextManager, AsyncIterator, Protocol, runtime_checkable
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises."""
+
+
+class PathNotFound(DriverError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidPath(DriverError):
+    pass
+
+
+class InvalidOffset(DriverError):
+    def __init__(self, path: str, offset: int) -> None:
+        super().__init__(f"invalid offset {offset} for {path}")
+        self.path = path
+        self.offset = offset
+
+
+class Unavailable(DriverError):
+    """The backend cannot be reached or refuses us (credentials, bucket, 5xx after retries)."""
+
+
+class DriverTimeout(Unavailable):
+    """A backend call ran past its deadline."""
+
+
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a clean absolute key (no ``..``, no empty parts), else raise."""
+    if not _PATH_RE.match(path) or "/../" in path + "/" or "/./" in path + "/":
+        raise InvalidPath(f"invalid path: {path[:200]!r}")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    mtime: float  # seconds since the epoch
+    is_dir: bool
+
+
+@runtime_checkable
+class FileWriter(Protocol):
+    """An append-only writer for one path (an upload's data).
+
+    ``size`` counts every byte written, including those from earlier writers of the same
+    path (``append=True``). Content is visible at ``path`` (for ``reader``/``stat``) only
+    after ``commit()``, except that a later ``writer(path, append=True)`` continues it.
+    ``close()`` persists what was written so another process can append later;
+    ``cancel()`` removes everything. ``commit``/``cancel``/``close`` are idempotent once done.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """The driver interface (about ten calls)."""
+
+    name: str
+
+    async def get_content(self, path: str) -> bytes:
+        """Whole (small) object. Raises PathNotFound."""
+        ...
+
+    async def put_content(self, path: str, content: bytes) -> None:
+        """Atomically replace the object at path (readers see old or new, never partial)."""
+        ...
+
+    def reader(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncContextManager[AsyncIterator[bytes]]:
+        """Stream bytes [offset, offset+length) in large chunks.
+
+        Entering raises PathNotFound, or InvalidOffset if offset > size.
+        """
+        ...
+
+    async def writer(self, path: str, append: bool = False) -> FileWriter:
+        """A writer for path. With append=False any earlier uncommitted content is dropped."""
+        ...
+
+    async def stat(self, path: str) -> FileInfo:
+        """Raises PathNotFound. A path that is a prefix of other keys is a directory."""
+        ...
+
+    async def list(self, path: str) -> list[str]:
+        """Immediate children (full paths, sorted) of a directory. Raises PathNotFound."""
+        ...
+
+    async def move(self, src: str, dst: str) -> None:
+        """Move an object, replacing dst. Raises PathNotFound if src is missing."""
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Delete an object or a whole directory tree. Raises PathNotFound if nothing is there."""
+        ...
+
+    def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        """Every object (files only) under path, recursively, in sorted order."""
+        ...
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        """A URL the client may fetch the object from directly, or None (serve through us)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections/threads. Idempotent."""
+        ...
