@@ -66,21 +66,18 @@ class FileInfo:
 
 @runtime_checkable
 class FileWriter(Protocol):
-    """An append-only writer for one path (an upload's data).
+    """An append-only writer for one path (an upload's data), see ``Driver.writer``.
 
-    ``size`` counts every byte written, including those from earlier writers of the same
-    path (``append=True``). Content is visible at ``path`` (for ``reader``/``stat``) only
-    after ``commit()``, except that a later ``writer(path, append=True)`` continues it.
-    ``close()`` persists what was written so another process can append later;
-    ``cancel()`` removes everything. ``commit``/``cancel``/``close`` are idempotent once done.
+    ``size`` counts every byte accepted by ``write``, including those from earlier writers
+    of the same path (``append=True``). ``commit()`` makes the whole content readable at
+    path; ``cancel()`` removes everything (and aborts backend state such as a multipart
+    upload). After either, the writer refuses further writes. Both are idempotent.
     """
 
     @property
     def size(self) -> int: ...
 
     async def write(self, data: bytes) -> None: ...
-
-    async def close(self) -> None: ...
 
     async def commit(self) -> None: ...
 
@@ -110,8 +107,18 @@ class Driver(Protocol):
         """
         ...
 
-    async def writer(self, path: str, append: bool = False) -> FileWriter:
-        """A writer for path. With append=False any earlier uncommitted content is dropped."""
+    def writer(self, path: str, append: bool = False) -> AsyncContextManager[FileWriter]:
+        """Open an append-only writer for path (used for upload data only).
+
+        With append=False any earlier uncommitted content at path is dropped first.
+        Leaving the context without commit()/cancel() closes the writer: what was written
+        is persisted (shielded, bounded cleanup, also on cancellation or error) so that a
+        later ``writer(path, append=True)`` -- in this process or another -- continues at
+        ``size``. ``stat(path)`` reports the persisted size of such an in-progress writer.
+        ``reader(path)`` is only guaranteed after ``commit()``.
+        A driver may run work in the background (parallel part uploads) inside this
+        context; it owns those tasks and finishes or cancels them before exiting.
+        """
         ...
 
     async def stat(self, path: str) -> FileInfo:
