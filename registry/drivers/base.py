@@ -7,7 +7,7 @@ refuse anything that is not a clean absolute path (:func:`check_path`).
 
 Errors: drivers raise only the :class:`DriverError` subclasses below; the storage layer
 translates them at its boundary. Every call may be cancelled; a cancelled ``write``
-leaves the writer in a state where ``cancel()`` or ``close()`` still works.
+leaves the writer in a state where ``cancel()`` or leaving its context still works.
 """
 
 from __future__ import annotations
