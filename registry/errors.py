@@ -90,3 +90,10 @@ class RegistryError(Exception):
                 for c, m, d in self.entries
             ]
         }
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Collapse exception groups holding a single exception (trio nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

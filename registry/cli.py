@@ -1,0 +1,72 @@
+"""The ``registry`` command: ``serve [CONFIG]``, ``garbage-collect CONFIG``, ``--version``.
+
+The only place that reads ``os.environ`` (DESIGN.md, Configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+
+log = logging.getLogger("registry")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="registry",
+        description="An OCI Distribution (Docker Registry v2) server, drop-in for registry:3.",
+    )
+    p.add_argument("--version", action="version", version=f"registry {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("serve", help="serve the registry API")
+    s.add_argument("config", nargs="?", help="YAML configuration file (default: built-in)")
+    g = sub.add_parser("garbage-collect", help="delete blobs no manifest references")
+    g.add_argument("config", help="YAML configuration file")
+    g.add_argument("--dry-run", "-d", action="store_true", help="print what would be deleted")
+    g.add_argument(
+        "--delete-untagged", "-m", action="store_true", help="delete manifests no tag points at"
+    )
+    g.add_argument("--quiet", "-q", action="store_true", help="only print the summary")
+    return p
+
+
+def _load(path: str | None):  # type: ignore[no-untyped-def]
+    if path is None:
+        path = os.environ.get("REGISTRY_CONFIGURATION_PATH") or None
+    try:
+        config, warnings = load_config(path, os.environ)
+    except ConfigError as e:
+        print(f"registry: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return config, warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    config, warnings = _load(args.config)
+    from . import logs
+
+    logs.setup(config.log.level, config.log.formatter, config.log.fields)
+    for w in warnings:
+        log.warning("configuration: %s", w)
+    if args.command == "serve":
+        from .server import run
+
+        try:
+            return run(config)
+        except OSError as e:
+            print(f"registry: cannot listen on {config.http.addr}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    if args.command == "garbage-collect":
+        from .gc_cli import run_gc
+
+        return run_gc(config, dry_run=args.dry_run, delete_untagged=args.delete_untagged, quiet=args.quiet)
+    return 2

@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, headers, status codes, the JSON error envelope."""

@@ -1,0 +1,175 @@
+"""Build the app from a Config and serve it with hypercorn's trio worker.
+
+One process per worker (``http.workers``; 0 = one per CPU, at most 2): the parent binds
+the listening socket once, forks the workers, forwards SIGTERM/SIGINT to them and restarts
+one that dies. Each worker builds its own driver and app, so nothing is shared but storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from .config import Config
+from .drivers import make_driver
+from .http.app import AppOptions, RegistryApp
+from .storage.store import Storage
+
+log = logging.getLogger("registry")
+
+MAX_AUTO_WORKERS = 2  # the deployment budget is small; more workers cost memory
+
+
+def build_app(config: Config) -> RegistryApp:
+    s = config.storage
+    driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
+    storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit)
+    headers = tuple(
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, values in config.http.headers.items()
+        for v in values
+    )
+    chunk_min = None
+    if s.driver == "s3":
+        chunk_min = int(s.params.get("chunksize") or 10 * 1024 * 1024)
+    options = AppOptions(
+        host=config.http.host,
+        relative_urls=config.http.relativeurls,
+        delete_enabled=s.delete_enabled,
+        readonly=s.readonly,
+        extra_headers=headers,
+        chunk_min_length=chunk_min,
+        access_log=not config.log.accesslog_disabled,
+    )
+    return RegistryApp(storage, options)
+
+
+def bind_address(addr: str) -> str:
+    host, _, port = addr.rpartition(":")
+    if not host:
+        host = "0.0.0.0"
+    return f"{host}:{port or 5000}"
+
+
+def hypercorn_config(config: Config) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = [bind_address(config.http.addr)]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 75  # docker keeps connections open between layer uploads
+    hc.read_timeout = 120  # seconds a client may stall mid-request before we drop it
+    hc.graceful_timeout = config.http.draintimeout or 10.0
+    hc.h11_max_incomplete_size = 64 * 1024  # header block limit
+    hc.include_server_header = False
+    hc.include_date_header = True
+    if config.http.tls_certificate and config.http.tls_key:
+        hc.certfile = config.http.tls_certificate
+        hc.keyfile = config.http.tls_key
+    return hc
+
+
+def worker_count(config: Config) -> int:
+    if config.http.workers > 0:
+        return config.http.workers
+    return max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
+
+
+async def _shutdown_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve_worker(config: Config, hc: HyperConfig, sockets: Any) -> None:
+    app = build_app(config)
+    await worker_serve(
+        wrap_app(app, hc.wsgi_max_body_size, "asgi"),
+        hc,
+        sockets=sockets,
+        shutdown_trigger=_shutdown_on_signal,
+    )
+
+
+def run(config: Config) -> int:
+    hc = hypercorn_config(config)
+    sockets = hc.create_sockets()
+    for sock in sockets.secure_sockets + sockets.insecure_sockets:
+        sock.listen(hc.backlog)
+    bound = [s.getsockname() for s in sockets.secure_sockets + sockets.insecure_sockets]
+    scheme = "https" if sockets.secure_sockets else "http"
+    n = worker_count(config)
+    for host, port, *_ in bound:
+        log.info("registry listening on %s://%s:%d (%d worker%s)", scheme, host, port, n, "s" * (n > 1))
+    if n == 1:
+        trio.run(partial(serve_worker, config, hc, sockets))
+        return 0
+    return _supervise(n, partial(serve_worker, config, hc, sockets))
+
+
+def _supervise(n: int, target: Any) -> int:
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                trio.run(target)
+            except BaseException:  # noqa: BLE001
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(n):
+        spawn(slot)
+    last_restart = 0.0
+    failures = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None or stopping:
+            continue
+        log.error("worker %d exited with status %d; restarting", pid, status)
+        if time.monotonic() - last_restart < 5:
+            failures += 1
+            if failures > 5:  # workers die at start: give up instead of spinning
+                log.error("workers keep crashing; stopping")
+                forward(signal.SIGTERM, None)
+                continue
+            time.sleep(1)
+        else:
+            failures = 0
+        last_restart = time.monotonic()
+        spawn(slot)
+    return 0

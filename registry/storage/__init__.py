@@ -1,0 +1,1 @@
+"""The OCI layer: blobs, uploads, manifests, tags, referrers and the key layout."""

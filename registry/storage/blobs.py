@@ -1,0 +1,82 @@
+"""Blobs: content-addressed bytes under ``blobs/`` plus per-repository links (SPEC Pull 5-6)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from ..digest import Digest, DigestError
+from ..drivers.base import Driver, InvalidOffset, PathNotFound
+from ..errors import ErrorCode, RegistryError
+from . import paths
+
+
+def link_content(d: Digest) -> bytes:
+    return str(d).encode()
+
+
+def parse_link(content: bytes) -> Digest | None:
+    try:
+        return Digest.parse(content.decode("ascii").strip())
+    except (UnicodeDecodeError, DigestError):
+        return None
+
+
+class BlobStore:
+    """Blob existence, linking and reading. Owns nothing but the driver reference."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    async def size(self, d: Digest) -> int | None:
+        """Size of the global blob, or None if absent."""
+        try:
+            info = await self.driver.stat(paths.blob_data(d))
+        except PathNotFound:
+            return None
+        return None if info.is_dir else info.size
+
+    async def is_linked(self, name: str, d: Digest) -> bool:
+        """Is the blob linked into repo ``name`` (as a layer or as a manifest revision)?"""
+        for link in (paths.layer_link(name, d), paths.revision_link(name, d)):
+            try:
+                content = await self.driver.get_content(link)
+            except PathNotFound:
+                continue
+            if parse_link(content) == d:
+                return True
+        return False
+
+    async def stat_in_repo(self, name: str, d: Digest) -> int:
+        """Size of blob ``d`` as seen from repo ``name``; BLOB_UNKNOWN if not linked or gone."""
+        if not await self.is_linked(name, d):
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)})
+        size = await self.size(d)
+        if size is None:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)})
+        return size
+
+    async def link(self, name: str, d: Digest) -> None:
+        await self.driver.put_content(paths.layer_link(name, d), link_content(d))
+
+    async def unlink(self, name: str, d: Digest) -> None:
+        """Remove the repo's layer link; BLOB_UNKNOWN if it was not there."""
+        try:
+            await self.driver.delete(paths.layer_link(name, d).rsplit("/", 1)[0])
+        except PathNotFound:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)}) from None
+
+    @asynccontextmanager
+    async def open(
+        self, d: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        try:
+            async with self.driver.reader(paths.blob_data(d), offset, length) as chunks:
+                yield chunks
+        except PathNotFound:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)}) from None
+        except InvalidOffset:
+            raise RegistryError(ErrorCode.RANGE_INVALID) from None
+
+    async def redirect_url(self, d: Digest, method: str) -> str | None:
+        return await self.driver.redirect_url(paths.blob_data(d), method)

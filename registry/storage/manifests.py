@@ -1,0 +1,180 @@
+"""Manifest parsing and validation: pure, no I/O (SPEC.md Push 17-21).
+
+``parse_manifest`` checks a pushed manifest's bytes against its Content-Type and returns
+what storage needs: the media type to serve it with, the blobs and child manifests it
+references (which must exist in the repository), and its ``subject``/``artifactType`` for
+the referrers API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..digest import Digest, DigestError
+from ..errors import ErrorCode, RegistryError
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+SCHEMA1_TYPES = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # SPEC Push 20, the reference's limit too
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+    platform: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    media_type: str
+    blobs: tuple[Descriptor, ...]  # config + layers: must be linked blobs in the repo
+    manifests: tuple[Descriptor, ...]  # index children: must be manifests in the repo
+    subject: Descriptor | None
+    artifact_type: str | None
+    annotations: dict[str, str] | None = field(default=None)
+
+    @property
+    def references(self) -> tuple[Descriptor, ...]:
+        return self.blobs + self.manifests
+
+
+def _invalid(message: str, detail: Any = None) -> RegistryError:
+    return RegistryError(ErrorCode.MANIFEST_INVALID, message, detail)
+
+
+def _descriptor(obj: Any, where: str, *, urls_ok: bool = True) -> Descriptor:
+    if not isinstance(obj, dict):
+        raise _invalid(f"{where}: descriptor must be an object")
+    mt = obj.get("mediaType")
+    if not isinstance(mt, str) or not mt:
+        raise _invalid(f"{where}: mediaType must be a non-empty string")
+    raw = obj.get("digest")
+    if not isinstance(raw, str):
+        raise _invalid(f"{where}: digest must be a string")
+    try:
+        d = Digest.parse(raw)
+    except DigestError as e:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, f"{where}: {e}") from None
+    size = obj.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where}: size must be a non-negative integer")
+    at = obj.get("artifactType")
+    if at is not None and not isinstance(at, str):
+        raise _invalid(f"{where}: artifactType must be a string")
+    ann = obj.get("annotations")
+    if ann is not None and (
+        not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values())
+    ):
+        raise _invalid(f"{where}: annotations must map strings to strings")
+    platform = obj.get("platform")
+    if platform is not None and not isinstance(platform, dict):
+        raise _invalid(f"{where}: platform must be an object")
+    return Descriptor(mt, d, size, at, ann, platform)
+
+
+def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
+    """Validate ``body`` pushed with ``content_type``.
+
+    Raises RegistryError: MANIFEST_INVALID for unsupported types (incl. schema1), invalid
+    JSON, a body ``mediaType`` contradicting the Content-Type, or malformed descriptors;
+    DIGEST_INVALID for a malformed digest inside it.
+    """
+    ct = (content_type or "").split(";", 1)[0].strip().lower()
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid("manifest is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise _invalid("manifest must be a JSON object")
+    body_type = doc.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        raise _invalid("mediaType must be a string")
+    if ct in ("", "application/json", "application/octet-stream"):
+        # Some clients omit Content-Type; fall back to what the body says it is (as the
+        # reference does), or to OCI by shape.
+        if body_type:
+            ct = body_type
+        elif "manifests" in doc:
+            ct = OCI_INDEX
+        else:
+            ct = OCI_MANIFEST
+    if ct in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
+        raise _invalid("schema1 manifests are not supported; push with a current client")
+    if ct not in MANIFEST_TYPES:
+        raise _invalid(f"unsupported manifest media type: {ct[:100]}")
+    if body_type and body_type != ct:
+        raise _invalid(f"manifest mediaType {body_type[:100]} does not match Content-Type {ct}")
+    if doc.get("schemaVersion") != 2:
+        raise _invalid("schemaVersion must be 2")
+    if ct in (DOCKER_MANIFEST,) and body_type != ct:
+        raise _invalid("docker manifests must carry their mediaType")
+
+    subject = None
+    if doc.get("subject") is not None:
+        subject = _descriptor(doc["subject"], "subject")
+    artifact_type = doc.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise _invalid("artifactType must be a string")
+    annotations = doc.get("annotations")
+    if annotations is not None and not isinstance(annotations, dict):
+        raise _invalid("annotations must be an object")
+
+    if ct in INDEX_TYPES:
+        children = doc.get("manifests")
+        if not isinstance(children, list):
+            raise _invalid("manifests must be a list")
+        descs = tuple(_descriptor(c, f"manifests[{i}]") for i, c in enumerate(children))
+        return ParsedManifest(ct, (), descs, subject, artifact_type, annotations)
+
+    config = _descriptor(doc.get("config"), "config")
+    layers = doc.get("layers")
+    if layers is None and ct == OCI_MANIFEST:
+        layers = []
+    if not isinstance(layers, list):
+        raise _invalid("layers must be a list")
+    layer_descs = tuple(_descriptor(lyr, f"layers[{i}]") for i, lyr in enumerate(layers))
+    if artifact_type is None and ct == OCI_MANIFEST and config.media_type != OCI_EMPTY:
+        effective_type = config.media_type
+    else:
+        effective_type = artifact_type
+    # Foreign (non-distributable) layers carrying urls are not stored here; skip checking them.
+    blobs = (config,) + tuple(
+        d for d, raw in zip(layer_descs, layers) if not (isinstance(raw, dict) and raw.get("urls"))
+    )
+    return ParsedManifest(ct, blobs, (), subject, effective_type, annotations)
+
+
+def sniff_media_type(body: bytes) -> str:
+    """The media type of stored manifest bytes (for serving), without validating."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return OCI_MANIFEST
+    if not isinstance(doc, dict):
+        return OCI_MANIFEST
+    mt = doc.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    if doc.get("schemaVersion") == 1:
+        return "application/vnd.docker.distribution.manifest.v1+prettyjws" if doc.get(
+            "signatures"
+        ) else "application/vnd.docker.distribution.manifest.v1+json"
+    if "manifests" in doc:
+        return OCI_INDEX
+    return OCI_MANIFEST

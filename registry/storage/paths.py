@@ -1,0 +1,142 @@
+"""The whole storage key layout, identical to the reference registry's (SPEC.md, Storage layout).
+
+Nothing else in the project spells a key. The tree, under the driver's root::
+
+    /docker/registry/v2/
+        blobs/<alg>/<hex[0:2]>/<hex>/data                     the bytes of every blob and manifest
+        repositories/<name>/
+            _layers/<alg>/<hex>/link                         "<alg>:<hex>"  blob linked into repo
+            _manifests/revisions/<alg>/<hex>/link            manifest revision in repo
+            _manifests/tags/<tag>/current/link               digest the tag points at
+            _manifests/tags/<tag>/index/<alg>/<hex>/link     every digest the tag has pointed at
+            _uploads/<uuid>/data                             upload bytes in progress
+            _uploads/<uuid>/startedat                        RFC 3339 time the session began
+            _uploads/<uuid>/hashstates/<alg>/<offset>        (reference only; we never write it)
+
+Repository names are validated (reference.is_valid_name) before they get here, so they cannot
+contain ``..`` or empty components; these functions assert it again because a key outside the
+root is the one bug we never want.
+"""
+
+from __future__ import annotations
+
+from ..digest import Digest
+from ..reference import is_valid_name, is_valid_tag
+
+ROOT = "/docker/registry/v2"
+BLOBS = f"{ROOT}/blobs"
+REPOSITORIES = f"{ROOT}/repositories"
+
+# Directory names inside a repository that end a repository name when walking the tree.
+REPO_MARKERS = ("_layers", "_manifests", "_uploads")
+
+
+def _repo(name: str) -> str:
+    if not is_valid_name(name):
+        raise ValueError(f"invalid repository name {name!r}")
+    return f"{REPOSITORIES}/{name}"
+
+
+def _digest_dir(d: Digest) -> str:
+    return f"{d.algorithm}/{d.hex}"
+
+
+def blob_dir(d: Digest) -> str:
+    return f"{BLOBS}/{d.algorithm}/{d.hex[:2]}/{d.hex}"
+
+
+def blob_data(d: Digest) -> str:
+    return f"{blob_dir(d)}/data"
+
+
+def repo_root(name: str) -> str:
+    return _repo(name)
+
+
+def layer_link(name: str, d: Digest) -> str:
+    return f"{_repo(name)}/_layers/{_digest_dir(d)}/link"
+
+
+def layers_dir(name: str, algorithm: str = "sha256") -> str:
+    return f"{_repo(name)}/_layers/{algorithm}"
+
+
+def revision_link(name: str, d: Digest) -> str:
+    return f"{_repo(name)}/_manifests/revisions/{_digest_dir(d)}/link"
+
+
+def revision_dir(name: str, d: Digest) -> str:
+    return f"{_repo(name)}/_manifests/revisions/{_digest_dir(d)}"
+
+
+def revisions_dir(name: str, algorithm: str = "sha256") -> str:
+    return f"{_repo(name)}/_manifests/revisions/{algorithm}"
+
+
+def tags_dir(name: str) -> str:
+    return f"{_repo(name)}/_manifests/tags"
+
+
+def _tag(name: str, tag: str) -> str:
+    if not is_valid_tag(tag):
+        raise ValueError(f"invalid tag {tag!r}")
+    return f"{tags_dir(name)}/{tag}"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return _tag(name, tag)
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{_tag(name, tag)}/current/link"
+
+
+def tag_index_link(name: str, tag: str, d: Digest) -> str:
+    return f"{_tag(name, tag)}/index/{_digest_dir(d)}/link"
+
+
+def tag_index_dir(name: str, tag: str, d: Digest) -> str:
+    return f"{_tag(name, tag)}/index/{_digest_dir(d)}"
+
+
+def uploads_dir(name: str) -> str:
+    return f"{_repo(name)}/_uploads"
+
+
+def _upload(name: str, upload_id: str) -> str:
+    if not upload_id or not all(c in "0123456789abcdef-" for c in upload_id):
+        raise ValueError(f"invalid upload id {upload_id!r}")
+    return f"{uploads_dir(name)}/{upload_id}"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return _upload(name, upload_id)
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{_upload(name, upload_id)}/data"
+
+
+def upload_startedat(name: str, upload_id: str) -> str:
+    return f"{_upload(name, upload_id)}/startedat"
+
+
+def repo_name_from_path(path: str) -> str | None:
+    """``.../repositories/<name>/_manifests`` -> ``<name>`` (None if not under repositories)."""
+    prefix = REPOSITORIES + "/"
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix):]
+
+
+def digest_from_blob_dir(path: str) -> Digest | None:
+    """``.../blobs/sha256/ab/abcd...`` -> Digest, or None if the path is not a blob dir."""
+    parts = path.rsplit("/", 3)
+    if len(parts) != 4:
+        return None
+    _, alg, prefix, hexpart = parts
+    try:
+        d = Digest.parse(f"{alg}:{hexpart}")
+    except ValueError:
+        return None
+    return d if d.hex[:2] == prefix else None

@@ -1,0 +1,281 @@
+"""Blob upload sessions: the push state machine (SPEC.md Push 9-16).
+
+A session is ``_uploads/<uuid>/`` in storage (``startedat`` + ``data``), never process
+memory, so a restart or another replica continues it. The only per-process state is an
+optimisation: the live sha256 of each session at its current size, so the common case
+hashes every byte once as it arrives. Without it (another worker, a restart, an
+out-of-band write) ``finish`` re-hashes the stored data before trusting it.
+
+States: started (size 0) -> receiving (size n, any number of appends) -> finished (blob
+verified, moved to its content address, linked into the repo, session removed) or
+cancelled (session removed). A digest mismatch cancels the session, as the reference does.
+
+Cancellation: a client that disconnects mid-append leaves the session at a consistent size
+(the bytes the driver persisted) and nothing visible; ``finish`` runs its publishing steps
+(move, link, cleanup) shielded, so a blob is either fully published or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+import trio
+
+from ..digest import Digest
+from ..drivers.base import Driver, FileWriter, PathNotFound
+from ..errors import ErrorCode, RegistryError
+from . import paths
+from .blobs import BlobStore
+
+COALESCE = 1024 * 1024  # hash and write in ~1 MiB pieces (DESIGN.md, Data path)
+HASHER_CACHE_ENTRIES = 4096  # live hashers kept per process (~200 bytes each)
+PUBLISH_TIMEOUT = 300.0  # seconds a shielded move+link may take (a multi-GB S3 copy)
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    id: str
+    size: int
+
+
+def new_upload_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def coalesce(chunks: AsyncIterator[bytes], size: int = COALESCE) -> AsyncIterator[bytes]:
+    """Regroup small body pieces (~64 KiB from the server) into ~``size`` byte buffers."""
+    parts: list[bytes] = []
+    have = 0
+    async for piece in chunks:
+        if not piece:
+            continue
+        parts.append(piece)
+        have += len(piece)
+        if have >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts = []
+            have = 0
+    if parts:
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Uploads:
+    def __init__(self, driver: Driver, blobs: BlobStore) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self._hashers: OrderedDict[tuple[str, str], tuple[int, "hashlib._Hash"]] = OrderedDict()
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
+
+    # --- per-process helpers -------------------------------------------------------------
+
+    def _take_hasher(self, name: str, upload_id: str, offset: int) -> "hashlib._Hash | None":
+        entry = self._hashers.pop((name, upload_id), None)
+        if entry is None:
+            return hashlib.sha256() if offset == 0 else None
+        at, h = entry
+        return h if at == offset else None
+
+    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: "hashlib._Hash") -> None:
+        self._hashers[(name, upload_id)] = (offset, h)
+        while len(self._hashers) > HASHER_CACHE_ENTRIES:
+            self._hashers.popitem(last=False)
+
+    def _lock(self, name: str, upload_id: str) -> trio.Lock:
+        key = (name, upload_id)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = trio.Lock()
+        return lock
+
+    def _release(self, name: str, upload_id: str, lock: trio.Lock) -> None:
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._locks.pop((name, upload_id), None)
+
+    # --- the state machine ---------------------------------------------------------------
+
+    async def start(self, name: str) -> Upload:
+        upload_id = new_upload_id()
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        await self.driver.put_content(paths.upload_startedat(name, upload_id), stamp)
+        return Upload(name, upload_id, 0)
+
+    async def _check(self, name: str, upload_id: str) -> None:
+        try:
+            paths.upload_dir(name, upload_id)
+        except ValueError:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN) from None
+        try:
+            await self.driver.stat(paths.upload_startedat(name, upload_id))
+        except PathNotFound:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id}
+            ) from None
+
+    async def status(self, name: str, upload_id: str) -> Upload:
+        """Current size of a session; BLOB_UPLOAD_UNKNOWN if there is none."""
+        await self._check(name, upload_id)
+        try:
+            size = (await self.driver.stat(paths.upload_data(name, upload_id))).size
+        except PathNotFound:
+            size = 0
+        return Upload(name, upload_id, size)
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        *,
+        start: int | None = None,
+    ) -> Upload:
+        """Append a request body. ``start`` (from Content-Range) must equal the current size,
+        else RANGE_INVALID (416) with the current ``Range``. Returns the new size."""
+        await self._check(name, upload_id)
+        lock = self._lock(name, upload_id)
+        try:
+            async with lock:
+                async with self.driver.writer(
+                    paths.upload_data(name, upload_id), append=True
+                ) as w:
+                    self._check_start(w, start)
+                    h = self._take_hasher(name, upload_id, w.size)
+                    await _pump(body, w, h)
+                    if h is not None:
+                        self._keep_hasher(name, upload_id, w.size, h)
+                    return Upload(name, upload_id, w.size)
+        finally:
+            self._release(name, upload_id, lock)
+
+    @staticmethod
+    def _check_start(w: FileWriter, start: int | None) -> None:
+        if start is not None and start != w.size:
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID,
+                f"chunk starts at {start}, upload is at {w.size}",
+                headers={"Range": f"0-{w.size - 1}" if w.size else "0-0"},
+            )
+
+    async def finish(
+        self,
+        name: str,
+        upload_id: str,
+        digest: Digest,
+        body: AsyncIterator[bytes] | None,
+        *,
+        start: int | None = None,
+    ) -> int:
+        """Append the last body (if any), verify ``digest``, publish the blob, link it into
+        the repo and remove the session. DIGEST_INVALID (session cancelled) on mismatch."""
+        await self._check(name, upload_id)
+        data_path = paths.upload_data(name, upload_id)
+        lock = self._lock(name, upload_id)
+        try:
+            async with lock:
+                async with self.driver.writer(data_path, append=True) as w:
+                    self._check_start(w, start)
+                    h = self._take_hasher(name, upload_id, w.size)
+                    if digest.algorithm != "sha256":
+                        h = None
+                    if body is not None:
+                        await _pump(body, w, h)
+                    size = w.size
+                    await w.commit()
+                if h is None:
+                    h = await self._rehash(data_path, digest.algorithm)
+                if h.hexdigest() != digest.hex:
+                    await self._remove(name, upload_id)
+                    raise RegistryError(
+                        ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)}
+                    )
+                with trio.move_on_after(PUBLISH_TIMEOUT) as cs:
+                    cs.shield = True
+                    await self._publish(name, upload_id, digest, data_path)
+                if cs.cancelled_caught:
+                    raise RegistryError(ErrorCode.UNAVAILABLE, "storage too slow publishing blob")
+                return size
+        finally:
+            self._release(name, upload_id, lock)
+
+    async def _publish(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
+        if await self.blobs.size(digest) is None:
+            await self.driver.move(data_path, paths.blob_data(digest))
+        await self.blobs.link(name, digest)
+        await self._remove(name, upload_id)
+
+    async def _rehash(self, path: str, algorithm: str) -> "hashlib._Hash":
+        h = hashlib.new(algorithm)
+        async with self.driver.reader(path) as chunks:
+            async for chunk in chunks:
+                await trio.to_thread.run_sync(h.update, chunk)
+        return h
+
+    async def _remove(self, name: str, upload_id: str) -> None:
+        self._hashers.pop((name, upload_id), None)
+        with trio.move_on_after(30) as cs:
+            cs.shield = True
+            try:
+                await self.driver.delete(paths.upload_dir(name, upload_id))
+            except PathNotFound:
+                pass
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        """Remove a session and its data; BLOB_UPLOAD_UNKNOWN if there is none."""
+        await self._check(name, upload_id)
+        async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
+            await w.cancel()  # aborts backend state (an S3 multipart upload)
+        await self._remove(name, upload_id)
+
+    async def mount(self, name: str, digest: Digest, from_name: str) -> bool:
+        """Link ``digest`` from ``from_name`` into ``name`` if it is there (SPEC Push 16)."""
+        if not await self.blobs.is_linked(from_name, digest):
+            return False
+        if await self.blobs.size(digest) is None:
+            return False
+        await self.blobs.link(name, digest)
+        return True
+
+    async def list_sessions(self, name: str) -> list[tuple[str, float]]:
+        """(upload id, started-at epoch seconds) of every session in repo ``name``."""
+        out = []
+        try:
+            children = await self.driver.list(paths.uploads_dir(name))
+        except PathNotFound:
+            return []
+        for child in children:
+            upload_id = child.rsplit("/", 1)[1]
+            try:
+                raw = await self.driver.get_content(paths.upload_startedat(name, upload_id))
+                started = datetime.strptime(raw.decode().strip(), "%Y-%m-%dT%H:%M:%SZ")
+                out.append((upload_id, started.replace(tzinfo=timezone.utc).timestamp()))
+            except (PathNotFound, ValueError, UnicodeDecodeError):
+                out.append((upload_id, time.time()))
+        return out
+
+
+async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: "hashlib._Hash | None") -> None:
+    """Stream ``body`` into ``w`` in ~1 MiB pieces, hashing each piece in a worker thread
+    while the driver writes it, and receiving the next piece meanwhile."""
+    send, recv = trio.open_memory_channel[bytes](0)
+
+    async def consume() -> None:
+        async with recv:
+            async for buf in recv:
+                if h is None:
+                    await w.write(buf)
+                    continue
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.to_thread.run_sync, h.update, buf)
+                    await w.write(buf)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        async with send:
+            async for buf in coalesce(body):
+                await send.send(buf)
