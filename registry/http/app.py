@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs
@@ -88,11 +89,12 @@ class Request:
         """The whole body, at most ``limit`` bytes; MANIFEST_TOO_BIG (413) past it."""
         parts: list[bytes] = []
         have = 0
-        async for chunk in self.body():
-            have += len(chunk)
-            if have > limit:
-                raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"body exceeds {limit} bytes")
-            parts.append(chunk)
+        async with aclosing(self.body()) as body:
+            async for chunk in body:
+                have += len(chunk)
+                if have > limit:
+                    raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"body exceeds {limit} bytes")
+                parts.append(chunk)
         return b"".join(parts)
 
 
@@ -162,7 +164,7 @@ class RegistryApp:
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()  # lifespan.shutdown
                 nursery.cancel_scope.cancel()
-        except BaseException as exc:
+        except Exception as exc:
             log.exception("lifespan failed: %s", exc)
             raise
         finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from contextlib import aclosing
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,15 +54,16 @@ async def coalesce(chunks: AsyncIterator[bytes], size: int = COALESCE) -> AsyncI
     """Regroup small body pieces (~64 KiB from the server) into ~``size`` byte buffers."""
     parts: list[bytes] = []
     have = 0
-    async for piece in chunks:
-        if not piece:
-            continue
-        parts.append(piece)
-        have += len(piece)
-        if have >= size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
-            parts = []
-            have = 0
+    async with aclosing(chunks) as pieces:  # type: ignore[type-var]
+        async for piece in pieces:
+            if not piece:
+                continue
+            parts.append(piece)
+            have += len(piece)
+            if have >= size:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                parts = []
+                have = 0
     if parts:
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -276,6 +278,6 @@ async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: "hashlib._Hash | N
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
-        async with send:
-            async for buf in coalesce(body):
+        async with send, aclosing(coalesce(body)) as bufs:
+            async for buf in bufs:
                 await send.send(buf)

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real app served by hypercorn on 127.0.0.1:0 over a real socket."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import AsyncIterator
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from registry.drivers.filesystem import FilesystemDriver
+from registry.http.app import AppOptions, RegistryApp
+from registry.storage.store import Storage
+
+
+class Served:
+    """A running app: its base URL, an HTTP client, its storage root and driver."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient, root: str, app: RegistryApp) -> None:
+        self.url = url
+        self.client = client
+        self.root = root
+        self.app = app
+
+
+async def start_app(
+    nursery: trio.Nursery, root: str, options: AppOptions | None = None, **app_kwargs: object
+) -> tuple[str, RegistryApp]:
+    app = RegistryApp(
+        Storage(FilesystemDriver(root)),
+        options or AppOptions(delete_enabled=True),
+        **app_kwargs,  # type: ignore[arg-type]
+    )
+    hc = HyperConfig()
+    hc.bind = ["127.0.0.1:0"]
+    hc.accesslog = None
+    hc.graceful_timeout = 0.5
+    urls = await nursery.start(partial(serve, app, hc))
+    return urls[0], app
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery, tmp_path) -> AsyncIterator[Served]:  # type: ignore[no-untyped-def]
+    root = str(tmp_path / "storage")
+    url, app = await start_app(nursery, root)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield Served(url, client, root, app)
+
+
+@pytest.fixture
+async def client(served: Served) -> httpx.AsyncClient:
+    return served.client
