@@ -16,7 +16,7 @@ Override rules (distribution's ``configuration/parser.go``, SPEC.md "Configurati
   strings.
 - Variables apply in sorted order, so ``REGISTRY_STORAGE=s3`` precedes
   ``REGISTRY_STORAGE_S3_BUCKET``. Missing intermediates are created (a list when the next name
-  is a number: ``REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL``); a scalar on the way is replaced by a
+  is 0: ``REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL``); a scalar on the way is replaced by a
   mapping.
 - ``storage`` and ``auth`` are selector sections: a scalar there (``storage: s3`` in YAML,
   ``REGISTRY_STORAGE=s3``, ``REGISTRY_AUTH=htpasswd``) means ``{s3: {}}``. Selecting a driver
@@ -120,6 +120,10 @@ _STRING_PARAMS = frozenset(
         "accesskey secretkey sessiontoken region regionendpoint bucket rootdirectory storageclass"
         " keyid objectacl useragent redirectendpoint realm service issuer path rootcertbundle"
     )
+)
+# Parameter sections, whose keys are read case-insensitively (lowercased).
+_PARAM_SECTIONS = frozenset(
+    {"storage.filesystem", "storage.inmemory", "auth.htpasswd", "auth.silly"}
 )
 _SELECTORS = {"storage": STORAGE_SUBSECTIONS, "auth": frozenset[str]()}
 
@@ -393,7 +397,7 @@ def _index(node: list[Any], key: str, name: str) -> int:
     if not (key.isdecimal() and key.isascii()):
         raise ConfigError(f"{name}: expected a numeric list index, got {key.upper()!r}")
     if int(key) > len(node):
-        raise ConfigError(f"{name}: list index {key} is out of range ({len(node)} items)")
+        raise ConfigError(f"{name}: list index {key} is out of range (length {len(node)})")
     return int(key)
 
 
@@ -442,8 +446,9 @@ def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dic
                 node = child
                 continue
             else:
-                following = path[depth + 1]
-                child = [] if following.isdecimal() and following.isascii() else {}
+                # A new list can only take index 0; "5000" in REGISTRY_PORT_5000_TCP (set by
+                # Docker links and Kubernetes services named "registry") is a mapping key.
+                child = [] if path[depth + 1] == "0" else {}
             _put(node, key, child, name)
             node = child
         _put(node, path[-1], value, name)
@@ -585,10 +590,11 @@ class _Node:
 def _unknown_keys(data: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> Iterator[str]:
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else key
-        if key not in schema:
+        known = key.lower() if path in _PARAM_SECTIONS else key
+        if known not in schema:
             yield f"unknown configuration key: {dotted}"
-        elif isinstance(schema[key], dict) and isinstance(value, dict):
-            yield from _unknown_keys(value, schema[key], dotted)
+        elif isinstance(schema[known], dict) and isinstance(value, dict):
+            yield from _unknown_keys(value, schema[known], dotted)
 
 
 def _params(section: _Node, key: str) -> dict[str, Any]:
@@ -762,6 +768,7 @@ def _build(tree: dict[str, Any]) -> Config:
         raise ConfigError(f"version: unsupported configuration version {version!r} (expected 0.1)")
     for free in ("redis", "reporting", "middleware", "proxy", "compatibility", "catalog"):
         root.section(free)  # type check only: later code reads these from Config.raw
+    tree["version"] = version  # the text, not YAML's float 0.1
     return Config(
         version=version,
         log=_build_log(root),
@@ -803,7 +810,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
     if kept and isinstance(storage, dict):
         for stray in (d for d in drivers if d not in chosen):
             prefix = f"{ENV_PREFIX}STORAGE_{stray.upper()}_"
-            names = ", ".join(sorted(n for n in environ if n.startswith(prefix)))
+            names = ", ".join(sorted(n for n in environ if n.startswith(prefix[:-1])))
             warnings.append(
                 f"{prefix}* variables are set ({names}) but the storage driver is"
                 f" {', '.join(kept)}, so they are ignored; set REGISTRY_STORAGE={stray} to use"
