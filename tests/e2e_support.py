@@ -11,8 +11,10 @@ Contracts:
   process on a free 127.0.0.1 port serving the reference's filesystem layout under `root`,
   wait (bounded) until `GET /v2/` answers 200, and stop it on exit with SIGTERM, then
   SIGKILL after `STOP_TIMEOUT_S`. They own the process and its log file. When the body
-  raises, the process's log tail is attached to the exception as a note. Two of them may
-  run one after the other on the same `root`.
+  raises, the process's log tail is attached to the exception as a note (so use them in
+  the test body: a fixture's teardown never sees the test's exception). Two of them may
+  run one after the other on the same `root`. `run_ours` also fails on exit when its log
+  shows a traceback or a 500 answer (DESIGN, Errors: a 500 in a test is a bug).
 - `docker_cli` (session fixture) returns the path of a docker CLI talking to a live daemon,
   starting dockerd only when `docker info` fails; the daemon it started is stopped at the
   end of the session.
@@ -32,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +216,12 @@ def _reference_command(config: Path) -> tuple[list[str], dict[str, str]]:
 
 @contextlib.contextmanager
 def _run_registry(
-    name: str, root: Path, command: Any, *, workdir: Path | None = None
+    name: str,
+    root: Path,
+    command: Any,
+    *,
+    workdir: Path | None = None,
+    check_log: Callable[[str], str | None] | None = None,
 ) -> Iterator[RegistryProcess]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -248,6 +256,24 @@ def _run_registry(
             f"{name} registry did not exit within {STOP_TIMEOUT_S}s of SIGTERM; "
             f"log:\n{reg.log_tail()}"
         )
+    if check_log is not None:
+        problem = check_log(reg.log_path.read_text(errors="replace"))
+        if problem:
+            raise AssertionError(f"{name} registry log shows {problem}; log:\n{reg.log_tail()}")
+
+
+# An access-log line of ours answering 500: `"PATCH /v2/..." 500 0 12.3ms "ua"`.
+_SERVER_ERROR_LINE = re.compile(r'^.*"[A-Z]+ [^"]*" 500 .*$', re.MULTILINE)
+
+
+def ours_log_problem(log: str) -> str | None:
+    """DESIGN, Errors: a 500 (and so an unhandled-error traceback) in a test is a bug."""
+    if "Traceback" in log:
+        return "a traceback"
+    found = _SERVER_ERROR_LINE.search(log)
+    if found:
+        return f"a 500 answer: {found.group(0)}"
+    return None
 
 
 def _wait_ready(reg: RegistryProcess) -> None:
@@ -291,7 +317,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> bool:
 @contextlib.contextmanager
 def run_ours(root: Path, *, workdir: Path | None = None) -> Iterator[RegistryProcess]:
     """Our server, `python -m registry serve CONFIG`, on filesystem storage under `root`."""
-    with _run_registry("ours", root, _ours_command, workdir=workdir) as reg:
+    check = None if os.environ.get("E2E_OURS") == "reference" else ours_log_problem
+    with _run_registry("ours", root, _ours_command, workdir=workdir, check_log=check) as reg:
         yield reg
 
 
