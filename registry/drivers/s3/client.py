@@ -248,11 +248,59 @@ class S3Client:
                 if not idempotent and not isinstance(exc, httpx.ConnectError):
                     break
                 continue
-            result = self._classify(response.status_code, content, response.headers, ok,
-                                    key, error_in_body)
+            result = self._classify(
+                response.status_code, content, response.headers, ok, key, error_in_body
+            )
             if isinstance(result, S3Response):
                 self._note_ok()
                 return result
+            last = result
+            if errors.is_retryable(result):
+                continue
+            raise result
+        raise self._give_up(method, last)
+
+    async def open_stream(
+        self,
+        method: str,
+        key: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 206),
+    ) -> httpx.Response:
+        """Send a request whose answer is streamed (GET); the CALLER closes the response.
+
+        Retries only until a status line in ``ok`` arrives; the body is then read by the
+        caller (``aiter_raw``), each read bounded by the read timeout.
+        """
+        last: BaseException | None = None
+        for attempt in range(self.retry.max_attempts):
+            if attempt:
+                await trio.sleep(self._sleep_for(attempt - 1, last))
+            request = self._build(method, key, query, headers, None)
+            try:
+                with trio.fail_after(self.call_timeout):
+                    response = await self._http.send(request, stream=True)
+            except trio.TooSlowError:
+                last = base.DriverTimeout(f"S3 {method} timed out after {self.call_timeout} s")
+                continue
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code in ok:
+                self._note_ok()
+                return response
+            try:
+                with trio.fail_after(self.call_timeout):
+                    content = await response.aread()
+            except (trio.TooSlowError, httpx.TransportError) as exc:
+                last = exc
+                continue
+            finally:
+                await response.aclose()
+            result = self._classify(response.status_code, content, response.headers, ok, key, False)
+            assert not isinstance(result, S3Response)
             last = result
             if errors.is_retryable(result):
                 continue
@@ -269,46 +317,13 @@ class S3Client:
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200, 206),
     ) -> AsyncIterator[httpx.Response]:
-        """Open a streamed response (GET); retries only until the status line arrives.
-
-        The body is read by the caller (``aiter_raw``), each read bounded by the read
-        timeout. The response is closed on exit.
-        """
-        last: BaseException | None = None
-        for attempt in range(self.retry.max_attempts):
-            if attempt:
-                await trio.sleep(self._sleep_for(attempt - 1, last))
-            request = self._build(method, key, query, headers, None)
-            try:
-                with trio.fail_after(self.call_timeout):
-                    response = await self._http.send(request, stream=True)
-            except trio.TooSlowError:
-                last = base.DriverTimeout(f"S3 {method} timed out after {self.call_timeout} s")
-                continue
-            except httpx.TransportError as exc:
-                last = exc
-                continue
-            try:
-                if response.status_code in ok:
-                    self._note_ok()
-                    yield response
-                    return
-                try:
-                    with trio.fail_after(self.call_timeout):
-                        content = await response.aread()
-                except (trio.TooSlowError, httpx.TransportError) as exc:
-                    last = exc
-                    continue
-            finally:
+        """:meth:`open_stream` as a context manager that closes the response."""
+        response = await self.open_stream(method, key, query=query, headers=headers, ok=ok)
+        try:
+            yield response
+        finally:
+            with trio.CancelScope(shield=True):
                 await response.aclose()
-            result = self._classify(response.status_code, content, response.headers, ok, key,
-                                    False)
-            assert not isinstance(result, S3Response)
-            last = result
-            if errors.is_retryable(result):
-                continue
-            raise result
-        raise self._give_up(method, last)
 
     def _classify(
         self,
@@ -353,8 +368,9 @@ class S3Client:
         if isinstance(last, errors.S3Error):
             if isinstance(last, base.Unavailable):
                 return last
-            error = errors.S3Unavailable(last.status, last.code, last.message,
-                                         last.request_id, last.resource)
+            error = errors.S3Unavailable(
+                last.status, last.code, last.message, last.request_id, last.resource
+            )
             error.__cause__ = last
             return error
         return base.Unavailable(f"S3 {method} failed")
@@ -383,4 +399,3 @@ class S3Client:
         if not self._closed:
             self._closed = True
             await self._http.aclose()
-

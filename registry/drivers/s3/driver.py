@@ -1,0 +1,480 @@
+"""S3Driver: the driver interface (registry/drivers/base.py) over an S3 or R2 bucket.
+
+Keys are ``rootdirectory`` (slashes stripped; "/" means none) + the driver path, exactly as
+the reference's s3 driver maps them, so a bucket written by ``registry:3`` is served by us
+and back: ``/docker/registry/v2/blobs/...`` under root ``reg`` is ``reg/docker/registry/v2/
+blobs/...``.
+
+In-progress upload data is a multipart upload plus a ``<key>.s3part`` state object
+(:mod:`.writer`); ``stat``/``list``/``walk`` show such a path as a file with its
+persisted size, and ``delete`` aborts its multipart upload.
+
+Construction never contacts S3: with S3 down the registry starts, and calls raise
+:class:`~registry.drivers.base.Unavailable` until S3 is back (one log line per outage).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from registry.drivers import base
+from registry.drivers.base import FileInfo, check_path
+from registry.drivers.s3 import errors
+from registry.drivers.s3.api import MAX_DELETE_BATCH, ObjectInfo, S3Api
+from registry.drivers.s3.client import S3Client
+from registry.drivers.s3.params import S3Params
+from registry.drivers.s3.sigv4 import Signer
+from registry.drivers.s3.writer import (
+    MAX_PARTS,
+    STATE_SUFFIX,
+    S3Writer,
+    state_key,
+)
+
+log = logging.getLogger("registry.drivers.s3")
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+READ_CHUNK = 1 * MiB  # reader yields about this much at a time
+MAX_RESUMES = 3  # a GET stream broken mid-body is resumed from where it broke this often
+REDIRECT_EXPIRY = 20 * 60  # s, presigned URL lifetime, as the reference's s3 driver
+MAX_COPY_OBJECT = 5 * GiB  # CopyObject limit; bigger objects need UploadPartCopy
+
+
+class S3Driver:
+    """The S3/R2 storage driver. Owns one :class:`S3Client` (connection pool)."""
+
+    name = "s3"
+
+    def __init__(self, params: S3Params, *, redirect_disable: bool = False) -> None:
+        self.params = params
+        self.redirect_disable = redirect_disable
+        self.client = S3Client(
+            params.endpoint,
+            Signer(params.accesskey, params.secretkey, params.region, params.sessiontoken),
+            verify=not params.skipverify,
+            max_connections=params.max_concurrency,
+        )
+        self.api = S3Api(self.client, params.storageclass)
+        self._root = params.root
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, redirect_disable: bool = False) -> S3Driver:
+        """Build from the ``storage.s3`` section (keys lower-cased). Never contacts S3.
+
+        Raises :class:`~registry.drivers.s3.params.S3ConfigError` (a ValueError) naming
+        the bad option.
+        """
+        return cls(S3Params.parse(params), redirect_disable=redirect_disable)
+
+    # -- key mapping -------------------------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        """Driver path -> bucket key (the reference: TrimLeft(root + path, "/"))."""
+        if path == "/":
+            return self._root
+        check_path(path)
+        return f"{self._root}{path}" if self._root else path[1:]
+
+    def _dir_prefix(self, path: str) -> str:
+        key = self._key(path)
+        return key + "/" if key else ""
+
+    def _path(self, key: str) -> str:
+        """Bucket key -> driver path."""
+        if self._root:
+            return key[len(self._root) :]
+        return "/" + key
+
+    # -- small objects -----------------------------------------------------------------------
+
+    async def get_content(self, path: str) -> bytes:
+        try:
+            return await self.api.get_object(self._key(path))
+        except errors.NoSuchKey:
+            raise base.PathNotFound(path) from None
+
+    async def put_content(self, path: str, content: bytes) -> None:
+        await self.api.put_object(self._key(path), bytes(content))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def reader(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Ranged GET, streamed in ~1 MiB pieces; a broken stream resumes where it broke."""
+        key = self._key(path)
+        if offset < 0 or (length is not None and length < 0):
+            raise base.InvalidOffset(path, offset)
+        stream = _ObjectStream(self.api, key, path, offset, length)
+        try:
+            await stream.start()
+            yield stream
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def writer(self, path: str, append: bool = False) -> AsyncIterator[S3Writer]:
+        """A multipart writer; see :mod:`.writer` for what persists between requests.
+
+        Part uploads run in a nursery owned by this context. An exception from the body is
+        re-raised as itself (not wrapped in an exception group).
+        """
+        key = self._key(path)
+        w = S3Writer(self.api, key, self.params.chunksize, self.params.parallel_parts)
+        await w.open(append)
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                w.attach(nursery)
+                try:
+                    yield w
+                except BaseException as exc:  # noqa: BLE001 -- re-raised below, unwrapped
+                    body_error = exc
+        except BaseException:
+            await w.close(clean=False)
+            raise
+        await w.close(clean=body_error is None)
+        if body_error is not None:
+            raise body_error
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        """HeadObject; else an in-progress writer's state; else a prefix (a directory)."""
+        key = self._key(path)
+        if key and path != "/":
+            try:
+                info = await self.api.head_object(key)
+                return FileInfo(path, info.size, info.mtime, False)
+            except errors.NoSuchKey:
+                pass
+        found: dict[str, Any] = {}
+
+        async def state() -> None:
+            if not key or path == "/":
+                return
+            try:
+                found["state"] = await self.api.head_object(state_key(key))
+            except errors.NoSuchKey:
+                pass
+
+        async def directory() -> None:
+            page = await self.api.list_objects(self._dir_prefix(path), max_keys=1)
+            if page.objects:
+                found["dir"] = page.objects[0]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(state)
+            nursery.start_soon(directory)
+        if "state" in found:
+            info = found["state"]
+            return FileInfo(path, int(info.metadata.get("size", "0")), info.mtime, False)
+        if "dir" in found:
+            return FileInfo(path, 0, found["dir"].mtime, True)
+        raise base.PathNotFound(path)
+
+    async def list(self, path: str) -> builtins.list[str]:
+        """Immediate children, paged with a delimiter: never walks the whole tree."""
+        prefix = self._dir_prefix(path)
+        children: set[str] = set()
+        token: str | None = None
+        while True:
+            page = await self.api.list_objects(prefix, delimiter="/", token=token)
+            for obj in page.objects:
+                key = obj.key
+                if key == prefix:  # a "directory marker" object some tools create
+                    continue
+                key = key.removesuffix(STATE_SUFFIX)
+                children.add(self._path(key))
+            for sub in page.prefixes:
+                children.add(self._path(sub.rstrip("/")))
+            token = page.next_token
+            if token is None:
+                break
+        if not children:
+            raise base.PathNotFound(path)
+        return sorted(children)
+
+    async def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        """Every object under path (ListObjectsV2 without delimiter, paged), sorted."""
+        prefix = self._dir_prefix(path)
+        token: str | None = None
+        seen_any = False
+        last_path = ""
+        while True:
+            page = await self.api.list_objects(prefix, token=token)
+            infos: builtins.list[FileInfo] = []
+            for obj in page.objects:
+                if obj.key == prefix:
+                    continue
+                if obj.key.endswith(STATE_SUFFIX):
+                    data_key = obj.key[: -len(STATE_SUFFIX)]
+                    try:
+                        head = await self.api.head_object(obj.key)
+                    except errors.NoSuchKey:
+                        continue
+                    size = int(head.metadata.get("size", "0"))
+                    infos.append(FileInfo(self._path(data_key), size, obj.mtime, False))
+                else:
+                    infos.append(FileInfo(self._path(obj.key), obj.size, obj.mtime, False))
+            infos.sort(key=lambda info: info.path)
+            for info in infos:
+                if info.path == last_path:  # a committed object and a leftover state
+                    continue
+                seen_any = True
+                last_path = info.path
+                yield info
+            token = page.next_token
+            if token is None:
+                break
+        if not seen_any and path != "/":
+            raise base.PathNotFound(path)
+
+    # -- moving and deleting -----------------------------------------------------------------
+
+    async def move(self, src: str, dst: str) -> None:
+        """Server-side copy, then delete src: no byte passes through the registry.
+
+        Objects up to ``multipartcopythresholdsize`` use CopyObject; bigger ones
+        UploadPartCopy in equal parts of ``multipartcopychunksize``, concurrently.
+        """
+        src_key, dst_key = self._key(src), self._key(dst)
+        try:
+            info = await self.api.head_object(src_key)
+        except errors.NoSuchKey:
+            raise base.PathNotFound(src) from None
+        try:
+            if info.size <= min(self.params.copy_threshold, MAX_COPY_OBJECT):
+                await self.api.copy_object(src_key, dst_key)
+            else:
+                await self._multipart_copy(src_key, dst_key, info.size)
+        except errors.NoSuchKey:
+            raise base.PathNotFound(src) from None
+        await self.api.delete_object(src_key)
+
+    async def _multipart_copy(self, src_key: str, dst_key: str, size: int) -> None:
+        part = self.params.copy_chunksize
+        if -(-size // part) > MAX_PARTS:  # keep parts equal (R2): grow them instead
+            part = -(-size // MAX_PARTS)
+            part = -(-part // MiB) * MiB
+        upload_id = await self.api.create_multipart(dst_key)
+        etags: dict[int, str] = {}
+        limiter = trio.CapacityLimiter(self.params.copy_concurrency)
+
+        async def copy_part(number: int, first: int, last: int) -> None:
+            async with limiter:
+                etags[number] = await self.api.upload_part_copy(
+                    dst_key, upload_id, number, src_key, first, last
+                )
+
+        completed = False
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, first in enumerate(range(0, size, part)):
+                    nursery.start_soon(copy_part, index + 1, first, min(size, first + part) - 1)
+            await self.api.complete_multipart(dst_key, upload_id, sorted(etags.items()))
+            completed = True
+        except BaseExceptionGroup as group:
+            raise _first_driver_error(group) from None
+        finally:
+            if not completed:
+                with trio.move_on_after(30) as cs:
+                    cs.shield = True
+                    await self.api.abort_multipart(dst_key, upload_id)
+
+    async def delete(self, path: str) -> None:
+        """Delete an object or a whole tree (DeleteObjects in batches of 1000).
+
+        Multipart uploads recorded by in-progress writers under path are aborted first.
+        """
+        key = self._key(path)
+        keys: builtins.list[str] = []
+        states: builtins.list[str] = []
+        if key and path != "/":
+            for candidate in (key, state_key(key)):
+                try:
+                    await self.api.head_object(candidate)
+                    keys.append(candidate)
+                except errors.NoSuchKey:
+                    pass
+        token: str | None = None
+        prefix = self._dir_prefix(path)
+        while True:
+            page = await self.api.list_objects(prefix, token=token)
+            keys.extend(obj.key for obj in page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        if not keys:
+            raise base.PathNotFound(path)
+        states = [k for k in keys if k.endswith(STATE_SUFFIX)]
+        for k in states:
+            await self._abort_recorded_upload(k)
+        for start in range(0, len(keys), MAX_DELETE_BATCH):
+            await self.api.delete_objects(keys[start : start + MAX_DELETE_BATCH])
+
+    async def _abort_recorded_upload(self, state_object: str) -> None:
+        try:
+            info = await self.api.head_object(state_object)
+        except errors.NoSuchKey:
+            return
+        upload_id = info.metadata.get("upload-id")
+        if upload_id:
+            await self.api.abort_multipart(state_object[: -len(STATE_SUFFIX)], upload_id)
+
+    # -- redirects, maintenance, lifecycle ---------------------------------------------------
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        """A presigned URL (20 minutes) on ``redirectendpoint`` or the endpoint; None when
+        ``storage.redirect.disable`` is set."""
+        if self.redirect_disable:
+            return None
+        key = self._key(path)
+        return self.client.presign(
+            method.upper(), key, REDIRECT_EXPIRY, endpoint=self.params.redirect_endpoint
+        )
+
+    async def purge_multipart_uploads(self, older_than: float) -> int:
+        """Abort multipart uploads under the root started more than ``older_than`` s ago.
+
+        Returns how many were aborted. Pages through ListMultipartUploads.
+        """
+        cutoff = time.time() - older_than
+        prefix = self._root + "/" if self._root else ""
+        aborted = 0
+        markers: tuple[str, str] | None = ("", "")
+        while markers is not None:
+            uploads, markers = await self.api.list_multipart_uploads(prefix, *markers)
+            for upload in uploads:
+                if upload.initiated and upload.initiated < cutoff:
+                    await self.api.abort_multipart(upload.key, upload.upload_id)
+                    aborted += 1
+        if aborted:
+            log.info("aborted %d stale multipart uploads older than %.0f s", aborted, older_than)
+        return aborted
+
+    async def check_health(self) -> None:
+        """HeadBucket: raises Unavailable while the bucket cannot be used."""
+        await self.api.head_bucket()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _first_driver_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_driver_error(exc)
+        if isinstance(exc, base.DriverError):
+            return exc
+    return group
+
+
+class _ObjectStream:
+    """The reader's async iterator: one ranged GET, resumed after a broken connection.
+
+    Not an async generator, so closing it is explicit and cancellation-safe.
+    """
+
+    def __init__(self, api: S3Api, key: str, path: str, offset: int, length: int | None) -> None:
+        self._api = api
+        self._key = key
+        self._path = path
+        self._pos = offset
+        self._end: int | None = None if length is None else offset + length  # exclusive
+        self._etag = ""
+        self._response: httpx.Response | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._resumes = 0
+        self._offset = offset
+
+    async def start(self) -> None:
+        if self._end is not None and self._end == self._pos:
+            await self._check_offset_only()
+            return
+        await self._open()
+
+    async def _check_offset_only(self) -> None:
+        try:
+            info: ObjectInfo = await self._api.head_object(self._key)
+        except errors.NoSuchKey:
+            raise base.PathNotFound(self._path) from None
+        if self._pos > info.size:
+            raise base.InvalidOffset(self._path, self._offset)
+        self._end = self._pos  # nothing to read
+
+    async def _open(self) -> None:
+        headers: dict[str, str] = {}
+        if self._pos or self._end is not None:
+            last = "" if self._end is None else str(self._end - 1)
+            headers["range"] = f"bytes={self._pos}-{last}"
+        if self._etag:
+            headers["if-match"] = self._etag
+        try:
+            response = await self._api.client.open_stream("GET", self._key, headers=headers)
+        except errors.NoSuchKey:
+            raise base.PathNotFound(self._path) from None
+        except errors.InvalidRange:
+            # offset == size is a valid empty read; offset > size is not.
+            await self._check_offset_only()
+            return
+        self._response = response
+        self._etag = self._etag or response.headers.get("etag", "")
+        # Clamp the end to the object: a length past the end reads to the end.
+        total: int | None = None
+        if response.status_code == 206:
+            content_range = response.headers.get("content-range", "")
+            tail = content_range.rsplit("/", 1)[-1]
+            total = int(tail) if tail.isdigit() else None
+        elif response.headers.get("content-length", "").isdigit():
+            total = self._pos + int(response.headers["content-length"])
+        if total is not None:
+            self._end = total if self._end is None else min(self._end, total)
+        self._chunks = response.aiter_raw(READ_CHUNK)
+
+    def __aiter__(self) -> _ObjectStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._chunks is None:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                await self.aclose()
+                if self._end is not None and self._pos < self._end:
+                    raise base.Unavailable(f"S3 object {self._key} ended early") from None
+                raise
+            except httpx.TransportError as exc:
+                await self.aclose()
+                self._resumes += 1
+                if self._resumes > MAX_RESUMES:
+                    raise base.Unavailable(f"S3 GET {self._key} kept breaking: {exc}") from exc
+                log.info("S3 GET %s broke at byte %d (%s); resuming", self._key, self._pos, exc)
+                try:
+                    await self._open()
+                except errors.PreconditionFailed:
+                    raise base.Unavailable(f"S3 object {self._key} changed while read") from None
+                continue
+            self._pos += len(chunk)
+            if chunk:
+                return chunk
+
+    async def aclose(self) -> None:
+        response, self._response, self._chunks = self._response, None, None
+        if response is not None:
+            await response.aclose()

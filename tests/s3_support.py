@@ -1,0 +1,419 @@
+"""Test support for the S3 driver: a real S3-speaking server and a fault-injecting proxy.
+
+- :func:`moto_server` starts ONE moto server per test session (``python -m moto.server``
+  on 127.0.0.1, a free port) with IAM authentication switched on: the first few actions
+  (creating an IAM user, its policy and access key) run unauthenticated, then every
+  request must carry a valid SigV4 signature from that key. A wrong signature fails.
+- :func:`open_s3_driver` yields an :class:`S3Driver` on a fresh bucket.
+- :func:`registry_env` gives the ``REGISTRY_STORAGE=s3`` + ``REGISTRY_STORAGE_S3_*``
+  variables for a registry process on a (fresh) bucket.
+- :class:`FaultProxy` sits between the driver and moto (trio, loopback), records every
+  request and injects 503s, SlowDown errors and dropped connections by rule.
+
+When ``CI=true`` a missing moto is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import trio
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+MOTO_REGION = "us-east-1"
+# The first actions after reset-auth run without authentication: create_user,
+# put_user_policy, create_access_key. From the 4th on, signatures are checked.
+_SETUP_ACTIONS = 3
+_POLICY = (
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*"],"Resource":"*"}]}'
+)
+
+
+def require(module: str) -> None:
+    """Skip (locally) or fail (CI=true) when a test tool is missing."""
+    try:
+        __import__(module)
+    except ImportError:
+        if IN_CI:
+            pytest.fail(f"{module} is required in CI (pip install -e .[test])")
+        pytest.skip(f"{module} not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class MotoServer:
+    """A moto server subprocess with IAM auth on, and the credentials it accepts."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    access_key: str = ""
+    secret_key: str = ""
+    buckets: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def boto3(self, secret_key: str | None = None) -> Any:
+        """A boto3 S3 client (botocore signs; test-only) with our IAM key."""
+        require("boto3")
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=MOTO_REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def new_bucket(self) -> str:
+        name = f"t-{uuid.uuid4().hex[:16]}"
+        self.boto3().create_bucket(Bucket=name)
+        self.buckets.append(name)
+        return name
+
+    def params(self, bucket: str, **overrides: Any) -> dict[str, Any]:
+        """The ``storage.s3`` section (keys lower-cased) for a bucket on this server."""
+        params: dict[str, Any] = {
+            "accesskey": self.access_key,
+            "secretkey": self.secret_key,
+            "region": MOTO_REGION,
+            "regionendpoint": self.endpoint,
+            "bucket": bucket,
+            "forcepathstyle": True,
+            "secure": False,
+            "chunksize": 5 * 1024 * 1024,
+            "rootdirectory": "/registry-root",
+        }
+        params.update(overrides)
+        return params
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_server: MotoServer | None = None
+
+
+def _start_moto() -> MotoServer:
+    require("moto")
+    require("boto3")
+    import boto3
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    server = MotoServer(process, port)
+    atexit.register(server.stop)
+    deadline = time.monotonic() + 30
+    import httpx
+
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{server.endpoint}/moto-api/data.json", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError("moto server did not come up in 30 s")
+        time.sleep(0.1)
+    # Switch signature checking on: moto counts actions; the first _SETUP_ACTIONS pass.
+    httpx.post(
+        f"{server.endpoint}/moto-api/reset-auth", content=str(_SETUP_ACTIONS)
+    ).raise_for_status()
+    iam = boto3.client(
+        "iam",
+        endpoint_url=server.endpoint,
+        region_name=MOTO_REGION,
+        aws_access_key_id="AKIDSETUP",
+        aws_secret_access_key="setup",
+    )
+    iam.create_user(UserName="registry")
+    iam.put_user_policy(UserName="registry", PolicyName="s3-all", PolicyDocument=_POLICY)
+    key = iam.create_access_key(UserName="registry")["AccessKey"]
+    server.access_key = key["AccessKeyId"]
+    server.secret_key = key["SecretAccessKey"]
+    return server
+
+
+def moto_server() -> MotoServer:
+    """The session's moto server (started on first use, stopped at exit)."""
+    global _server
+    if _server is None or _server.process.poll() is not None:
+        _server = _start_moto()
+    return _server
+
+
+def s3_params(**overrides: Any) -> dict[str, Any]:
+    """Params for a fresh bucket on the session's moto server."""
+    server = moto_server()
+    return server.params(server.new_bucket(), **overrides)
+
+
+@asynccontextmanager
+async def open_s3_driver(**param_overrides: Any) -> AsyncIterator[Any]:
+    """An S3Driver on a fresh bucket of the session's moto server; closed on exit.
+
+    ``redirect_disable`` may be passed among the overrides.
+    """
+    from registry.drivers.s3.driver import S3Driver
+
+    redirect_disable = bool(param_overrides.pop("redirect_disable", False))
+    params = await trio.to_thread.run_sync(lambda: s3_params(**param_overrides))
+    driver = S3Driver.from_params(params, redirect_disable=redirect_disable)
+    try:
+        yield driver
+    finally:
+        await driver.aclose()
+
+
+def registry_env(bucket: str | None = None, **overrides: Any) -> dict[str, str]:
+    """Environment for ``python -m registry serve`` on S3 (a fresh bucket by default)."""
+    server = moto_server()
+    params = server.params(bucket or server.new_bucket(), **overrides)
+    env = {"REGISTRY_STORAGE": "s3"}
+    for key, value in params.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"REGISTRY_STORAGE_S3_{key.upper()}"] = str(value)
+    return env
+
+
+# --- a fault-injecting HTTP proxy -------------------------------------------------------
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body_size: int
+    status: int = 0  # 0: no answer was relayed (fault or drop)
+    fault: str = ""
+    body: bytes = b""  # kept for small bodies (XML) only
+
+
+Rule = Callable[[SeenRequest], str | None]
+
+_FAULT_BODIES = {
+    "503": (503, "ServiceUnavailable", "Please reduce your request rate."),
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "429": (429, "TooManyRequests", "Reduce your concurrent request rate for the same object."),
+    "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "403": (403, "AccessDenied", "Access Denied"),
+}
+
+
+class FaultProxy:
+    """A loopback HTTP/1.1 proxy in front of moto, one request per connection.
+
+    ``rules`` are consulted for every request, in order; the first that returns a fault
+    name applies: ``"503"``, ``"slowdown"``, ``"429"``, ``"500"``, ``"403"`` answer with an
+    S3 XML error without forwarding; ``"drop"`` closes the connection without answering;
+    ``"drop_after"`` forwards the request (it takes effect) and drops the answer.
+    Every request is recorded in ``seen``.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.rules: list[Rule] = []
+        self.seen: list[SeenRequest] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, fault: str, times: int, when: Callable[[SeenRequest], bool]) -> None:
+        """Inject ``fault`` into the next ``times`` requests matching ``when`` (-1: forever)."""
+        left = [times]
+
+        def rule(request: SeenRequest) -> str | None:
+            if left[0] != 0 and when(request):
+                left[0] -= 1
+                return fault
+            return None
+
+        self.rules.append(rule)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            try:
+                raw, request, body = await _read_request(client)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                return
+            self.seen.append(request)
+            fault = next((f for rule in self.rules if (f := rule(request))), None)
+            request.fault = fault or ""
+            if fault == "drop":
+                return
+            if fault in _FAULT_BODIES:
+                status, code, message = _FAULT_BODIES[fault]
+                xml = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message><RequestId>proxy</RequestId></Error>"
+                ).encode()
+                head = (
+                    f"HTTP/1.1 {status} Fault\r\nContent-Type: application/xml\r\n"
+                    f"Content-Length: {len(xml) if request.method != 'HEAD' else 0}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                await client.send_all(head + (xml if request.method != "HEAD" else b""))
+                return
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+            async with upstream:
+                await upstream.send_all(raw + body)
+                answer = bytearray()
+                while True:
+                    data = await upstream.receive_some(1 << 20)
+                    if not data:
+                        break
+                    answer += data
+            if fault == "drop_after":
+                return
+            match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+            request.status = int(match.group(1)) if match else 0
+            try:
+                await client.send_all(bytes(answer))
+            except trio.BrokenResourceError:
+                pass
+
+    # -- what the proxy saw ----------------------------------------------------------------
+
+    def part_sizes(self) -> dict[str, dict[int, int]]:
+        """uploadId -> {part number: bytes} of every UploadPart answered 200."""
+        out: dict[str, dict[int, int]] = {}
+        for r in self.seen:
+            if r.method == "PUT" and "uploadId" in r.query and r.status == 200:
+                size = r.body_size
+                if "x-amz-copy-source-range" in r.headers:
+                    first, last = r.headers["x-amz-copy-source-range"][6:].split("-")
+                    size = int(last) - int(first) + 1
+                out.setdefault(r.query["uploadId"], {})[int(r.query["partNumber"])] = size
+        return out
+
+    def completed_uploads(self) -> list[tuple[str, list[int]]]:
+        """(uploadId, part numbers listed) of every CompleteMultipartUpload answered 200."""
+        out = []
+        for r in self.seen:
+            if r.method == "POST" and "uploadId" in r.query and r.status == 200:
+                numbers = [int(n) for n in re.findall(rb"<PartNumber>(\d+)</PartNumber>", r.body)]
+                out.append((r.query["uploadId"], numbers))
+        return out
+
+    def assert_equal_parts(self) -> int:
+        """Every completed multipart upload: all non-final parts equal, the last no larger.
+
+        Returns how many completed uploads were checked.
+        """
+        sizes = self.part_sizes()
+        completed = self.completed_uploads()
+        for upload_id, numbers in completed:
+            assert numbers == list(range(1, len(numbers) + 1)), numbers
+            parts = [sizes[upload_id][n] for n in numbers]
+            if len(parts) > 1:
+                assert len(set(parts[:-1])) == 1, f"unequal non-final parts: {parts}"
+                assert parts[-1] <= parts[0], f"last part larger than the others: {parts}"
+        return len(completed)
+
+
+async def _read_request(stream: trio.SocketStream) -> tuple[bytes, SeenRequest, bytes]:
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ValueError("connection closed before a request")
+        buf += data
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+        if name.strip().lower() != "connection":
+            kept.append(line)
+    kept.append("Connection: close")
+    length = int(headers.get("content-length", "0"))
+    body = bytearray(rest)
+    while len(body) < length:
+        data = await stream.receive_some(1 << 20)
+        if not data:
+            raise ValueError("connection closed inside a body")
+        body += data
+    split = urlsplit(target)
+    request = SeenRequest(
+        method=method,
+        path=split.path,
+        query=dict(parse_qsl(split.query, keep_blank_values=True)),
+        headers=headers,
+        body_size=length,
+        body=bytes(body) if length <= 1 << 16 else b"",
+    )
+    return ("\r\n".join(kept) + "\r\n\r\n").encode("latin-1"), request, bytes(body)
+
+
+@asynccontextmanager
+async def open_proxied_driver(**param_overrides: Any) -> AsyncIterator[tuple[Any, FaultProxy]]:
+    """An S3Driver on a fresh bucket, talking to moto through a :class:`FaultProxy`.
+
+    Retries back off in milliseconds here so fault tests stay fast.
+    """
+    from registry.drivers.s3.client import RetryPolicy
+    from registry.drivers.s3.driver import S3Driver
+
+    server = await trio.to_thread.run_sync(moto_server)
+    bucket = await trio.to_thread.run_sync(server.new_bucket)
+    async with trio.open_nursery() as nursery:
+        proxy: FaultProxy = await nursery.start(FaultProxy(server.port).serve)
+        params = server.params(bucket, regionendpoint=proxy.endpoint, **param_overrides)
+        driver = S3Driver.from_params(params)
+        driver.client.retry = RetryPolicy(base=0.005, cap=0.05)
+        try:
+            yield driver, proxy
+        finally:
+            await driver.aclose()
+            nursery.cancel_scope.cancel()
