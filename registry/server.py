@@ -20,7 +20,8 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from .config import Config
+from .auth import build_authenticator
+from .config import Config, ConfigError
 from .drivers import make_driver
 from .http.app import AppOptions, RegistryApp
 from .storage.store import Storage
@@ -51,7 +52,11 @@ def build_app(config: Config) -> RegistryApp:
         chunk_min_length=chunk_min,
         access_log=not config.log.accesslog_disabled,
     )
-    return RegistryApp(storage, options)
+    authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
+    app = RegistryApp(storage, options, authenticate=authenticate)
+    if authenticate is not None:
+        app.can_pull = authenticate.can_pull  # type: ignore[attr-defined]  # blobs.app_can_pull
+    return app
 
 
 def bind_address(addr: str) -> str:
@@ -101,6 +106,11 @@ async def serve_worker(config: Config, hc: HyperConfig, sockets: Any) -> None:
 
 
 def run(config: Config) -> int:
+    try:  # fail before forking: a missing htpasswd file is a one-line startup error
+        build_authenticator(config)
+    except ConfigError as e:
+        print(f"registry: configuration error: {e}", file=sys.stderr)
+        return 2
     hc = hypercorn_config(config)
     sockets = hc.create_sockets()
     for sock in sockets.secure_sockets + sockets.insecure_sockets:
