@@ -119,10 +119,10 @@ class MotoServer:
                 self.process.wait()
 
 
-_server: MotoServer | None = None
+_servers: dict[bool, MotoServer] = {}
 
 
-def _start_moto() -> MotoServer:
+def _start_moto(auth: bool) -> MotoServer:
     require("moto")
     require("boto3")
     import boto3
@@ -152,6 +152,9 @@ def _start_moto() -> MotoServer:
             server.stop()
             raise RuntimeError("moto server did not come up in 30 s")
         time.sleep(0.1)
+    if not auth:
+        server.access_key, server.secret_key = "AKIDNOAUTH", "no-auth-secret"
+        return server
     # Switch signature checking on: moto counts actions; the first _SETUP_ACTIONS pass.
     httpx.post(
         f"{server.endpoint}/moto-api/reset-auth", content=str(_SETUP_ACTIONS)
@@ -171,12 +174,17 @@ def _start_moto() -> MotoServer:
     return server
 
 
-def moto_server() -> MotoServer:
-    """The session's moto server (started on first use, stopped at exit)."""
-    global _server
-    if _server is None or _server.process.poll() is not None:
-        _server = _start_moto()
-    return _server
+def moto_server(*, auth: bool = True) -> MotoServer:
+    """The session's moto server (started on first use, stopped at exit).
+
+    ``auth=False``: a second server without IAM auth. Needed for presigned URLs, which
+    moto answers with a 500 whenever IAM auth is on (botocore's own presigned URLs too:
+    moto's auth check reads an Authorization header that query-signed requests lack).
+    """
+    server = _servers.get(auth)
+    if server is None or server.process.poll() is not None:
+        server = _servers[auth] = _start_moto(auth)
+    return server
 
 
 def s3_params(**overrides: Any) -> dict[str, Any]:
@@ -186,15 +194,21 @@ def s3_params(**overrides: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_s3_driver(**param_overrides: Any) -> AsyncIterator[Any]:
+async def open_s3_driver(*, auth: bool = True, **param_overrides: Any) -> AsyncIterator[Any]:
     """An S3Driver on a fresh bucket of the session's moto server; closed on exit.
 
-    ``redirect_disable`` may be passed among the overrides.
+    ``redirect_disable`` may be passed among the overrides; ``auth=False`` uses the moto
+    server without signature checking (see :func:`moto_server`).
     """
     from registry.drivers.s3.driver import S3Driver
 
     redirect_disable = bool(param_overrides.pop("redirect_disable", False))
-    params = await trio.to_thread.run_sync(lambda: s3_params(**param_overrides))
+
+    def params_for_fresh_bucket() -> dict[str, Any]:
+        server = moto_server(auth=auth)
+        return server.params(server.new_bucket(), **param_overrides)
+
+    params = await trio.to_thread.run_sync(params_for_fresh_bucket)
     driver = S3Driver.from_params(params, redirect_disable=redirect_disable)
     try:
         yield driver
@@ -246,13 +260,14 @@ class FaultProxy:
     ``rules`` are consulted for every request, in order; the first that returns a fault
     name applies: ``"503"``, ``"slowdown"``, ``"429"``, ``"500"``, ``"403"`` answer with an
     S3 XML error without forwarding; ``"drop"`` closes the connection without answering;
-    ``"drop_after"`` forwards the request (it takes effect) and drops the answer.
-    Every request is recorded in ``seen``.
+    ``"drop_after"`` forwards the request (it takes effect) and drops the answer;
+    ``"truncate"`` forwards and relays only the first half of the answer; ``"stall"``
+    never answers. Every request is recorded in ``seen``.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int = 0) -> None:
         self.upstream_port = upstream_port
-        self.port = 0
+        self.port = port
         self.rules: list[Rule] = []
         self.seen: list[SeenRequest] = []
 
@@ -273,7 +288,7 @@ class FaultProxy:
         self.rules.append(rule)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self)
         await trio.serve_listeners(self._handle, listeners)
@@ -289,6 +304,8 @@ class FaultProxy:
             request.fault = fault or ""
             if fault == "drop":
                 return
+            if fault == "stall":
+                await trio.sleep_forever()
             if fault in _FAULT_BODIES:
                 status, code, message = _FAULT_BODIES[fault]
                 xml = (
@@ -313,6 +330,9 @@ class FaultProxy:
                     answer += data
             if fault == "drop_after":
                 return
+            if fault == "truncate":
+                head_end = answer.find(b"\r\n\r\n") + 4
+                answer = answer[: head_end + (len(answer) - head_end) // 2]
             match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
             request.status = int(match.group(1)) if match else 0
             try:

@@ -65,6 +65,8 @@ class S3Driver:
         )
         self.api = S3Api(self.client, params.storageclass)
         self._root = params.root
+        self.list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
+        self.delete_batch = MAX_DELETE_BATCH  # keys per DeleteObjects call
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, redirect_disable: bool = False) -> S3Driver:
@@ -192,7 +194,9 @@ class S3Driver:
         children: set[str] = set()
         token: str | None = None
         while True:
-            page = await self.api.list_objects(prefix, delimiter="/", token=token)
+            page = await self.api.list_objects(
+                prefix, delimiter="/", token=token, max_keys=self.list_page_size
+            )
             for obj in page.objects:
                 key = obj.key
                 if key == prefix:  # a "directory marker" object some tools create
@@ -215,7 +219,7 @@ class S3Driver:
         seen_any = False
         last_path = ""
         while True:
-            page = await self.api.list_objects(prefix, token=token)
+            page = await self.api.list_objects(prefix, token=token, max_keys=self.list_page_size)
             infos: builtins.list[FileInfo] = []
             for obj in page.objects:
                 if obj.key == prefix:
@@ -313,7 +317,7 @@ class S3Driver:
         token: str | None = None
         prefix = self._dir_prefix(path)
         while True:
-            page = await self.api.list_objects(prefix, token=token)
+            page = await self.api.list_objects(prefix, token=token, max_keys=self.list_page_size)
             keys.extend(obj.key for obj in page.objects)
             token = page.next_token
             if token is None:
@@ -323,8 +327,8 @@ class S3Driver:
         states = [k for k in keys if k.endswith(STATE_SUFFIX)]
         for k in states:
             await self._abort_recorded_upload(k)
-        for start in range(0, len(keys), MAX_DELETE_BATCH):
-            await self.api.delete_objects(keys[start : start + MAX_DELETE_BATCH])
+        for start in range(0, len(keys), self.delete_batch):
+            await self.api.delete_objects(keys[start : start + self.delete_batch])
 
     async def _abort_recorded_upload(self, state_object: str) -> None:
         try:
