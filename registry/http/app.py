@@ -213,9 +213,9 @@ class RegistryApp:
                 self._log_access(req, status, sent, time.perf_counter() - started)
 
     def _error(self, exc: BaseException, req: Request, head: bool) -> Response | None:
+        if _only_cancellation(exc):
+            return None  # not an error: our scope is being cancelled (shutdown, disconnect)
         exc = unwrap(exc)
-        if isinstance(exc, trio.Cancelled):
-            return None
         if isinstance(exc, ClientDisconnected):
             return Response(400, [], b"", length=0, head=True)
         err = as_registry_error(exc)
@@ -312,6 +312,16 @@ class RegistryApp:
 
     def version(self) -> str:
         return __version__
+
+
+def _only_cancellation(exc: BaseException) -> bool:
+    """True for trio.Cancelled, or a nursery's group made only of Cancelled."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest is None
+    return False
 
 
 def header_pairs(mapping: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

@@ -70,25 +70,27 @@ def as_registry_error(exc: BaseException) -> RegistryError | None:
 
 
 class _LRUBytes:
+    """(bytes, media type) by digest, bounded by total bytes."""
+
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.used = 0
-        self.items: OrderedDict[Digest, bytes] = OrderedDict()
+        self.items: OrderedDict[Digest, tuple[bytes, str]] = OrderedDict()
 
-    def get(self, d: Digest) -> bytes | None:
+    def get(self, d: Digest) -> tuple[bytes, str] | None:
         v = self.items.get(d)
         if v is not None:
             self.items.move_to_end(d)
         return v
 
-    def put(self, d: Digest, v: bytes) -> None:
-        if len(v) > self.budget // 4 or d in self.items:
+    def put(self, d: Digest, v: tuple[bytes, str]) -> None:
+        if len(v[0]) > self.budget // 4 or d in self.items:
             return
         self.items[d] = v
-        self.used += len(v)
+        self.used += len(v[0])
         while self.used > self.budget:
             _, old = self.items.popitem(last=False)
-            self.used -= len(old)
+            self.used -= len(old[0])
 
 
 class Storage:
@@ -112,14 +114,14 @@ class Storage:
         return parse_link(content) == d
 
     async def _manifest_bytes_of(self, d: Digest) -> bytes | None:
-        body = self._manifest_bytes.get(d)
-        if body is not None:
-            return body
+        cached = self._manifest_bytes.get(d)
+        if cached is not None:
+            return cached[0]
         try:
             body = await self.driver.get_content(paths.blob_data(d))
         except PathNotFound:
             return None
-        self._manifest_bytes.put(d, body)
+        self._manifest_bytes.put(d, (body, sniff_media_type(body)))
         return body
 
     async def get_manifest(self, name: str, reference: str | Digest) -> Manifest:
@@ -130,7 +132,9 @@ class Storage:
         body = await self._manifest_bytes_of(d)
         if body is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
-        return Manifest(d, sniff_media_type(body), body)
+        cached = self._manifest_bytes.get(d)
+        media_type = cached[1] if cached is not None else sniff_media_type(body)
+        return Manifest(d, media_type, body)
 
     async def put_manifest(
         self, name: str, reference: str | Digest, content_type: str | None, body: bytes
@@ -155,7 +159,7 @@ class Storage:
         await self.driver.put_content(paths.revision_link(name, d), link_content(d))
         if isinstance(reference, str):
             await self.tags.tag(name, reference, d)
-        self._manifest_bytes.put(d, body)
+        self._manifest_bytes.put(d, (body, parsed.media_type))
         return d, parsed
 
     async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
