@@ -1,0 +1,307 @@
+"""`python -m bench`: run the scenarios against our registry and the reference, side by side.
+
+Rounds alternate the order of the two servers (ours first in even rounds, the reference
+first in odd ones) so slow drift of the machine hits both. Every scenario starts each server
+fresh. Exit status: 0 when every round of every scenario succeeded, 1 when some failed (the
+table, JSON and chart are still written), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .core import FULL, QUICK, Env, Scenario, Skip
+from .data import DataFile
+from .dockerclient import DockerClientScenario
+from .s3 import S3Scenario
+from .servers import DEFAULT_REF_CMD, ServerSpec, ServerStartError, default_ours_cmd
+from .small import SmallRequestsScenario
+from .transfer import (
+    PUSH_CHUNKED,
+    PUSH_MONOLITHIC,
+    PUSH_STREAMED,
+    ConcurrentPushScenario,
+    PullScenario,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+SCENARIOS: list[Scenario] = [
+    PUSH_MONOLITHIC,
+    PUSH_STREAMED,
+    PUSH_CHUNKED,
+    PullScenario(),
+    ConcurrentPushScenario(),
+    SmallRequestsScenario(),
+    DockerClientScenario(),
+    S3Scenario(),
+]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("BENCH_CACHE_DIR", Path(base) / "registry-bench"))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    names = [s.name for s in SCENARIOS]
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Load scenarios against our registry and distribution 2.8, side by side.",
+    )
+    ap.add_argument("--quick", action="store_true", help="small version of every scenario (<1 min)")
+    ap.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(names)}")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --quick)")
+    ap.add_argument(
+        "--ours-cmd",
+        default=default_ours_cmd(),
+        help="command for our server; {config} is the config path (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--ref-cmd",
+        default=DEFAULT_REF_CMD,
+        help="command for the reference (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--json", type=Path, help="results file (default bench/results/<timestamp>.json)"
+    )
+    ap.add_argument(
+        "--chart",
+        type=Path,
+        default=RESULTS_DIR / "latest.png",
+        help="PNG chart path (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--publish",
+        action="store_true",
+        help="also copy the chart to bench/chart.png and the table to bench/RESULTS.md",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where per-run temp storage goes (default: %(default)s)",
+    )
+    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
+    args = ap.parse_args(argv)  # fmt: skip
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        args.selected = [s for s in SCENARIOS if s.name in wanted]
+    else:
+        args.selected = [s for s in SCENARIOS if s.default]
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    return args
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    distro = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                distro = ", " + line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores {cpu}{mem}{distro}"
+
+
+def ref_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["docker-registry", "--version"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = out.split()
+    return next((w.lstrip("v") for w in words if w[:1].isdigit() or w.startswith("v2")), None)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
+            timeout=10, cwd=BENCH_DIR,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_round(sc: Scenario, env: Env, spec: ServerSpec, verbose: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"side": spec.side, "ok": False, "error": None, "values": {}}
+    try:
+        res = sc.run(env, spec)
+        rec.update(ok=True, values=res.values, notes=res.notes)
+    except ServerStartError as exc:
+        rec["error"] = f"server did not start: {exc}"
+        rec["start_failed"] = True
+    except Exception as exc:  # noqa: BLE001 - a failed round is reported, the run goes on
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        if verbose:
+            rec["traceback"] = traceback.format_exc()
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def describe_round(rec: dict[str, Any]) -> str:
+    head = f"round {rec['round']} {rec['side']:<4}"
+    if not rec["ok"]:
+        lines = (rec["error"] or "").splitlines()
+        more = "\n      ".join(lines[1:8])
+        return f"{head}: FAILED {lines[0] if lines else ''}" + (f"\n      {more}" if more else "")
+    vals = " ".join(f"{k}={report.fmt(v)}" for k, v in rec["values"].items())
+    return f"{head}: {vals}  [{rec['seconds']:.1f} s]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for s in SCENARIOS:
+            print(f"{s.name:<16} {s.title}{'' if s.default else '  (not run by default)'}")
+        return 0
+    profile = QUICK if args.quick else FULL
+    started = dt.datetime.now().astimezone()
+    specs = {"ours": ServerSpec("ours", args.ours_cmd), "ref": ServerSpec("ref", args.ref_cmd)}
+    workdir = Path(tempfile.mkdtemp(prefix="registry-bench-", dir=args.workdir))
+    cache_dir = default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "meta": {
+            "date": started.isoformat(timespec="seconds"),
+            "machine": machine_description(),
+            "python": sys.version.split()[0],
+            "profile": profile.name,
+            "rounds": args.rounds,
+            "ours_cmd": args.ours_cmd,
+            "ref_cmd": args.ref_cmd,
+            "ref_version": ref_version(),
+            "commit": git_commit(),
+            "units": "MB = 10^6 bytes; MB/s = 10^6 bytes per second; latency in ms",
+            "loadavg_start": os.getloadavg(),
+        },
+        "scenarios": {},
+    }
+    print(f"bench: {profile.name} profile, {args.rounds} round(s), workdir {workdir}")
+    print(f"  ours: {args.ours_cmd}\n  ref:  {args.ref_cmd}")
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(
+            f"  note: load average {load1:.1f} before starting: other work on this machine "
+            "will add noise to both sides"
+        )
+    broken: dict[str, str] = {}  # side -> why it cannot start; later rounds skip it
+    data = DataFile(workdir / "data.bin", profile.data_size)
+    env = Env(profile, data, workdir, cache_dir, args.verbose)
+    try:
+        for sc in args.selected:
+            print(f"\n== {sc.name}: {sc.title}", flush=True)
+            entry: dict[str, Any] = {"title": sc.title, "skipped": None, "rounds": []}
+            results["scenarios"][sc.name] = entry
+            try:
+                sc.prepare(env)
+            except Skip as exc:
+                entry["skipped"] = str(exc)
+                print(f"  skipped: {exc}")
+                continue
+            for r in range(args.rounds):
+                order = ("ours", "ref") if r % 2 == 0 else ("ref", "ours")
+                for side in order:
+                    rec: dict[str, Any]
+                    if side in broken:
+                        rec = {"side": side, "ok": False, "values": {}, "seconds": 0.0,
+                               "error": f"not run: {side} server failed to start earlier: "
+                                        f"{broken[side].splitlines()[0]}"}  # fmt: skip
+                    else:
+                        rec = run_round(sc, env, specs[side], args.verbose)
+                        if rec.get("start_failed"):
+                            broken[side] = rec["error"]
+                    rec["round"] = r + 1
+                    entry["rounds"].append(rec)
+                    print("  " + describe_round(rec), flush=True)
+            entry["figures"] = report.aggregate(sc.figures(profile), entry["rounds"])
+    except KeyboardInterrupt:
+        print("\ninterrupted: reporting what was measured so far")
+        results["meta"]["interrupted"] = True
+    finally:
+        data.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["seconds"] = round(
+        (dt.datetime.now().astimezone() - started).total_seconds(), 1
+    )
+    for entry in results["scenarios"].values():
+        entry.setdefault("figures", [])
+
+    print("\n" + report.format_table(results))
+    errors = report.format_errors(results)
+    if errors:
+        print("\nfailed rounds:\n" + errors)
+    json_path = args.json or RESULTS_DIR / f"{started.strftime('%Y%m%d-%H%M%S')}.json"
+    report.write_json(results, json_path)
+    print(f"\nresults: {json_path}")
+    problem = report.draw_chart(results, args.chart)
+    print(f"chart: {problem}" if problem else f"chart: {args.chart}")
+    if args.publish:
+        publish(results, args.chart if problem is None else None)
+    return 1 if errors else 0
+
+
+def publish(results: dict[str, Any], chart: Path | None) -> None:
+    meta = results["meta"]
+    if chart is not None:
+        shutil.copyfile(chart, BENCH_DIR / "chart.png")
+        print(f"published: {BENCH_DIR / 'chart.png'}")
+    text = (
+        "# Benchmark results\n\n"
+        f"`python -m bench {'--quick ' if meta['profile'] == 'quick' else ''}"
+        f"--rounds {meta['rounds']} --publish` on {meta['date']}, commit {meta['commit']}.\n"
+        f"Machine: {meta['machine']}. Reference: distribution {meta['ref_version']} "
+        "(Debian's docker-registry).\n"
+        "Figures are medians with (min..max) over the rounds; MB = 10^6 bytes.\n\n"
+        + report.format_table(results, markdown=True)
+        + "\n\n![ours vs reference](chart.png)\n"
+    )
+    (BENCH_DIR / "RESULTS.md").write_text(text)
+    print(f"published: {BENCH_DIR / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

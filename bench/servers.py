@@ -1,0 +1,194 @@
+"""Start and stop the two registries under test.
+
+Each ``open_server`` gets a fresh temp storage directory, a free 127.0.0.1 port and a config
+file in the reference registry's schema (ours reads the same schema), waits until
+``GET /v2/`` answers, samples the process tree's RSS while it runs, and on exit stops the
+whole process group (SIGTERM, then SIGKILL after a grace period) and deletes the storage.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .http1 import Connection, HTTPError
+from .procmem import RssSampler
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0  # seconds for a server to answer GET /v2/
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+
+# Log quietly so logging does not dominate the figures; the same file goes to both servers.
+CONFIG_TEMPLATE = """\
+version: 0.1
+log:
+  level: {log_level}
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+DEFAULT_REF_CMD = "env -u AWS_CA_BUNDLE docker-registry serve {config}"
+
+
+def default_ours_cmd() -> str:
+    return f"{shlex.quote(sys.executable)} -m registry serve {{config}}"
+
+
+class ServerStartError(Exception):
+    """The server exited or never answered GET /v2/; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    side: str  # "ours" or "ref"
+    command: str  # shell-like words; "{config}" is replaced by the config path
+    log_level: str = "error"
+
+    def argv(self, config: Path) -> list[str]:
+        words = shlex.split(self.command)
+        if not any("{config}" in w for w in words):
+            words.append("{config}")
+        return [w.replace("{config}", str(config)) for w in words]
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    proc: subprocess.Popen[bytes]
+    port: int
+    root: Path
+    log_path: Path
+    rss: RssSampler
+    host: str = "127.0.0.1"
+
+    def connect(self, timeout: float = 60.0) -> Connection:
+        return Connection(self.host, self.port, timeout=timeout)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env() -> dict[str, str]:
+    # REGISTRY_* variables override config keys in both servers: never let the caller's
+    # environment change what is measured.
+    return {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+
+
+def _wait_ready(server: RunningServer, deadline: float) -> None:
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise ServerStartError(
+                f"{server.spec.side} server exited with code {server.proc.returncode}: "
+                f"{' '.join(server.proc.args)}\n{server.log_tail()}"  # type: ignore[arg-type]
+            )
+        try:
+            with Connection(server.host, server.port, timeout=1.0) as conn:
+                resp = conn.request("GET", "/v2/")
+            if resp.status in (200, 401):
+                return
+            last = f"HTTP {resp.status}"
+        except HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise ServerStartError(
+        f"{server.spec.side} server did not answer GET /v2/ within {READY_TIMEOUT:.0f}s "
+        f"({last})\n{server.log_tail()}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # also reaps workers that outlived their parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@contextmanager
+def open_server(spec: ServerSpec, workdir: Path) -> Iterator[RunningServer]:
+    """Run one fresh server for the duration of the block. Raises ServerStartError."""
+    base = Path(tempfile.mkdtemp(prefix=f"{spec.side}-", dir=workdir))
+    root = base / "storage"
+    root.mkdir()
+    log_path = base / "server.log"
+    proc = None
+    sampler = None
+    try:
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            port = free_port()
+            config = base / "config.yml"
+            config.write_text(
+                CONFIG_TEMPLATE.format(log_level=spec.log_level, root=root, port=port)
+            )
+            try:
+                with open(log_path, "ab") as log:
+                    proc = subprocess.Popen(
+                        spec.argv(config),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=REPO_ROOT,
+                        env=server_env(),
+                        start_new_session=True,  # own process group: stop the whole tree
+                    )
+            except OSError as exc:
+                raise ServerStartError(f"{spec.side} server command failed: {exc}") from exc
+            sampler = RssSampler(proc.pid).start()
+            server = RunningServer(spec, proc, port, root, log_path, sampler)
+            try:
+                _wait_ready(server, time.monotonic() + READY_TIMEOUT)
+                break
+            except ServerStartError as exc:
+                sampler.stop()
+                _stop(proc)
+                if attempt == 2 or "address already in use" not in str(exc).lower():
+                    raise
+        yield server
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
