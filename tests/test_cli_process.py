@@ -1,0 +1,155 @@
+"""The `registry` command as a real process: default start, logging, bad configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from e2e_support import free_port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env.update(extra)
+    return env
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"registry exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/v2/", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("registry did not become ready")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    return err.decode()
+
+
+def test_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "registry", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("registry ")
+    out = subprocess.run([sys.executable, "-m", "registry", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "serve" in out.stdout and "garbage-collect" in out.stdout
+
+
+def test_serve_with_no_config_uses_filesystem_under_data(tmp_path: Path):
+    port = free_port()
+    # No CONFIG and no REGISTRY_* environment except the listen address, which we must move
+    # off :5000 to run beside other tests.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"],
+        cwd=tmp_path,
+        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        r = httpx.post(f"http://127.0.0.1:{port}/v2/x/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        assert r.status_code == 201
+    finally:
+        err = _stop(proc)
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert (tmp_path / "data/docker/registry/v2/repositories/x/_layers").is_dir()
+    assert "Traceback" not in err
+
+
+def test_json_log_format_writes_one_access_line_per_request(tmp_path: Path):
+    port = free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        "version: 0.1\nlog:\n  level: info\n  formatter: json\n  fields:\n    service: registry\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path}/root\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  workers: 1\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), stderr=subprocess.PIPE
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        httpx.get(f"http://127.0.0.1:{port}/v2/a/tags/list", headers={"User-Agent": "probe/1"})
+    finally:
+        err = _stop(proc)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines, err
+    access = [rec for rec in lines if rec.get("logger") == "registry.access"]
+    probe = [rec for rec in access if rec["http"]["user_agent"] == "probe/1"]
+    assert len(probe) == 1
+    assert probe[0]["http"]["status"] == 404 and probe[0]["http"]["path"] == "/v2/a/tags/list"
+    assert probe[0]["service"] == "registry"
+
+
+def test_warn_level_silences_the_access_log(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"],
+        cwd=tmp_path,
+        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_LOG_LEVEL="warn", REGISTRY_HTTP_WORKERS="1"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        httpx.get(f"http://127.0.0.1:{port}/v2/")
+    finally:
+        err = _stop(proc)
+    assert '"GET /v2/"' not in err
+
+
+@pytest.mark.parametrize(
+    "env, text, message",
+    [
+        ({"REGISTRY_STORAGE_S3_BUCKET": "b"}, "version: 0.1\nstorage:\n  filesystem: {}\n  inmemory: {}\n", "multiple storage drivers specified: filesystem, inmemory"),
+        ({}, "version: 0.1\nlog:\n  level: loud\n", "log.level"),
+        ({}, "version: 0.1\nstorage: [\n", "invalid YAML"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, env, text, message):
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(**env), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_two_drivers_from_file_and_env_fail_with_the_reference_message(tmp_path: Path):
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\n  s3:\n    bucket: b\n")
+    out = subprocess.run([sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "multiple storage drivers specified: filesystem, s3" in out.stderr
+
+
+def test_s3_variables_without_selecting_s3_warn(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"],
+        cwd=tmp_path,
+        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_STORAGE_S3_BUCKET="forgot", REGISTRY_HTTP_WORKERS="1"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+    finally:
+        err = _stop(proc)
+    assert "REGISTRY_STORAGE=s3" in err

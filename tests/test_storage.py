@@ -1,0 +1,110 @@
+"""Storage-layer behaviour checked directly against a driver (no HTTP)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import trio
+
+from oci import OCI_MANIFEST, descriptor, digest
+from registry.digest import Digest
+from registry.drivers.memory import MemoryDriver
+from registry.storage import paths
+from registry.storage.store import Storage
+
+
+class CountingDriver(MemoryDriver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[tuple[str, str]] = Counter()
+
+    async def list(self, path: str) -> list[str]:
+        self.calls[("list", path)] += 1
+        return await super().list(path)
+
+    async def get_content(self, path: str) -> bytes:
+        self.calls[("get", path)] += 1
+        return await super().get_content(path)
+
+
+async def _body(chunks: list[bytes]) -> Any:
+    for c in chunks:
+        yield c
+
+
+async def _push(st: Storage, name: str, data: bytes) -> Digest:
+    up = await st.uploads.start(name)
+    d = Digest.parse(digest(data))
+    await st.uploads.finish(name, up.id, d, _body([data]))
+    return d
+
+
+async def test_delete_by_digest_scans_the_tags_once_management_25():
+    drv = CountingDriver()
+    st = Storage(drv)
+    cfg = b"{}"
+    await _push(st, "r", cfg)
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor("application/vnd.oci.image.config.v1+json", cfg), "layers": []}
+    ).encode()
+    d = None
+    for i in range(50):
+        d, _ = await st.put_manifest("r", f"t{i}", OCI_MANIFEST, body)
+    other = body.replace(b"[]", b"[ ]")
+    await st.put_manifest("r", "other", OCI_MANIFEST, other)
+    assert d is not None
+    drv.calls.clear()
+    await st.delete_manifest("r", d)
+    tag_lists = [k for k in drv.calls if k[0] == "list" and k[1] == paths.tags_dir("r")]
+    assert tag_lists and all(drv.calls[k] == 1 for k in tag_lists)
+    reads = [k for k in drv.calls if k[0] == "get" and "/_manifests/tags/" in k[1]]
+    assert all(drv.calls[k] == 1 for k in reads) and len(reads) == 51
+    assert await st.tags.list("r") == ["other"]
+
+
+async def test_a_blob_is_invisible_until_verified():
+    drv = MemoryDriver()
+    st = Storage(drv)
+    data = b"x" * 1000
+    d = Digest.parse(digest(data))
+    up = await st.uploads.start("v")
+    await st.uploads.append("v", up.id, _body([data[:500]]))
+    assert await st.blobs.size(d) is None
+    assert not await st.blobs.is_linked("v", d)
+    await st.uploads.finish("v", up.id, d, _body([data[500:]]))
+    assert await st.blobs.size(d) == 1000 and await st.blobs.is_linked("v", d)
+    # the session is gone
+    assert not any(k.startswith(paths.uploads_dir("v") + "/") for k in drv._files)
+
+
+async def test_finish_without_a_cached_hasher_rehashes_from_storage():
+    drv = MemoryDriver()
+    a, b = Storage(drv), Storage(drv)  # two processes on one storage
+    data = b"abc" * 100_000
+    d = Digest.parse(digest(data))
+    up = await a.uploads.start("h")
+    await a.uploads.append("h", up.id, _body([data[:1000]]))
+    await b.uploads.append("h", up.id, _body([data[1000:2000]]), start=1000)
+    await a.uploads.append("h", up.id, _body([data[2000:]]), start=2000)
+    await a.uploads.finish("h", up.id, d, None)
+    assert await drv.get_content(paths.blob_data(d)) == data
+
+
+async def test_cancel_mid_append_keeps_a_consistent_session():
+    drv = MemoryDriver()
+    st = Storage(drv)
+    up = await st.uploads.start("c")
+
+    async def endless() -> Any:
+        while True:
+            await trio.sleep(0.01)
+            yield b"y" * 70_000
+
+    with trio.move_on_after(0.5):
+        await st.uploads.append("c", up.id, endless())
+    status = await st.uploads.status("c", up.id)
+    assert status.size % 70_000 == 0
+    stored = await drv.get_content(paths.upload_data("c", up.id))
+    assert len(stored) == status.size
