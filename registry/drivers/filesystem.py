@@ -15,7 +15,7 @@ import stat as stat_mod
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
 
 import trio
 
@@ -147,7 +147,7 @@ class FilesystemDriver:
             yield info
 
     async def _walk(
-        self, prefix: str, entries: list[tuple[str, bool, int, float]]
+        self, prefix: str, entries: Sequence[tuple[str, bool, int, float]]
     ) -> AsyncIterator[FileInfo]:
         for name, is_dir, size, mtime in entries:
             child = f"{prefix}/{name}"

@@ -21,6 +21,7 @@ import trio
 from .. import __version__
 from ..errors import ErrorCode, RegistryError, unwrap
 from ..reference import is_valid_name
+from ..storage.gc_online import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
 from .urls import base_url
@@ -89,7 +90,7 @@ class Request:
         """The whole body, at most ``limit`` bytes; MANIFEST_TOO_BIG (413) past it."""
         parts: list[bytes] = []
         have = 0
-        async with aclosing(self.body()) as body:
+        async with aclosing(self.body()) as body:  # type: ignore[type-var]
             async for chunk in body:
                 have += len(chunk)
                 if have > limit:
@@ -138,11 +139,18 @@ class RegistryApp:
         self.options = options or AppOptions()
         self._background = tuple(background)
         self.authenticate = authenticate
-        from . import blobs, manifests  # handlers register themselves in HANDLERS
+        from . import admin, blobs, manifests  # handlers register themselves in HANDLERS
 
-        self.handlers: dict[str, Handler] = {**blobs.HANDLERS, **manifests.HANDLERS}
-        self._common = (API_VERSION_HEADER, (b"x-content-type-options", b"nosniff"))
-        self._common += tuple(self.options.extra_headers)
+        self.handlers: dict[str, Handler] = {
+            **blobs.HANDLERS, **manifests.HANDLERS, **admin.HANDLERS
+        }
+        # The online collector (storage/gc_online.py) behind /admin/gc (http/admin.py);
+        # build_app sets it, None answers 404 there.
+        self.gc: OnlineGC | None = None
+        self._common: tuple[tuple[bytes, bytes], ...] = (
+            API_VERSION_HEADER,
+            (b"x-content-type-options", b"nosniff"),
+        ) + tuple(self.options.extra_headers)
 
     # --- ASGI entry point ----------------------------------------------------------------
 
@@ -200,9 +208,10 @@ class RegistryApp:
         try:
             resp = await self._dispatch(req)
         except BaseException as exc:  # noqa: BLE001 - every error becomes a response
-            resp = self._error(exc, req, head)
-            if resp is None:
+            maybe = self._error(exc, req, head)
+            if maybe is None:
                 raise
+            resp = maybe
         status = resp.status
         try:
             sent = await self._send(send, resp, head or resp.head)

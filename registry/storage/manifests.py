@@ -149,6 +149,7 @@ def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
     if not isinstance(layers, list):
         raise _invalid("layers must be a list")
     layer_descs = tuple(_descriptor(lyr, f"layers[{i}]") for i, lyr in enumerate(layers))
+    effective_type: str | None
     if artifact_type is None and ct == OCI_MANIFEST and config.media_type != OCI_EMPTY:
         effective_type = config.media_type
     else:

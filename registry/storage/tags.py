@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import trio
 
@@ -53,10 +53,10 @@ class TagStore:
             return []
         return sorted(c.rsplit("/", 1)[1] for c in children)
 
-    async def tags_pointing_at(self, name: str, d: Digest) -> list[str]:
+    async def tags_pointing_at(self, name: str, d: Digest) -> Sequence[str]:
         """Every tag whose current link is ``d``: one pass over the tags, reads in parallel."""
         tags = await self.list(name)
-        found: list[str] = []
+        found: list[str] = []  # noqa: the method named list shadows the builtin here
         limiter = trio.CapacityLimiter(self.concurrency)
 
         async def check(tag: str) -> None:

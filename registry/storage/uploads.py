@@ -24,7 +24,7 @@ from contextlib import aclosing
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -50,7 +50,7 @@ def new_upload_id() -> str:
     return str(uuid.uuid4())
 
 
-async def coalesce(chunks: AsyncIterator[bytes], size: int = COALESCE) -> AsyncIterator[bytes]:
+async def coalesce(chunks: AsyncIterator[bytes], size: int = COALESCE) -> AsyncGenerator[bytes, None]:
     """Regroup small body pieces (~64 KiB from the server) into ~``size`` byte buffers."""
     parts: list[bytes] = []
     have = 0
