@@ -92,6 +92,29 @@ class S3Response:
     body: bytes
 
 
+class _Body(httpx.AsyncByteStream):
+    """A request body that is bytes already in memory.
+
+    httpx's own byte stream iterates with an async generator, which trio reports as
+    garbage-collected-unfinished when a request is cancelled mid-send; this iterator is a
+    plain object, so a cancelled upload leaves nothing behind.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._sent = False
+
+    def __aiter__(self) -> _Body:  # type: ignore[override]
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent or not self._body:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._body
+
+
 def _check_key(key: str | None) -> None:
     # httpx normalises "." and ".." segments away; S3 would not. Refuse rather than
     # silently address another key. (Driver paths never contain them: base.check_path.)
@@ -202,7 +225,12 @@ class S3Client:
         if qs:
             url += "?" + qs
         all_headers = {"Host": host, "Accept-Encoding": "identity", **extra, **signed}
-        return self._http.build_request(method, url, headers=all_headers, content=body)
+        if body is None:
+            return httpx.Request(method, url, headers=all_headers)
+        # Always an explicit Content-Length (S3 wants one even for empty PUTs, and it keeps
+        # httpx from ever choosing chunked or aws-chunked-like framing).
+        all_headers["Content-Length"] = str(len(body))
+        return httpx.Request(method, url, headers=all_headers, stream=_Body(body))
 
     async def request(
         self,
