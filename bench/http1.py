@@ -9,7 +9,9 @@ chunked bodies from 1 MiB reads, and hashes response bodies from one reusable bu
 Contract: ``request`` returns a ``Response`` or raises ``HTTPError`` (protocol violation,
 connection closed, timeout). Response bodies are read completely, so the connection can be
 reused, into memory (``sink="buffer"``, bounded by ``max_body``), into a sha256
-(``sink="hash"``) or nowhere (``sink="discard"``).
+(``sink="hash"``), compared byte for byte with a file slice (``sink="compare"`` with
+``expect``: exact, and ~10x cheaper than sha256 in Python, which matters when the client
+shares 2 cores with the server) or nowhere (``sink="discard"``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Response:
     body: bytes = b""
     length: int = 0  # body bytes received
     sha256: str | None = None  # "sha256:<hex>" when sink="hash"
+    matches: bool | None = None  # sink="compare": body == the expected slice, length included
     elapsed: float = 0.0
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
@@ -110,6 +113,7 @@ class Connection:
         *,
         sink: str = "buffer",
         max_body: int = 16 * MiB,
+        expect: FileSlice | None = None,
     ) -> Response:
         sock = self._connect()
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
@@ -134,7 +138,7 @@ class Connection:
                     self._send_file(sock, body)
                 elif isinstance(body, Chunked):
                     self._send_chunked(sock, body)
-            resp = self._read_response(method, sink, max_body)
+            resp = self._read_response(method, sink, max_body, expect)
         except (OSError, HTTPError) as exc:
             self.close()
             if isinstance(exc, HTTPError):
@@ -191,7 +195,9 @@ class Connection:
             if not self._recv_more():
                 raise HTTPError("connection closed before the response head")
 
-    def _read_response(self, method: str, sink: str, max_body: int) -> Response:
+    def _read_response(
+        self, method: str, sink: str, max_body: int, expect: FileSlice | None
+    ) -> Response:
         while True:
             block = self._read_line_block()
             lines = block.decode("latin-1").split("\r\n")
@@ -211,8 +217,20 @@ class Connection:
         resp = Response(status, parts[2] if len(parts) > 2 else "", headers, raw_headers=raw)
         hasher = hashlib.sha256() if sink == "hash" else None
         out = bytearray() if sink == "buffer" else None
+        if sink == "compare":
+            if expect is None:
+                raise ValueError('sink="compare" needs expect=FileSlice')
+            resp.matches = True
+            fd = expect.file.fileno()
 
         def take(view: memoryview) -> None:
+            if sink == "compare" and resp.matches:
+                assert expect is not None
+                if resp.length + len(view) > expect.length:
+                    resp.matches = False
+                else:
+                    want = os.pread(fd, len(view), expect.offset + resp.length)
+                    resp.matches = bytes(view) == want  # bytes == bytes is a memcmp
             resp.length += len(view)
             if hasher is not None:
                 hasher.update(view)
@@ -231,6 +249,8 @@ class Connection:
             self._read_to_close(take)
         if hasher is not None:
             resp.sha256 = "sha256:" + hasher.hexdigest()
+        if resp.matches and expect is not None and resp.length != expect.length:
+            resp.matches = False
         if out is not None:
             resp.body = bytes(out)
         return resp

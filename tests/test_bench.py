@@ -151,3 +151,26 @@ def test_client_reads_chunked_responses_and_hashes_them() -> None:
     assert resp.header("Docker-Content-Digest") == "x"
     assert resp.length == len(body)
     assert resp.sha256 == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_client_compare_sink_detects_wrong_bytes(tmp_path: Path) -> None:
+    from bench.http1 import FileSlice
+
+    data = bytes(range(256)) * 64
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    bad = good[:-1] + b"\0"
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + data[:10]
+    results = []
+    with open(path, "rb") as fh, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(3)
+        for response in (good, bad, short):
+            server = threading.Thread(target=_serve_once, args=(listener, response))
+            server.start()
+            with Connection("127.0.0.1", listener.getsockname()[1], timeout=10) as conn:
+                resp = conn.request("GET", "/x", sink="compare", expect=FileSlice(fh, 0, len(data)))
+            server.join()
+            results.append(resp.matches)
+    assert results == [True, False, False]
