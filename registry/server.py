@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from functools import partial
 from typing import Any
@@ -20,10 +22,13 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from .auth import build_authenticator
+from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .drivers import make_driver
 from .http.app import AppOptions, RegistryApp
+from .http.debug import REQUEST_USER, build_operations, serve_debug
+from .http.ratelimit import RateLimiter, build_ratelimiter
+from .notifications import build_notifier
 from .storage.store import Storage
 
 log = logging.getLogger("registry")
@@ -31,9 +36,16 @@ log = logging.getLogger("registry")
 MAX_AUTO_WORKERS = 2  # the deployment budget is small; more workers cost memory
 
 
-def build_app(config: Config) -> RegistryApp:
+def build_app(config: Config, *, multiprocess_dir: str | None = None) -> RegistryApp:
+    """The app for ``config``; ``app.ops`` holds its metrics, health check and listeners
+    (see http/debug.py). Raises ConfigError for unusable auth/policy/health/notification
+    settings (run() checks them before forking)."""
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
+    notifier = build_notifier(config)
+    ops, driver = build_operations(
+        config, driver, multiprocess_dir, (notifier.observe,) if notifier else ()
+    )
     storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit)
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1"))
@@ -53,10 +65,37 @@ def build_app(config: Config) -> RegistryApp:
         access_log=not config.log.accesslog_disabled,
     )
     authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
-    app = RegistryApp(storage, options, authenticate=authenticate)
+    background = [notifier.start] if notifier else []
+    if ops.health is not None:
+        background.append(partial(_start, ops.health.serve))
+    app = RegistryApp(
+        storage, options, background=background,
+        authenticate=_gate(build_ratelimiter(config.raw), authenticate),
+    )
     if authenticate is not None:
         app.can_pull = authenticate.can_pull  # type: ignore[attr-defined]  # blobs.app_can_pull
+    app.ops = ops  # type: ignore[attr-defined]  # serve_worker wraps and serves it
     return app
+
+
+async def _start(serve: Any, nursery: trio.Nursery) -> None:
+    await nursery.start(serve)
+
+
+def _gate(limiter: RateLimiter | None, authenticate: Authenticator | None) -> Any:
+    """The app's pre-dispatch hook: rate limit first (cheap; slows password guessing before
+    bcrypt runs), then authentication, whose user the metrics/notifications observer reads."""
+    if limiter is None and authenticate is None:
+        return None
+
+    async def gate(req: Any, route: str, params: dict[str, str]) -> None:
+        if limiter is not None:
+            limiter.check(req)
+        if authenticate is not None:
+            await authenticate(req, route, params)
+            REQUEST_USER.set(req.user)
+
+    return gate
 
 
 def bind_address(addr: str) -> str:
@@ -95,19 +134,50 @@ async def _shutdown_on_signal() -> None:
             return
 
 
-async def serve_worker(config: Config, hc: HyperConfig, sockets: Any) -> None:
-    app = build_app(config)
-    await worker_serve(
-        wrap_app(app, hc.wsgi_max_body_size, "asgi"),
-        hc,
-        sockets=sockets,
-        shutdown_trigger=_shutdown_on_signal,
-    )
+async def serve_worker(
+    config: Config, hc: HyperConfig, sockets: Any, debug_sockets: Any = None,
+    multiprocess_dir: str | None = None,
+) -> None:
+    app = build_app(config, multiprocess_dir=multiprocess_dir)
+    ops = app.ops  # type: ignore[attr-defined]
+    async with trio.open_nursery() as nursery:
+        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
+            await nursery.start(partial(serve_debug, ops.debug_app(), debug_sockets))
+        await worker_serve(
+            wrap_app(ops.wrap(app), hc.wsgi_max_body_size, "asgi"),
+            hc,
+            sockets=sockets,
+            shutdown_trigger=_shutdown_on_signal,
+        )
+        nursery.cancel_scope.cancel()
+
+
+def _check_startup(config: Config) -> None:
+    """Everything build_app would refuse, checked once before binding or forking."""
+    build_authenticator(config)
+    build_ratelimiter(config.raw)
+    build_notifier(config)
+    from .http.debug import parse_health
+
+    parse_health(config.health)
+
+
+def _debug_sockets(config: Config) -> Any:
+    if not config.http.debug_addr:
+        return None
+    dhc = HyperConfig()
+    dhc.bind = [bind_address(config.http.debug_addr)]
+    debug = dhc.create_sockets()
+    for sock in debug.insecure_sockets:
+        sock.listen(dhc.backlog)
+        host, port, *_ = sock.getsockname()
+        log.info("debug listener on http://%s:%d", host, port)
+    return debug
 
 
 def run(config: Config) -> int:
     try:  # fail before forking: a missing htpasswd file is a one-line startup error
-        build_authenticator(config)
+        _check_startup(config)
     except ConfigError as e:
         print(f"registry: configuration error: {e}", file=sys.stderr)
         return 2
@@ -120,13 +190,35 @@ def run(config: Config) -> int:
     n = worker_count(config)
     for host, port, *_ in bound:
         log.info("registry listening on %s://%s:%d (%d worker%s)", scheme, host, port, n, "s" * (n > 1))
+    debug = _debug_sockets(config)
     if n == 1:
-        trio.run(partial(serve_worker, config, hc, sockets))
+        trio.run(partial(serve_worker, config, hc, sockets, debug))
         return 0
-    return _supervise(n, partial(serve_worker, config, hc, sockets))
+    multiprocess_dir = None
+    if config.http.debug_prometheus_enabled:
+        # Workers share one debug socket, so any of them may answer a scrape: they keep
+        # their metrics in files here (prometheus-client's multiprocess mode, see debug.py).
+        # prometheus_client reads this variable when a worker creates its metrics.
+        multiprocess_dir = tempfile.mkdtemp(prefix="registry-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
+    try:
+        return _supervise(
+            n, partial(serve_worker, config, hc, sockets, debug, multiprocess_dir),
+            on_exit=partial(_worker_gone, multiprocess_dir),
+        )
+    finally:
+        if multiprocess_dir:
+            shutil.rmtree(multiprocess_dir, ignore_errors=True)
 
 
-def _supervise(n: int, target: Any) -> int:
+def _worker_gone(multiprocess_dir: str | None, pid: int) -> None:
+    if multiprocess_dir:  # drop a dead worker's in-flight gauges from the sums
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, multiprocess_dir)
+
+
+def _supervise(n: int, target: Any, on_exit: Any = None) -> int:
     children: dict[int, int] = {}
     stopping = False
 
@@ -168,6 +260,8 @@ def _supervise(n: int, target: Any) -> int:
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        if on_exit is not None and slot is not None:
+            on_exit(pid)
         if slot is None or stopping:
             continue
         log.error("worker %d exited with status %d; restarting", pid, status)
