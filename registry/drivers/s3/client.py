@@ -180,7 +180,9 @@ class S3Client:
         return self._outage
 
     def _note_outage(self, reason: str) -> None:
-        if self._outage != reason:
+        # One line when the bucket becomes unusable; the reason may change while it stays
+        # broken (a bodyless HEAD 403 says less than a GET's SignatureDoesNotMatch): quiet.
+        if self._outage is None:
             self._outage = reason
             log.error(
                 "S3 bucket %r at %s is unusable: %s; answering 503 until it works",
@@ -373,8 +375,10 @@ class S3Client:
             retry_after = headers.get("retry-after", "")
             if retry_after.isdigit():
                 error.retry_after = min(RETRY_AFTER_CAP, float(retry_after))
-        else:
-            self._note_ok()  # a definite answer (404, 412, ...): the bucket works
+        elif content:
+            # A definite answer with an S3 error document (NoSuchKey, ...): the bucket
+            # works. A bodyless 404 (HEAD) is not proof: a missing bucket looks the same.
+            self._note_ok()
         return error
 
     def _sleep_for(self, attempt: int, last: BaseException | None) -> float:
@@ -396,6 +400,7 @@ class S3Client:
         if isinstance(last, errors.S3Error):
             if isinstance(last, base.Unavailable):
                 return last
+            self._note_outage(f"{last.code} ({last.status}) after {self.retry.max_attempts} tries")
             error = errors.S3Unavailable(
                 last.status, last.code, last.message, last.request_id, last.resource
             )
