@@ -9,6 +9,7 @@ from dataclasses import dataclass
 # algorithm -> (hex length, hashlib constructor name)
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
@@ -34,7 +35,7 @@ class Digest:
         length = ALGORITHMS.get(algorithm)
         if length is None:
             raise DigestError(f"unsupported digest algorithm: {algorithm[:32]!r}")
-        if len(hexpart) != length or not all(c in "0123456789abcdef" for c in hexpart):
+        if len(hexpart) != length or _LOWER_HEX.fullmatch(hexpart) is None:
             raise DigestError(f"invalid {algorithm} digest: {value[:150]!r}")
         return cls(algorithm, hexpart)
 
