@@ -144,7 +144,7 @@ def parse_endpoints(section: Mapping[str, Any]) -> list[Endpoint]:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def event_for(ex: Any, source: dict[str, str], base_url: str) -> dict[str, Any] | None:

@@ -14,14 +14,13 @@ import bcrypt
 import httpx
 import pytest
 import trio
+from conftest import start_app
 
 from registry.auth import HtpasswdAuth, build_authenticator
 from registry.auth import htpasswd as htpasswd_mod
 from registry.auth.htpasswd import HtpasswdError, HtpasswdFile, parse_basic, parse_htpasswd
 from registry.auth.policy import REFERENCE_POLICY
 from registry.config import ConfigError, load_config
-
-from conftest import start_app
 
 REALM = "Test Realm"
 FAST_COST = 4  # bcrypt's minimum: tests stay fast; the timing test uses a real cost
@@ -237,20 +236,19 @@ async def test_bcrypt_runs_off_the_event_loop(auth_server: tuple[str, Path]) -> 
     """While a check runs in its thread, other requests are still served."""
     url, path = auth_server
     write_htpasswd(path, {"slow": "pw"}, cost=12)  # ~0.3 s per check
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        async with trio.open_nursery() as n:
-            n.start_soon(c.get, "/v2/", )  # anonymous: 401 at once
-            done = trio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c, trio.open_nursery() as n:
+        n.start_soon(c.get, "/v2/", )  # anonymous: 401 at once
+        done = trio.Event()
 
-            async def slow() -> None:
-                assert (await c.get("/v2/", headers=basic("slow", "pw"))).status_code == 200
-                done.set()
+        async def slow() -> None:
+            assert (await c.get("/v2/", headers=basic("slow", "pw"))).status_code == 200
+            done.set()
 
-            n.start_soon(slow)
-            await trio.sleep(0.05)
-            with trio.fail_after(0.25):
-                assert (await c.get("/v2/")).status_code == 401
-            assert not done.is_set()
+        n.start_soon(slow)
+        await trio.sleep(0.05)
+        with trio.fail_after(0.25):
+            assert (await c.get("/v2/")).status_code == 401
+        assert not done.is_set()
 
 
 # --- configuration and startup ---------------------------------------------------------------
@@ -292,7 +290,7 @@ def test_serve_with_missing_htpasswd_exits_2_with_one_line(tmp_path: Path) -> No
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.run(
         [sys.executable, "-m", "registry", "serve", str(cfg)],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=env, check=False,
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
 from conftest import start_app
 from oci import push_blob, push_image
+from test_auth_htpasswd import write_htpasswd
+
 from registry.auth import HtpasswdAuth, access_policy
 from registry.auth.htpasswd import HtpasswdFile
 from registry.auth.policy import (
@@ -24,7 +25,6 @@ from registry.auth.policy import (
     parse_policy,
 )
 from registry.config import ConfigError, load_config
-from test_auth_htpasswd import write_htpasswd
 
 ALL = frozenset({"pull", "push", "delete"})
 PUBLIC = parse_policy({

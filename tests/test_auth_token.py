@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from conftest import start_app
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -24,9 +25,9 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import start_app
 from oci import push_blob, push_image
+from test_auth_process import docker_cli, run_registry
+
 from registry.auth import build_authenticator
 from registry.auth.token import (
     TokenAuth,
@@ -38,6 +39,13 @@ from registry.auth.token import (
     needed_access,
 )
 from registry.config import ConfigError, load_config
+
+try:  # tests/ is a plain directory on sys.path, or a package
+    from tests import e2e_support as e2e
+except ImportError:
+    import e2e_support as e2e  # type: ignore[no-redef]
+
+_ = docker_cli  # the session fixture, used by the docker test below
 
 ISSUER = "test-issuer"
 SERVICE = "test-registry"
@@ -75,7 +83,7 @@ class Issuer:
         name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "token signer")])
         import datetime
 
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -450,16 +458,10 @@ def serve_in_thread(app: Any) -> tuple[str, Any]:
 
 
 @pytest.mark.e2e
-def test_docker_login_push_pull_with_token_auth(tmp_path: Path, issuer: Issuer) -> None:
-    from test_auth_process import run_registry
-
-    try:
-        from tests import e2e_support as e2e
-    except ImportError:
-        import e2e_support as e2e  # type: ignore[no-redef]
-    docker = e2e.require_tool("docker", "apt-get install docker.io")
-    if not e2e._docker_ok(docker):
-        pytest.skip("no docker daemon answers (the docker e2e tests start one)")
+def test_docker_login_push_pull_with_token_auth(
+    tmp_path: Path, issuer: Issuer, docker_cli: str
+) -> None:
+    docker = docker_cli
     server = TokenServer(issuer, {"alice": "wonderland"})
     realm, stop = serve_in_thread(server)
     config = {"auth": {"token": {"realm": f"{realm}/token", "service": SERVICE,

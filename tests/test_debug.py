@@ -14,8 +14,8 @@ import pytest
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
-
 from oci import push_image
+
 from registry.config import ConfigError, load_config
 from registry.drivers.base import PathNotFound, Unavailable
 from registry.drivers.memory import MemoryDriver

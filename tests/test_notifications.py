@@ -13,13 +13,13 @@ import pytest
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
-
 from oci import OCI_MANIFEST, push_image
+from test_auth_htpasswd import write_htpasswd
+
 from registry.config import ConfigError, load_config
 from registry.http.debug import Exchange
 from registry.notifications import EVENTS_MEDIA_TYPE, Endpoint, Notifier, parse_endpoints
 from registry.server import build_app
-from test_auth_htpasswd import write_htpasswd
 
 
 class Receiver:

@@ -13,11 +13,11 @@ import pytest
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
+from test_auth_htpasswd import basic, write_htpasswd
 
 from registry.config import ConfigError, load_config
 from registry.http.ratelimit import RateLimitConfig, RateLimiter, build_ratelimiter, parse_ratelimit
 from registry.server import build_app
-from test_auth_htpasswd import basic, write_htpasswd
 
 
 def test_off_by_default() -> None:

@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import start_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import start_app
 from oci import digest, push_blob, push_image
+from test_auth_htpasswd import basic, write_htpasswd
+
 from registry.auth import HtpasswdAuth
 from registry.auth.htpasswd import HtpasswdFile
 from registry.auth.policy import REFERENCE_POLICY
@@ -33,7 +34,6 @@ from registry.drivers.memory import MemoryDriver
 from registry.http.app import AppOptions, RegistryApp
 from registry.server import hypercorn_config
 from registry.storage.store import Storage
-from test_auth_htpasswd import basic, write_htpasswd
 
 REALM = "Security"
 PASSWORD = "correct-horse-battery"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from test_auth_process import run_registry
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-
 from test_auth_process import docker_cli, htpasswd_config, htpasswd_file, run_registry
 
 try:  # tests/ is a plain directory on sys.path, or a package
@@ -30,8 +29,7 @@ def make_certs(tmp_path: Path) -> tuple[trustme.CA, Path, Path, Path]:
     cert, key, ca_path = tmp_path / "server.crt", tmp_path / "server.key", tmp_path / "ca.crt"
     server.private_key_pem.write_to_path(str(key))
     with open(cert, "wb") as f:  # leaf first, then the chain (what http.tls.certificate holds)
-        for blob in server.cert_chain_pems:
-            f.write(blob.bytes())
+        f.writelines(blob.bytes() for blob in server.cert_chain_pems)
     ca.cert_pem.write_to_path(str(ca_path))
     return ca, cert, key, ca_path
 
@@ -57,14 +55,13 @@ def test_https_with_a_trusted_ca(tmp_path: Path) -> None:
 
 
 def test_tls_with_htpasswd(tmp_path: Path) -> None:
-    ca, cert, key, ca_path = make_certs(tmp_path)
+    _, cert, key, ca_path = make_certs(tmp_path)
     users = htpasswd_file(tmp_path / "htpasswd", {"alice": "wonderland"})
     config = {**tls_config(cert, key), **htpasswd_config(users)}
     trust = ssl.create_default_context(cafile=str(ca_path))
-    with run_registry(tmp_path, config, scheme="https", verify=trust) as reg:
-        with reg.client() as c:
-            assert c.get("/v2/").status_code == 401
-            assert c.get("/v2/", auth=("alice", "wonderland")).status_code == 200
+    with run_registry(tmp_path, config, scheme="https", verify=trust) as reg, reg.client() as c:
+        assert c.get("/v2/").status_code == 401
+        assert c.get("/v2/", auth=("alice", "wonderland")).status_code == 200
 
 
 def test_docker_push_pull_over_tls_with_ca_in_certs_d(tmp_path: Path, docker_cli: str) -> None:

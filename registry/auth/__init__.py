@@ -20,6 +20,7 @@ key) when they are missing or unusable, so the CLI refuses to start (exit code 2
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config, ConfigError
@@ -108,7 +109,7 @@ def _param(params: Any, key: str, scheme: str, required: bool = True) -> str | N
 
 def access_policy(config: Config) -> Policy:
     section = config.raw.get("policy")
-    access = section.get("access") if hasattr(section, "get") else None
+    access = section.get("access") if isinstance(section, Mapping) else None
     try:
         return parse_policy(access)
     except PolicyError as exc:

@@ -137,7 +137,7 @@ def _grant(value: Any, key: str) -> Grant:
     if isinstance(value, Mapping):
         unknown = set(value) - {"actions", "repositories"}
         if unknown:
-            raise PolicyError(f"{key}: unknown key {sorted(unknown)[0]!r}"
+            raise PolicyError(f"{key}: unknown key {min(unknown)!r}"
                               " (expected actions, repositories)")
         actions = _strings(value.get("actions", ()), f"{key}.actions")
         repos_raw = value.get("repositories")
@@ -169,7 +169,7 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
         raise PolicyError("policy.access: expected a mapping")
     unknown = set(section) - {"anonymous", "default", "users"}
     if unknown:
-        raise PolicyError(f"policy.access: unknown key {sorted(unknown)[0]!r}"
+        raise PolicyError(f"policy.access: unknown key {min(unknown)!r}"
                           " (expected anonymous, default, users)")
     users_raw = section.get("users") or {}
     if not isinstance(users_raw, Mapping):

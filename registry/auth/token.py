@@ -63,8 +63,11 @@ LEEWAY_S = 60  # clock skew allowed on exp/nbf (the reference's leeway)
 MAX_TOKEN_BYTES = 16 * 1024  # a token with many scopes is a few KiB; refuse anything huge
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
               "EdDSA")
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-_EC_CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_EC_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
+    "P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+_EC_JWK_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _EC_SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -104,7 +107,7 @@ def jwk_thumbprint(key: PublicKey) -> str:
     elif isinstance(key, ec.EllipticCurvePublicKey):
         nums_ec = key.public_numbers()
         size = (key.curve.key_size + 7) // 8
-        crv = {v.name: k for k, v in _EC_CURVES.items()}[key.curve.name]
+        crv = _EC_JWK_NAMES[key.curve.name]
         members = {"crv": crv, "kty": "EC", "x": b64url_encode(nums_ec.x.to_bytes(size, "big")),
                    "y": b64url_encode(nums_ec.y.to_bytes(size, "big"))}
     else:

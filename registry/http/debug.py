@@ -402,7 +402,7 @@ class Observed:
         for listener in self.listeners:
             try:
                 listener(ex)
-            except Exception:  # noqa: BLE001 - observation never breaks a request
+            except Exception:
                 log.exception("exchange listener failed")
 
 
@@ -449,7 +449,7 @@ class DebugApp:
 
 
 async def serve_debug(app: DebugApp, sockets: Any, *,
-                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the debug app on pre-bound ``sockets`` (hypercorn Sockets) until cancelled."""
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio.run import worker_serve
@@ -463,7 +463,8 @@ async def serve_debug(app: DebugApp, sockets: Any, *,
     hc.graceful_timeout = 1
     hc.include_server_header = False
     never = trio.Event()
-    await worker_serve(wrap_app(app, hc.wsgi_max_body_size, "asgi"), hc, sockets=sockets,
+    asgi: Any = app
+    await worker_serve(wrap_app(asgi, hc.wsgi_max_body_size, "asgi"), hc, sockets=sockets,
                        shutdown_trigger=never.wait, task_status=task_status)
 
 

@@ -139,6 +139,6 @@ class RateLimiter:
 def build_ratelimiter(raw_config: Mapping[str, Any]) -> RateLimiter | None:
     """From ``Config.raw``: the limiter for ``policy.ratelimit``, or None. Raises ConfigError."""
     policy = raw_config.get("policy")
-    section = policy.get("ratelimit") if hasattr(policy, "get") else None
+    section = policy.get("ratelimit") if isinstance(policy, Mapping) else None
     parsed = parse_ratelimit(section)
     return RateLimiter(parsed) if parsed is not None else None
