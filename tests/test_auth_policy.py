@@ -15,6 +15,7 @@ from test_auth_htpasswd import write_htpasswd
 from registry.auth import HtpasswdAuth, access_policy
 from registry.auth.htpasswd import HtpasswdFile
 from registry.auth.policy import (
+    ADMIN,
     CATALOG,
     REFERENCE_POLICY,
     Grant,
@@ -80,6 +81,12 @@ PUBLIC = parse_policy({
         ("alice", "pull", "bob/app", PUBLIC, False),
         ("alice", "push", "alicex/app", PUBLIC, False),
         ("alice", CATALOG, None, PUBLIC, False),
+        # Administration (/admin/gc): delete on every repository.
+        ("anyone", ADMIN, None, REFERENCE_POLICY, True),
+        (None, ADMIN, None, PUBLIC, False),
+        ("someone", ADMIN, None, PUBLIC, False),
+        ("admin", ADMIN, None, PUBLIC, True),
+        ("alice", ADMIN, None, PUBLIC, False),
         # An explicitly empty user entry, unknown actions, a missing repository.
         ("nobody", "pull", "x", PUBLIC, False),
         ("admin", "frobnicate", "x", PUBLIC, False),
@@ -111,6 +118,8 @@ def test_decide(user: str | None, action: str, repo: str | None, policy: Policy,
         ("upload", "PUT", "push"),
         ("upload", "DELETE", "push"),
         ("referrers", "GET", "pull"),
+        ("admin_gc", "POST", ADMIN),
+        ("admin_gc", "GET", ADMIN),
     ],
 )
 def test_action_for_each_route(route: str, method: str, action: str | None) -> None:

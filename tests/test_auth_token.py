@@ -289,6 +289,7 @@ def test_any_token_shape_is_token_error_or_claims(token: str) -> None:
         ("manifest", "PUT", "a", [("repository", "a", "pull"), ("repository", "a", "push")]),
         ("upload", "PATCH", "a", [("repository", "a", "pull"), ("repository", "a", "push")]),
         ("blob", "DELETE", "a", [("repository", "a", "delete")]),
+        ("admin_gc", "POST", None, [("registry", "admin", "*")]),
     ],
 )
 def test_needed_access(route: str, method: str, name: str | None, needed: list) -> None:

@@ -26,7 +26,8 @@ The reference registry lets every authenticated user do everything. With
 - A repository entry ``team/app`` matches the repository ``team/app`` and every repository
   below it (``team/app/web``), never ``team/application``. ``{user}`` is replaced by the
   user name. No ``repositories`` (or ``["*"]``) means every repository.
-- The catalog (``/v2/_catalog``) needs ``pull`` on every repository.
+- The catalog (``/v2/_catalog``) needs ``pull`` on every repository; administration
+  endpoints outside ``/v2/`` (``/admin/gc``) need ``delete`` on every repository.
 - ``GET /v2/`` answers 200 to any authenticated user, and 401 to anonymous callers so that
   clients learn the challenge and send their credentials.
 - A denied anonymous request gets 401 with the challenge; a denied authenticated one gets
@@ -49,6 +50,8 @@ from typing import Any
 
 ACTIONS = ("pull", "push", "delete")
 CATALOG = "catalog"  # the pseudo-action of /v2/_catalog
+ADMIN = "admin"  # the pseudo-action of routes outside /v2/ (e.g. /admin/gc)
+REPOSITORY_ROUTES = frozenset({"tags", "manifest", "blob", "uploads", "upload", "referrers"})
 USER_PLACEHOLDER = "{user}"
 
 
@@ -90,12 +93,14 @@ def _matches(pattern: str, repo: str, user: str | None) -> bool:
 def decide(user: str | None, action: str, repo: str | None, policy: Policy) -> bool:
     """May ``user`` (None: anonymous) do ``action`` on ``repo``?
 
-    ``action`` is one of ACTIONS with a repository name, or CATALOG with ``repo`` None
-    (allowed when some grant gives ``pull`` on every repository). Anything else is denied.
+    ``action`` is one of ACTIONS with a repository name, or CATALOG / ADMIN with ``repo``
+    None (allowed when some grant gives ``pull`` / ``delete`` on every repository). Anything
+    else is denied.
     """
     grants = policy.anonymous if user is None else policy.users.get(user, policy.default)
-    if action == CATALOG:
-        return any("pull" in g.actions and g.repositories is None for g in grants)
+    if action in (CATALOG, ADMIN):
+        needed = "pull" if action == CATALOG else "delete"
+        return any(needed in g.actions and g.repositories is None for g in grants)
     if action not in ACTIONS or repo is None:
         return False
     for grant in grants:
@@ -114,6 +119,8 @@ def action_for(route: str, method: str) -> str | None:
         return None
     if route == "catalog":
         return CATALOG
+    if route not in REPOSITORY_ROUTES:
+        return ADMIN
     if route in ("uploads", "upload"):
         return "push"
     if method == "DELETE":

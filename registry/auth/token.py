@@ -27,8 +27,8 @@ reference and docker's token servers put there) or as an RFC 7638 thumbprint. Cl
 ``nbf`` with ``LEEWAY_S`` of clock skew. ``access`` is a list of ``{type, name, actions}``.
 
 Access needed per request: pull for GET/HEAD, pull and push for uploads and manifest PUT,
-delete for DELETE, ``registry:catalog:*`` for the catalog, nothing beyond a valid token for
-``GET /v2/``. A cross-repository mount additionally needs pull on the source repository,
+delete for DELETE, ``registry:catalog:*`` for the catalog, ``registry:admin:*`` for our
+administration endpoints (``/admin/gc``), nothing beyond a valid token for ``GET /v2/``. A cross-repository mount additionally needs pull on the source repository,
 else it falls back to a normal upload.
 """
 
@@ -296,6 +296,8 @@ def needed_access(route: str, method: str, name: str | None) -> list[tuple[str, 
         return []
     if action == "catalog":
         return [("registry", "catalog", "*")]
+    if action == "admin":  # outside /v2/ (our /admin/gc): not in the reference's scopes
+        return [("registry", "admin", "*")]
     assert name is not None
     if action == "push":
         return [("repository", name, "pull"), ("repository", name, "push")]
