@@ -148,6 +148,12 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.barh(ys, advantage, color=colors, left=0)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    lo, hi = min(advantage + [1.0]) / 1.3, max(advantage + [1.0]) * 1.5
+    ax.set_xlim(lo, hi)
+    ticks = [2.0**k for k in range(-6, 7) if lo <= 2.0**k <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=7)
     for y, a in zip(ys, advantage, strict=True):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .http1 import Connection, HTTPError
-from .procmem import RssSampler
+from .procmem import RssSampler, tree_cpu_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0  # seconds for a server to answer GET /v2/
@@ -81,6 +81,10 @@ class RunningServer:
 
     def connect(self, timeout: float = 60.0) -> Connection:
         return Connection(self.host, self.port, timeout=timeout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server's process tree has used so far (user + system)."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

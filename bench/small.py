@@ -75,6 +75,7 @@ class SmallRequestsScenario:
                     Figure(f"{key}_c{c}_p50", f"{label} c={c} p50", "ms", "lower"),
                     Figure(f"{key}_c{c}_p99", f"{label} c={c} p99", "ms", "lower"),
                 ]
+        out.append(Figure("cpu_us", "server CPU per request", "us", "lower"))
         out.append(Figure("errors", "socket errors + timeouts", "count", "lower", zero_ok=True))
         out.append(Figure("rss", "peak RSS", "MB", "lower"))
         return out
@@ -106,6 +107,8 @@ class SmallRequestsScenario:
                 digests = oci.push_small_image(conn, REPO, "latest", env.data.read(0, 4096))
                 self._precheck(conn, digests)
             srv.rss.reset()
+            cpu0 = srv.cpu_seconds()
+            requests = 0
             for key, _, method, which in ENDPOINTS:
                 path = (
                     f"/v2/{REPO}/manifests/latest"
@@ -122,11 +125,13 @@ class SmallRequestsScenario:
                         )
                     if r["requests"] == 0:
                         raise oci.ProtocolError(f"{method} {path} c={c}: no request completed")
+                    requests += r["requests"]
                     socket_errors += err["connect"] + err["read"] + err["write"] + err["timeout"]
                     result.values[f"{key}_c{c}_rps"] = r["rps"]
                     result.values[f"{key}_c{c}_p50"] = r["p50_ms"]
                     result.values[f"{key}_c{c}_p99"] = r["p99_ms"]
                     result.notes[f"{key}_c{c}"] = r
+            result.values["cpu_us"] = (srv.cpu_seconds() - cpu0) / requests * 1e6
             result.values["errors"] = float(socket_errors)
             result.values["rss"] = srv.rss.peak_mb
         return result

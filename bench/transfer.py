@@ -37,6 +37,7 @@ class PushScenario:
         mib = profile.blob_size // (1024 * 1024)
         return [
             Figure("mbps", f"{self.title} {mib} MiB", "MB/s", target=Target("ratio", 1.0)),
+            Figure("cpu", "server CPU time", "s", better="lower"),
             Figure("rss", "peak RSS", "MB", better="lower"),
         ]
 
@@ -49,12 +50,15 @@ class PushScenario:
         digest = env.data.digest(0, p.blob_size)
         with open_server(spec, env.workdir) as srv, srv.connect(p.request_timeout) as conn:
             srv.rss.reset()
+            cpu0 = srv.cpu_seconds()
             t0 = time.perf_counter()
             self.push(conn, REPO, body, digest, p)
             elapsed = time.perf_counter() - t0
+            cpu = srv.cpu_seconds() - cpu0
             peak = srv.rss.peak_mb
             oci.verify_blob(conn, REPO, digest, p.blob_size)
-        return RoundResult({"mbps": p.blob_size / elapsed / 1e6, "rss": peak}, {"seconds": elapsed})
+        values = {"mbps": p.blob_size / elapsed / 1e6, "cpu": cpu, "rss": peak}
+        return RoundResult(values, {"seconds": elapsed})
 
 
 def _monolithic(conn: Connection, repo: str, body: FileSlice, digest: str, p: Profile) -> object:
@@ -84,6 +88,7 @@ class PullScenario:
         rmib = profile.range_size // (1024 * 1024)
         return [
             Figure("mbps", f"pull {mib} MiB", "MB/s", target=Target("ratio", 0.8)),
+            Figure("cpu", "server CPU time of the pull", "s", "lower"),
             Figure("range_rps", f"ranged GET {rmib} MiB, 1 conn", "req/s"),
             Figure("rss", "peak RSS", "MB", better="lower"),
         ]
@@ -101,10 +106,12 @@ class PullScenario:
         with open_server(spec, env.workdir) as srv, srv.connect(p.request_timeout) as conn:
             oci.push_monolithic(conn, REPO, env.data.slice(0, p.blob_size), digest)
             srv.rss.reset()
+            cpu0 = srv.cpu_seconds()
             t0 = time.perf_counter()
             body = env.data.slice(0, p.blob_size)
             resp = conn.request("GET", path, sink="compare", expect=body)
             elapsed = time.perf_counter() - t0
+            cpu = srv.cpu_seconds() - cpu0
             oci.expect(resp, 200, what="GET blob")
             if not resp.matches:
                 raise oci.ProtocolError(f"pull: {resp.length} bytes, not the blob pushed")
@@ -125,6 +132,7 @@ class PullScenario:
         return RoundResult(
             {
                 "mbps": p.blob_size / elapsed / 1e6,
+                "cpu": cpu,
                 "range_rps": len(self.offsets) / range_elapsed,
                 "rss": peak,
             },
@@ -148,6 +156,7 @@ class ConcurrentPushScenario:
                     f"c{n}_mbps", f"{n} clients x {mib} MiB", "MB/s", target=Target("ratio", 1.0)
                 ),
                 Figure(f"c{n}_errors", f"{n} clients errors", "count", "lower", zero_ok=True),
+                Figure(f"c{n}_cpu", f"{n} clients server CPU time", "s", "lower"),
                 Figure(f"c{n}_rss", f"{n} clients peak RSS", "MB", "lower", target=target),
             ]
         return out
@@ -188,12 +197,14 @@ class ConcurrentPushScenario:
             for t in threads:
                 t.start()
             srv.rss.reset()
+            cpu0 = srv.cpu_seconds()
             barrier.wait(timeout=30)
             t0 = time.perf_counter()
             deadline = t0 + CONCURRENT_DEADLINE
             for t in threads:
                 t.join(timeout=max(0.0, deadline - time.perf_counter()))
             elapsed = time.perf_counter() - t0
+            cpu = srv.cpu_seconds() - cpu0
             peak = srv.rss.peak_mb
             ok = [i for i in range(n) if outcome[i] is None]
             errors = [e for e in outcome if e is not None]
@@ -208,6 +219,7 @@ class ConcurrentPushScenario:
             raise oci.ProtocolError(f"{n} clients: every push failed, e.g. {errors[0]}")
         result.values[f"c{n}_mbps"] = len(ok) * p.conc_blob / elapsed / 1e6
         result.values[f"c{n}_errors"] = float(len(errors))
+        result.values[f"c{n}_cpu"] = cpu
         result.values[f"c{n}_rss"] = peak
         result.notes[f"c{n}_seconds"] = elapsed
         if errors:
