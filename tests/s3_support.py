@@ -122,36 +122,63 @@ class MotoServer:
 _servers: dict[bool, MotoServer] = {}
 
 
+def _pdeathsig() -> Callable[[], Any] | None:
+    """A preexec function setting PR_SET_PDEATHSIG (Linux): a killed test run must not
+    leave moto servers behind. Resolved before fork, so the child only makes one C call."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+
+def start_moto_process(port: int) -> subprocess.Popen[bytes]:
+    """``python -m moto.server`` on 127.0.0.1:port (no auth until reset-auth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=_pdeathsig(),  # noqa: PLW1509 -- one prctl call, nothing Python-level
+    )
+
+
+def wait_for_moto(endpoint: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{endpoint}/moto-api/data.json", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"moto server did not come up in {timeout} s")
+        time.sleep(0.1)
+
+
 def _start_moto(auth: bool) -> MotoServer:
     require("moto")
     require("boto3")
     import boto3
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    process = start_moto_process(port)
     server = MotoServer(process, port)
     atexit.register(server.stop)
-    deadline = time.monotonic() + 30
+    try:
+        wait_for_moto(server.endpoint, process)
+    except RuntimeError:
+        server.stop()
+        raise
     import httpx
 
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{server.endpoint}/moto-api/data.json", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError("moto server did not come up in 30 s")
-        time.sleep(0.1)
     if not auth:
         server.access_key, server.secret_key = "AKIDNOAUTH", "no-auth-secret"
         return server
@@ -216,12 +243,19 @@ async def open_s3_driver(*, auth: bool = True, **param_overrides: Any) -> AsyncI
         await driver.aclose()
 
 
-def registry_env(bucket: str | None = None, **overrides: Any) -> dict[str, str]:
-    """Environment for ``python -m registry serve`` on S3 (a fresh bucket by default)."""
-    server = moto_server()
+def registry_env(
+    bucket: str | None = None, *, auth: bool = True, **overrides: Any
+) -> dict[str, str]:
+    """Environment for ``python -m registry serve`` on S3 (a fresh bucket by default).
+
+    An override of None leaves that option out.
+    """
+    server = moto_server(auth=auth)
     params = server.params(bucket or server.new_bucket(), **overrides)
     env = {"REGISTRY_STORAGE": "s3"}
     for key, value in params.items():
+        if value is None:
+            continue
         if isinstance(value, bool):
             value = "true" if value else "false"
         env[f"REGISTRY_STORAGE_S3_{key.upper()}"] = str(value)
