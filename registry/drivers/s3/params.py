@@ -101,8 +101,10 @@ def _str(params: Mapping[str, Any], key: str, default: str = "") -> str:
 
 def _needs_path_style(host: str, bucket: str, scheme: str) -> bool:
     """Virtual-host addressing cannot work for IPs, localhost, or dotted buckets over TLS."""
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host
-    name = name.strip("[]")
+    if host.startswith("["):
+        name = host[1 : host.index("]")]
+    else:
+        name = host.rsplit(":", 1)[0]
     try:
         ipaddress.ip_address(name)
         return True
