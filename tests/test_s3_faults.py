@@ -196,6 +196,8 @@ async def test_missing_bucket_is_unavailable(caplog: pytest.LogCaptureFixture) -
             await driver.check_health()
         with pytest.raises(base.Unavailable):
             await driver.list("/")
+        with pytest.raises(base.Unavailable):  # HEAD says 404; the listing says why
+            await driver.stat(BLOB)
         lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
         assert len(lines) == 1 and "NoSuchBucket" in lines[0], lines
     finally:

@@ -178,9 +178,12 @@ class S3Driver:
             if page.objects:
                 found["dir"] = page.objects[0]
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(state)
-            nursery.start_soon(directory)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(state)
+                nursery.start_soon(directory)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         if "state" in found:
             info = found["state"]
             return FileInfo(path, int(info.metadata.get("size", "0")), info.mtime, False)
@@ -292,7 +295,7 @@ class S3Driver:
             await self.api.complete_multipart(dst_key, upload_id, sorted(etags.items()))
             completed = True
         except BaseExceptionGroup as group:
-            raise _first_driver_error(group) from None
+            raise _first_error(group) from None
         finally:
             if not completed:
                 with trio.move_on_after(30) as cs:
@@ -378,11 +381,16 @@ class S3Driver:
         await self.client.aclose()
 
 
-def _first_driver_error(group: BaseExceptionGroup[Any]) -> BaseException:
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real error inside a nursery's exception group, so callers see the
+    DriverError they expect, not a group. A group of only Cancelled stays a group (trio
+    needs it to reach its cancel scope)."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return _first_driver_error(exc)
-        if isinstance(exc, base.DriverError):
+            inner = _first_error(exc)
+            if inner is not exc:
+                return inner
+        elif not isinstance(exc, trio.Cancelled):
             return exc
     return group
 
