@@ -60,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .server import run
 
+        if config.storage.driver == "filesystem":
+            from .drivers.filesystem import check_writable
+
+            problem = check_writable(str(config.storage.params.get("rootdirectory") or "/var/lib/registry"))
+            if problem is not None:
+                print(f"registry: {problem}", file=sys.stderr)
+                return 2
+
         try:
             return run(config)
         except OSError as e:

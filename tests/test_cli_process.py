@@ -153,3 +153,32 @@ def test_s3_variables_without_selecting_s3_warn(tmp_path: Path):
     finally:
         err = _stop(proc)
     assert "REGISTRY_STORAGE=s3" in err
+
+
+def test_unwritable_storage_is_one_line_at_startup(tmp_path: Path):
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="registry-perm-"))  # outside pytest's 0700 tree
+    try:
+        base.chmod(0o755)
+        root = base / "owned-by-root"
+        root.mkdir()
+        if os.getuid() == 0:
+            root.chmod(0o755)  # root writes anywhere; run the server as nobody instead
+            cmd_prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        else:
+            root.chmod(0o555)
+            cmd_prefix = []
+        cfg = base / "config.yml"
+        cfg.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
+        cfg.chmod(0o644)
+        out = subprocess.run(
+            cmd_prefix + [sys.executable, "-m", "registry", "serve", str(cfg)],
+            env=_env(), capture_output=True, text=True, timeout=30, cwd=base,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert out.returncode == 2, out.stderr
+    assert "not usable" in out.stderr or "not writable" in out.stderr
+    assert "Traceback" not in out.stderr

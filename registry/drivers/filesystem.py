@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import stat as stat_mod
+import tempfile
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
@@ -166,6 +167,29 @@ class FilesystemDriver:
 
     async def aclose(self) -> None:
         return None
+
+
+def check_writable(rootdirectory: str) -> str | None:
+    """None if the server can write under ``rootdirectory``, else one line saying why.
+
+    Run once at startup so that a volume owned by another user (e.g. written by a root
+    registry:3) is a clear message, not a 500 on the first push.
+    """
+    root = os.path.abspath(rootdirectory)
+    try:
+        os.makedirs(root, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+        top = os.path.join(root, "docker", "registry", "v2")
+        if os.path.isdir(top):
+            for sub in ("blobs", "repositories"):
+                d = os.path.join(top, sub)
+                if os.path.isdir(d) and not os.access(d, os.W_OK | os.X_OK):
+                    return f"storage directory {d} is not writable by uid {os.getuid()}"
+    except OSError as e:
+        return f"storage directory {root} is not usable: {e.strerror or e}"
+    return None
 
 
 class FileWriter:

@@ -147,9 +147,11 @@ class RegistryApp:
         # The online collector (storage/gc_online.py) behind /admin/gc (http/admin.py);
         # build_app sets it, None answers 404 there.
         self.gc: OnlineGC | None = None
-        self._common: tuple[tuple[bytes, bytes], ...] = (
-            API_VERSION_HEADER,
-            (b"x-content-type-options", b"nosniff"),
+        # http.headers from the config win over our defaults (no header sent twice).
+        configured = {k for k, _ in self.options.extra_headers}
+        defaults = (API_VERSION_HEADER, (b"x-content-type-options", b"nosniff"))
+        self._common: tuple[tuple[bytes, bytes], ...] = tuple(
+            h for h in defaults if h[0] not in configured
         ) + tuple(self.options.extra_headers)
 
     # --- ASGI entry point ----------------------------------------------------------------
