@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -488,3 +490,28 @@ async def test_measure_multipart_write() -> None:  # pragma: no cover - measurem
             await w.commit()
         took = trio.current_time() - start
         print(f"\n{mib} MiB multipart write: {took:.1f} s, {mib / took:.0f} MiB/s")
+
+
+# --- with the storage layer on top ----------------------------------------------------------
+
+
+async def test_upload_purge_through_the_storage_layer_aborts_multipart_uploads() -> None:
+    """storage/purge.py cancels stale sessions via writer(append=True).cancel(): on S3 that
+    must abort the multipart upload and leave nothing behind."""
+    from registry.storage.purge import purge_uploads
+    from registry.storage.store import Storage
+
+    async def body(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 64 * 1024):
+            yield data[start : start + 64 * 1024]
+
+    async with open_s3_driver() as driver:
+        storage = Storage(driver)
+        upload = await storage.uploads.start("lib/app")
+        grown = await storage.uploads.append("lib/app", upload.id, body(payload(7 * MiB)))
+        assert grown.size == 7 * MiB
+        assert await trio.to_thread.run_sync(open_uploads, driver) != []
+        report = await purge_uploads(driver, storage.uploads, older_than=time.time() + 60)
+        assert report.purged == [("lib/app", upload.id)] and not report.errors
+        assert await trio.to_thread.run_sync(open_uploads, driver) == []
+        assert await trio.to_thread.run_sync(bucket_keys, driver) == []
