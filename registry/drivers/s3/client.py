@@ -92,6 +92,21 @@ class S3Response:
     body: bytes
 
 
+HTTPCORE_READ_BYTES = 1 * MiB  # per socket read; httpcore's 64 KiB halves GET throughput
+
+
+def _tune_httpcore() -> None:
+    """Raise httpcore's per-read size for HTTP/1.1 responses (a class attribute, so this
+    affects every httpx client in the process; bigger reads only mean fewer wakeups).
+    Measured against moto: a streamed 256 MiB GET goes from ~200 to ~375 MiB/s."""
+    try:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+    except ImportError:  # pragma: no cover - httpcore moved things; keep its default
+        return
+    if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", HTTPCORE_READ_BYTES) < HTTPCORE_READ_BYTES:
+        AsyncHTTP11Connection.READ_NUM_BYTES = HTTPCORE_READ_BYTES
+
+
 class _Body(httpx.AsyncByteStream):
     """A request body that is bytes already in memory.
 
@@ -142,6 +157,7 @@ class S3Client:
         sign_payload: bool | None = None,
         call_timeout: float = CALL_TIMEOUT,
     ) -> None:
+        _tune_httpcore()
         self.endpoint = endpoint
         self.signer = signer
         self.retry = retry or RetryPolicy()
