@@ -295,7 +295,10 @@ def publish(results: dict[str, Any], chart: Path | None) -> None:
         f"--rounds {meta['rounds']} --publish` on {meta['date']}, commit {meta['commit']}.\n"
         f"Machine: {meta['machine']}. Reference: distribution {meta['ref_version']} "
         "(Debian's docker-registry).\n"
-        "Figures are medians with (min..max) over the rounds; MB = 10^6 bytes.\n\n"
+        "Figures are medians with (min..max) over the rounds; MB = 10^6 bytes. "
+        f"Load average at the start: {meta.get('loadavg_start', ['?'])[0]:.1f}, at the end: "
+        f"{meta.get('loadavg_end', ['?'])[0]:.1f} (above ~0.5 other work shared the 2 cores, "
+        "which adds noise to both sides; the CPU-time rows are the steadiest).\n\n"
         + report.format_table(results, markdown=True)
         + "\n\n![ours vs reference](chart.png)\n"
     )
