@@ -39,7 +39,7 @@ class Digest:
             raise DigestError(f"invalid {algorithm} digest: {value[:150]!r}")
         return cls(algorithm, hexpart)
 
-    def hasher(self) -> "hashlib._Hash":
+    def hasher(self) -> hashlib._Hash:
         return hashlib.new(self.algorithm)
 
 

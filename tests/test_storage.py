@@ -105,6 +105,5 @@ async def test_cancel_mid_append_keeps_a_consistent_session():
     with trio.move_on_after(0.5):
         await st.uploads.append("c", up.id, endless())
     status = await st.uploads.status("c", up.id)
-    assert status.size % 70_000 == 0
     stored = await drv.get_content(paths.upload_data("c", up.id))
-    assert len(stored) == status.size
+    assert stored == b"y" * status.size  # a prefix of what was sent, and the size says so

@@ -13,8 +13,9 @@ leaves the writer in a state where ``cancel()`` or leaving its context still wor
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncContextManager, AsyncIterator, Protocol, runtime_checkable
+from typing import AsyncContextManager, Protocol, runtime_checkable
 
 
 class DriverError(Exception):
@@ -77,7 +78,9 @@ class FileWriter(Protocol):
     @property
     def size(self) -> int: ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append data. Must not keep a reference to ``data`` after returning."""
+        ...
 
     async def commit(self) -> None: ...
 

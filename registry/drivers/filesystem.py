@@ -14,9 +14,10 @@ import shutil
 import stat as stat_mod
 import tempfile
 import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -36,7 +37,7 @@ class FilesystemDriver:
         self._limiter = trio.CapacityLimiter(max_threads)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "FilesystemDriver":
+    def from_params(cls, params: Mapping[str, Any]) -> FilesystemDriver:
         root = str(params.get("rootdirectory") or "/var/lib/registry")
         max_threads = int(params.get("maxthreads") or DEFAULT_MAX_THREADS)
         return cls(root, max(25, max_threads))  # the reference's minimum is 25
@@ -93,7 +94,7 @@ class FilesystemDriver:
             yield data
 
     @asynccontextmanager
-    async def writer(self, path: str, append: bool = False) -> AsyncIterator["FileWriter"]:
+    async def writer(self, path: str, append: bool = False) -> AsyncIterator[FileWriter]:
         full = self._full(path)
         w = await self._run(_open_writer, full, append)
         w._run = self._run
@@ -206,7 +207,7 @@ class FileWriter:
     def size(self) -> int:
         return self._size
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._done or self._fd is None:
             raise InvalidPath("writer already committed or cancelled")
         fd = self._fd

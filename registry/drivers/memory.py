@@ -5,8 +5,9 @@ driver contract suite as the real drivers. Not for production: nothing survives 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import trio
 
@@ -22,7 +23,7 @@ class MemoryDriver:
         self._files: dict[str, tuple[bytes, float]] = {}
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "MemoryDriver":
+    def from_params(cls, params: Mapping[str, Any]) -> MemoryDriver:
         return cls()
 
     def _is_dir(self, path: str) -> bool:
@@ -59,7 +60,7 @@ class MemoryDriver:
         yield chunks()
 
     @asynccontextmanager
-    async def writer(self, path: str, append: bool = False) -> AsyncIterator["MemoryWriter"]:
+    async def writer(self, path: str, append: bool = False) -> AsyncIterator[MemoryWriter]:
         check_path(path)
         await trio.lowlevel.checkpoint()
         if not append:
@@ -136,7 +137,7 @@ class MemoryWriter:
     def size(self) -> int:
         return len(self._driver._files.get(self._path, (b"", 0.0))[0])
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._done:
             raise InvalidPath("writer already committed or cancelled")
         await trio.lowlevel.checkpoint()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qs
 
 import trio
@@ -209,7 +210,7 @@ class RegistryApp:
         status = 500
         try:
             resp = await self._dispatch(req)
-        except BaseException as exc:  # noqa: BLE001 - every error becomes a response
+        except BaseException as exc:
             maybe = self._error(exc, req, head)
             if maybe is None:
                 raise

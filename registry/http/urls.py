@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 _FORWARDED_PAIR = re.compile(r'(?i)\b(proto|host)=("?)([^";,]+)\2')
 _HOST_OK = re.compile(r"^[A-Za-z0-9.\-_:\[\]]{1,255}$")

@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from contextlib import aclosing
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 
 import trio
 
@@ -50,41 +50,23 @@ def new_upload_id() -> str:
     return str(uuid.uuid4())
 
 
-async def coalesce(chunks: AsyncIterator[bytes], size: int = COALESCE) -> AsyncGenerator[bytes, None]:
-    """Regroup small body pieces (~64 KiB from the server) into ~``size`` byte buffers."""
-    parts: list[bytes] = []
-    have = 0
-    async with aclosing(chunks) as pieces:  # type: ignore[type-var]
-        async for piece in pieces:
-            if not piece:
-                continue
-            parts.append(piece)
-            have += len(piece)
-            if have >= size:
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
-                parts = []
-                have = 0
-    if parts:
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 class Uploads:
     def __init__(self, driver: Driver, blobs: BlobStore) -> None:
         self.driver = driver
         self.blobs = blobs
-        self._hashers: OrderedDict[tuple[str, str], tuple[int, "hashlib._Hash"]] = OrderedDict()
+        self._hashers: OrderedDict[tuple[str, str], tuple[int, hashlib._Hash]] = OrderedDict()
         self._locks: dict[tuple[str, str], trio.Lock] = {}
 
     # --- per-process helpers -------------------------------------------------------------
 
-    def _take_hasher(self, name: str, upload_id: str, offset: int) -> "hashlib._Hash | None":
+    def _take_hasher(self, name: str, upload_id: str, offset: int) -> hashlib._Hash | None:
         entry = self._hashers.pop((name, upload_id), None)
         if entry is None:
             return hashlib.sha256() if offset == 0 else None
         at, h = entry
         return h if at == offset else None
 
-    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: "hashlib._Hash") -> None:
+    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: hashlib._Hash) -> None:
         self._hashers[(name, upload_id)] = (offset, h)
         while len(self._hashers) > HASHER_CACHE_ENTRIES:
             self._hashers.popitem(last=False)
@@ -104,7 +86,7 @@ class Uploads:
 
     async def start(self, name: str) -> Upload:
         upload_id = new_upload_id()
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
         await self.driver.put_content(paths.upload_startedat(name, upload_id), stamp)
         return Upload(name, upload_id, 0)
 
@@ -142,16 +124,15 @@ class Uploads:
         await self._check(name, upload_id)
         lock = self._lock(name, upload_id)
         try:
-            async with lock:
-                async with self.driver.writer(
-                    paths.upload_data(name, upload_id), append=True
-                ) as w:
-                    self._check_start(w, start)
-                    h = self._take_hasher(name, upload_id, w.size)
-                    await _pump(body, w, h)
-                    if h is not None:
-                        self._keep_hasher(name, upload_id, w.size, h)
-                    return Upload(name, upload_id, w.size)
+            async with lock, self.driver.writer(
+                paths.upload_data(name, upload_id), append=True
+            ) as w:
+                self._check_start(w, start)
+                h = self._take_hasher(name, upload_id, w.size)
+                await _pump(body, w, h)
+                if h is not None:
+                    self._keep_hasher(name, upload_id, w.size, h)
+                return Upload(name, upload_id, w.size)
         finally:
             self._release(name, upload_id, lock)
 
@@ -211,7 +192,7 @@ class Uploads:
         await self.blobs.link(name, digest)
         await self._remove(name, upload_id)
 
-    async def _rehash(self, path: str, algorithm: str) -> "hashlib._Hash":
+    async def _rehash(self, path: str, algorithm: str) -> hashlib._Hash:
         h = hashlib.new(algorithm)
         async with self.driver.reader(path) as chunks:
             async for chunk in chunks:
@@ -255,29 +236,51 @@ class Uploads:
             try:
                 raw = await self.driver.get_content(paths.upload_startedat(name, upload_id))
                 started = datetime.strptime(raw.decode().strip(), "%Y-%m-%dT%H:%M:%SZ")
-                out.append((upload_id, started.replace(tzinfo=timezone.utc).timestamp()))
+                out.append((upload_id, started.replace(tzinfo=UTC).timestamp()))
             except (PathNotFound, ValueError, UnicodeDecodeError):
                 out.append((upload_id, time.time()))
         return out
 
 
-async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: "hashlib._Hash | None") -> None:
+async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: hashlib._Hash | None) -> None:
     """Stream ``body`` into ``w`` in ~1 MiB pieces, hashing each piece in a worker thread
-    while the driver writes it, and receiving the next piece meanwhile."""
-    send, recv = trio.open_memory_channel[bytes](0)
+    while the driver writes it, and receiving the next piece meanwhile.
+
+    Two fixed buffers per upload (double buffering): pieces are copied into one while the
+    other is hashed and written, so memory per upload is 2 x COALESCE whatever the body
+    size, with no per-piece allocations. The rendezvous channel guarantees a buffer is
+    refilled only after the consumer finished with it. ``w.write`` must not keep a
+    reference to the view it is given (drivers copy what they buffer).
+    """
+    send, recv = trio.open_memory_channel[memoryview](0)
 
     async def consume() -> None:
         async with recv:
-            async for buf in recv:
+            async for view in recv:
                 if h is None:
-                    await w.write(buf)
+                    await w.write(view)
                     continue
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.to_thread.run_sync, h.update, buf)
-                    await w.write(buf)
+                    nursery.start_soon(trio.to_thread.run_sync, h.update, view)
+                    await w.write(view)
 
+    buffers = (bytearray(COALESCE), bytearray(COALESCE))
+    current = 0
+    filled = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
-        async with send, aclosing(coalesce(body)) as bufs:
-            async for buf in bufs:
-                await send.send(buf)
+        async with send, aclosing(body) as pieces:  # type: ignore[type-var]
+            async for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    buf = buffers[current]
+                    n = min(len(view), COALESCE - filled)
+                    buf[filled : filled + n] = view[:n]
+                    filled += n
+                    view = view[n:]
+                    if filled == COALESCE:
+                        await send.send(memoryview(buf))
+                        current ^= 1
+                        filled = 0
+            if filled:
+                await send.send(memoryview(buffers[current])[:filled])
