@@ -515,3 +515,48 @@ async def test_upload_purge_through_the_storage_layer_aborts_multipart_uploads()
         assert report.purged == [("lib/app", upload.id)] and not report.errors
         assert await trio.to_thread.run_sync(open_uploads, driver) == []
         assert await trio.to_thread.run_sync(bucket_keys, driver) == []
+
+
+async def test_many_writers_share_a_bounded_number_of_parts_in_flight() -> None:
+    """16 uploads at once: part uploads in flight never exceed the driver-wide slots."""
+    data = [payload(11 * MiB, seed) for seed in range(16)]
+    async with open_s3_driver(maxconcurrency=8, parallelparts=4) as driver:
+        slots = driver._part_slots
+        assert slots.total_tokens == 6
+        peak = 0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, slots.borrowed_tokens)
+                await trio.sleep(0.001)
+
+        async def push(n: int) -> None:
+            async with driver.writer(f"/many/{n}/data") as w:
+                await write_all(w, data[n])
+                await w.commit()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            async with trio.open_nursery() as pushers:
+                for n in range(16):
+                    pushers.start_soon(push, n)
+            nursery.cancel_scope.cancel()
+        assert peak == slots.total_tokens  # saturated, never above
+        for n in range(16):
+            assert await driver.get_content(f"/many/{n}/data") == data[n]
+        assert slots.borrowed_tokens == 0
+
+
+async def test_writer_copies_data_so_callers_may_reuse_their_buffer() -> None:
+    """base.FileWriter.write: the writer must not keep a reference to ``data``."""
+    expected = bytearray()
+    buffer = bytearray(3 * MiB)
+    async with open_s3_driver() as driver:
+        async with driver.writer(UPLOAD) as w:
+            for n in range(5):  # 15 MiB through one reused buffer: parts in flight meanwhile
+                buffer[:] = payload(3 * MiB, seed=n)
+                expected += buffer
+                await w.write(memoryview(buffer))
+            await w.commit()
+        assert await read(driver, UPLOAD) == bytes(expected)

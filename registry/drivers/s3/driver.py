@@ -65,6 +65,9 @@ class S3Driver:
         )
         self.api = S3Api(self.client, params.storageclass)
         self._root = params.root
+        # Part uploads in flight across all writers: 3/4 of the connections, so metadata
+        # calls always find one, and memory stays bounded however many clients push.
+        self._part_slots = trio.CapacityLimiter(max(1, params.max_concurrency * 3 // 4))
         self.list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
         self.delete_batch = MAX_DELETE_BATCH  # keys per DeleteObjects call
 
@@ -135,7 +138,9 @@ class S3Driver:
         re-raised as itself (not wrapped in an exception group).
         """
         key = self._key(path)
-        w = S3Writer(self.api, key, self.params.chunksize, self.params.parallel_parts)
+        w = S3Writer(
+            self.api, key, self.params.chunksize, self.params.parallel_parts, self._part_slots
+        )
         await w.open(append)
         body_error: BaseException | None = None
         try:

@@ -22,8 +22,9 @@ only truth, so a crash at any point leaves a consistent state.
 
 Concurrency: full parts upload in the background, in the nursery owned by the writer's
 context, at most ``parallel`` at a time (a CapacityLimiter taken by ``write``: a full
-window makes ``write`` wait). Memory per writer is bounded by about
-``part_size * (parallel + 2)``.
+window makes ``write`` wait), and at most ``shared_slots`` across all writers of a driver.
+Memory per writer is bounded by about ``part_size * (parallel + 2)``, and per process by
+``part_size * (writers + shared slots)``.
 """
 
 from __future__ import annotations
@@ -122,11 +123,21 @@ class S3Writer:
     exits without ``commit()``/``cancel()``.
     """
 
-    def __init__(self, api: S3Api, key: str, part_size: int, parallel: int) -> None:
+    def __init__(
+        self,
+        api: S3Api,
+        key: str,
+        part_size: int,
+        parallel: int,
+        shared_slots: trio.CapacityLimiter | None = None,
+    ) -> None:
         self._api = api
         self._key = key
         self._part_size = part_size
         self._limiter = trio.CapacityLimiter(max(1, parallel))
+        # Parts in flight across every writer of the driver: with many uploads at once,
+        # parts wait here (bounded memory) instead of in the connection pool (timeouts).
+        self._shared = shared_slots
         self._nursery: trio.Nursery | None = None
         self._upload_id: str | None = None
         self._created_upload = False  # this writer started the multipart upload
@@ -224,13 +235,16 @@ class S3Writer:
         error.__cause__ = exc
         return error
 
-    async def write(self, data: bytes) -> None:
-        """Accept bytes; full parts go to S3 in the background (may wait for a free slot)."""
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Accept bytes (copied: the caller may reuse ``data``); full parts go to S3 in the
+        background (may wait for a free slot)."""
         self._check_usable()
-        if not data:
-            return
+        before = len(self._buffer)
         self._buffer += data
-        self._size += len(data)
+        added = len(self._buffer) - before  # bytes, whatever the view's item size
+        if not added:
+            return
+        self._size += added
         self._dirty = True
         while len(self._buffer) >= self._part_size:
             await self._submit(bytes(self._buffer[: self._part_size]))
@@ -249,6 +263,12 @@ class S3Writer:
             self._upload_id = await self._api.create_multipart(self._key)
             self._created_upload = True
         await self._limiter.acquire_on_behalf_of(number)
+        if self._shared is not None:
+            try:
+                await self._shared.acquire_on_behalf_of((self, number))
+            except BaseException:
+                self._limiter.release_on_behalf_of(number)
+                raise
         # No checkpoint from here to the end of write's loop step: the part is either
         # in flight (and in _in_flight) or still in the buffer, never both or neither.
         self._next_part += 1
@@ -273,6 +293,8 @@ class S3Writer:
         finally:
             self._scopes.pop(number, None)
             self._limiter.release_on_behalf_of(number)
+            if self._shared is not None:
+                self._shared.release_on_behalf_of((self, number))
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
