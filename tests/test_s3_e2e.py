@@ -377,3 +377,37 @@ def test_measure_push_through_both(tmp_path: Path) -> None:  # pragma: no cover 
             assert len(client.get(f"/v2/bench/app/blobs/{digest}").content) == len(data)
             pull = time.monotonic() - start
         print(f"\n{who}: push 256 MiB {256 / took:.0f} MiB/s, pull {256 / pull:.0f} MiB/s")
+
+
+# --- the docker client on S3 --------------------------------------------------------------
+
+docker_cli = e2e.docker_cli
+
+
+@pytest.mark.parametrize("redirect", [True, False], ids=["redirect", "through-registry"])
+def test_docker_push_pull_run_on_s3(docker_cli: str, tmp_path: Path, redirect: bool) -> None:
+    """docker push (one streamed PATCH per layer) and pull on S3; with redirects the pull
+    follows 307s to presigned URLs (moto without IAM auth, which breaks presigned URLs)."""
+    from test_e2e_docker import build_app, docker_push, run_cat
+
+    if redirect:
+        env = s3_env(auth=False)
+    else:
+        env = s3_env() | {"REGISTRY_STORAGE_REDIRECT_DISABLE": "true"}
+    with run_on_s3(tmp_path, env) as reg:
+        ref = f"{reg.host}/s3e2e/app:{'redir' if redirect else 'stream'}"
+        try:
+            expected = build_app(docker_cli, tmp_path / "ctx", ref)
+            digest, _ = docker_push(docker_cli, ref)
+            e2e.docker_remove_images(docker_cli, ref, e2e.BASE_IMAGE)
+            pulled = e2e.run([docker_cli, "pull", ref]).stdout
+            assert digest in pulled
+            assert run_cat(docker_cli, ref) == expected
+        finally:
+            e2e.docker_remove_images(docker_cli, ref)
+        log = reg.log_path.read_text(errors="replace")
+    blob_gets = [line for line in log.splitlines() if '"GET /v2/s3e2e/app/blobs/' in line]
+    assert blob_gets, "docker pulled no blob through us?"
+    assert all((" 307 " in line) == redirect for line in blob_gets), blob_gets
+    if not redirect:
+        assert open_uploads(bucket_of(env)) == []
