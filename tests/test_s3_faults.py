@@ -284,3 +284,18 @@ async def test_storage_class_header_is_sent_unless_none() -> None:
         await d.put_content(BLOB, b"x")
         puts = [r for r in proxy.seen if r.method == "PUT"]
         assert puts[0].headers["x-amz-storage-class"] == "REDUCED_REDUNDANCY"
+
+
+async def test_cancel_that_cannot_abort_keeps_the_state_for_a_later_try() -> None:
+    async with s3_support.open_proxied_driver() as (driver, proxy):
+        async with driver.writer(UPLOAD) as w:
+            await write_all(w, payload(6 * MiB))
+        proxy.fail("503", -1, lambda r: r.method == "DELETE" and "uploadId" in r.query)
+        with pytest.raises(base.Unavailable):
+            async with driver.writer(UPLOAD, append=True) as w:
+                await w.cancel()
+        assert (await driver.stat(UPLOAD)).size == 6 * MiB  # still there, still named
+        proxy.rules.clear()
+        await driver.delete(UPLOAD.rsplit("/", 1)[0])  # the session's removal aborts it
+        assert await trio.to_thread.run_sync(open_uploads, driver) == []
+        assert await trio.to_thread.run_sync(bucket_keys, driver) == []

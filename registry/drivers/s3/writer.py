@@ -204,11 +204,14 @@ class S3Writer:
                 )
             self._next_part = full_parts + 1
         rest_from = full_parts * self._part_size
-        if rest_from < info.size:
-            async with self._api.client.stream(
-                "GET", self._key, headers={"range": f"bytes={rest_from}-{info.size - 1}"}
-            ) as response:
-                self._buffer = bytearray(await response.aread())
+        if rest_from < info.size:  # less than one part: read it back (retried, bounded)
+            response = await self._api.client.request(
+                "GET",
+                self._key,
+                headers={"range": f"bytes={rest_from}-{info.size - 1}"},
+                ok=(206,),
+            )
+            self._buffer = bytearray(response.body)
         self._size = info.size
         self._dirty = True
 
@@ -318,7 +321,7 @@ class S3Writer:
         except base.DriverError:
             # A failed commit kills the upload (issue 4): abort it, drop the state, so no
             # multipart upload stays open and nothing half-written is ever visible.
-            await self.cancel()
+            await self._discard(quiet=True)
             raise
         self._finished = True
         self._buffer = bytearray()
@@ -362,21 +365,36 @@ class S3Writer:
         self._upload_id = None
 
     async def cancel(self) -> None:
-        """Abort the multipart upload and remove the state (shielded, bounded, idempotent)."""
+        """Abort the multipart upload and remove the state (shielded, bounded, idempotent).
+
+        Raises the driver error if the abort failed (the state object, which names the
+        upload, is then kept so a later cancel or delete can still abort it).
+        """
+        await self._discard(quiet=False)
+
+    async def _discard(self, *, quiet: bool) -> None:
         if self._finished:
             return
         self._finished = True
         for scope in list(self._scopes.values()):
             scope.cancel()
+        problem: base.DriverError | None = None
         with trio.move_on_after(CLEANUP_TIMEOUT) as cs:
             cs.shield = True
             await self._wait_parts()
             if self._upload_id:
-                await self._api.abort_multipart(self._key, self._upload_id)
-                self._upload_id = None
-            await self._delete_state()
+                try:
+                    await self._api.abort_multipart(self._key, self._upload_id)
+                    self._upload_id = None
+                except base.DriverError as exc:
+                    problem = exc
+                    log.warning("could not abort multipart upload of %s: %s", self._key, exc)
+            if problem is None:
+                await self._delete_state()
         self._buffer = bytearray()
         self._in_flight.clear()
+        if problem is not None and not quiet:
+            raise problem
 
     async def _delete_state(self) -> None:
         if self._persisted is None:
