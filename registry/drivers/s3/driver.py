@@ -22,15 +22,15 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import trio
 
 from registry.drivers import base
 from registry.drivers.base import FileInfo, check_path
 from registry.drivers.s3 import errors
-from registry.drivers.s3.api import MAX_DELETE_BATCH, ObjectInfo, S3Api
+from registry.drivers.s3.api import MAX_DELETE_BATCH, S3Api
 from registry.drivers.s3.client import S3Client
 from registry.drivers.s3.params import S3Params
+from registry.drivers.s3.reader import ObjectStream
 from registry.drivers.s3.sigv4 import Signer
 from registry.drivers.s3.writer import (
     MAX_PARTS,
@@ -43,8 +43,6 @@ log = logging.getLogger("registry.drivers.s3")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-READ_CHUNK = 1 * MiB  # reader yields about this much at a time
-MAX_RESUMES = 3  # a GET stream broken mid-body is resumed from where it broke this often
 REDIRECT_EXPIRY = 20 * 60  # s, presigned URL lifetime, as the reference's s3 driver
 MAX_COPY_OBJECT = 5 * GiB  # CopyObject limit; bigger objects need UploadPartCopy
 
@@ -120,7 +118,7 @@ class S3Driver:
         key = self._key(path)
         if offset < 0 or (length is not None and length < 0):
             raise base.InvalidOffset(path, offset)
-        stream = _ObjectStream(self.api, key, path, offset, length)
+        stream = ObjectStream(self.api, key, path, offset, length)
         try:
             await stream.start()
             yield stream
@@ -398,100 +396,3 @@ def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
         elif not isinstance(exc, trio.Cancelled):
             return exc
     return group
-
-
-class _ObjectStream:
-    """The reader's async iterator: one ranged GET, resumed after a broken connection.
-
-    Not an async generator, so closing it is explicit and cancellation-safe.
-    """
-
-    def __init__(self, api: S3Api, key: str, path: str, offset: int, length: int | None) -> None:
-        self._api = api
-        self._key = key
-        self._path = path
-        self._pos = offset
-        self._end: int | None = None if length is None else offset + length  # exclusive
-        self._etag = ""
-        self._response: httpx.Response | None = None
-        self._chunks: AsyncIterator[bytes] | None = None
-        self._resumes = 0
-        self._offset = offset
-
-    async def start(self) -> None:
-        if self._end is not None and self._end == self._pos:
-            await self._check_offset_only()
-            return
-        await self._open()
-
-    async def _check_offset_only(self) -> None:
-        try:
-            info: ObjectInfo = await self._api.head_object(self._key)
-        except errors.NoSuchKey:
-            raise base.PathNotFound(self._path) from None
-        if self._pos > info.size:
-            raise base.InvalidOffset(self._path, self._offset)
-        self._end = self._pos  # nothing to read
-
-    async def _open(self) -> None:
-        headers: dict[str, str] = {}
-        if self._pos or self._end is not None:
-            last = "" if self._end is None else str(self._end - 1)
-            headers["range"] = f"bytes={self._pos}-{last}"
-        if self._etag:
-            headers["if-match"] = self._etag
-        try:
-            response = await self._api.client.open_stream("GET", self._key, headers=headers)
-        except errors.NoSuchKey:
-            raise base.PathNotFound(self._path) from None
-        except errors.InvalidRange:
-            # offset == size is a valid empty read; offset > size is not.
-            await self._check_offset_only()
-            return
-        self._response = response
-        self._etag = self._etag or response.headers.get("etag", "")
-        # Clamp the end to the object: a length past the end reads to the end.
-        total: int | None = None
-        if response.status_code == 206:
-            content_range = response.headers.get("content-range", "")
-            tail = content_range.rsplit("/", 1)[-1]
-            total = int(tail) if tail.isdigit() else None
-        elif response.headers.get("content-length", "").isdigit():
-            total = self._pos + int(response.headers["content-length"])
-        if total is not None:
-            self._end = total if self._end is None else min(self._end, total)
-        self._chunks = response.aiter_raw(READ_CHUNK)
-
-    def __aiter__(self) -> _ObjectStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            if self._chunks is None:
-                raise StopAsyncIteration
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                await self.aclose()
-                if self._end is not None and self._pos < self._end:
-                    raise base.Unavailable(f"S3 object {self._key} ended early") from None
-                raise
-            except httpx.TransportError as exc:
-                await self.aclose()
-                self._resumes += 1
-                if self._resumes > MAX_RESUMES:
-                    raise base.Unavailable(f"S3 GET {self._key} kept breaking: {exc}") from exc
-                log.info("S3 GET %s broke at byte %d (%s); resuming", self._key, self._pos, exc)
-                try:
-                    await self._open()
-                except errors.PreconditionFailed:
-                    raise base.Unavailable(f"S3 object {self._key} changed while read") from None
-                continue
-            self._pos += len(chunk)
-            if chunk:
-                return chunk
-
-    async def aclose(self) -> None:
-        response, self._response, self._chunks = self._response, None, None
-        if response is not None:
-            await response.aclose()
