@@ -312,22 +312,24 @@ class S3Driver:
         """
         key = self._key(path)
         keys: builtins.list[str] = []
-        states: builtins.list[str] = []
-        if key and path != "/":
+        token: str | None = None
+        prefix = self._dir_prefix(path)
+        while True:  # a directory first: the registry deletes trees far more than files
+            page = await self.api.list_objects(prefix, token=token, max_keys=self.list_page_size)
+            keys.extend(obj.key for obj in page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        if keys and key:
+            keys.append(key)  # an object at the directory's own key too (DeleteObjects
+            # ignores keys that do not exist, so no HEAD is needed)
+        elif key and path != "/":
             for candidate in (key, state_key(key)):
                 try:
                     await self.api.head_object(candidate)
                     keys.append(candidate)
                 except errors.NoSuchKey:
                     pass
-        token: str | None = None
-        prefix = self._dir_prefix(path)
-        while True:
-            page = await self.api.list_objects(prefix, token=token, max_keys=self.list_page_size)
-            keys.extend(obj.key for obj in page.objects)
-            token = page.next_token
-            if token is None:
-                break
         if not keys:
             raise base.PathNotFound(path)
         states = [k for k in keys if k.endswith(STATE_SUFFIX)]
