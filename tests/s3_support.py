@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,13 +65,14 @@ class MotoServer:
 
     process: subprocess.Popen[bytes]
     port: int
+    tls: bool = False
     access_key: str = ""
     secret_key: str = ""
     buckets: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def boto3(self, secret_key: str | None = None) -> Any:
         """A boto3 S3 client (botocore signs; test-only) with our IAM key."""
@@ -81,6 +83,7 @@ class MotoServer:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
+            verify=not self.tls,  # the TLS server has a throwaway self-signed certificate
             region_name=MOTO_REGION,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
@@ -89,7 +92,9 @@ class MotoServer:
 
     def new_bucket(self) -> str:
         name = f"t-{uuid.uuid4().hex[:16]}"
-        self.boto3().create_bucket(Bucket=name)
+        with warnings.catch_warnings():  # urllib3's InsecureRequestWarning on the TLS server
+            warnings.simplefilter("ignore")
+            self.boto3().create_bucket(Bucket=name)
         self.buckets.append(name)
         return name
 
@@ -119,7 +124,7 @@ class MotoServer:
                 self.process.wait()
 
 
-_servers: dict[bool, MotoServer] = {}
+_servers: dict[tuple[bool, bool], MotoServer] = {}
 
 
 def _pdeathsig() -> Callable[[], Any] | None:
@@ -134,11 +139,13 @@ def _pdeathsig() -> Callable[[], Any] | None:
     return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
-def start_moto_process(port: int) -> subprocess.Popen[bytes]:
-    """``python -m moto.server`` on 127.0.0.1:port (no auth until reset-auth)."""
+def start_moto_process(port: int, *, tls: bool = False) -> subprocess.Popen[bytes]:
+    """``python -m moto.server`` on 127.0.0.1:port (no auth until reset-auth); ``tls``:
+    HTTPS with a self-signed certificate made at startup."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        + (["--ssl"] if tls else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -154,7 +161,8 @@ def wait_for_moto(endpoint: str, process: subprocess.Popen[bytes], timeout: floa
         if process.poll() is not None:
             raise RuntimeError(f"moto server exited with {process.returncode}")
         try:
-            if httpx.get(f"{endpoint}/moto-api/data.json", timeout=1).status_code == 200:
+            answer = httpx.get(f"{endpoint}/moto-api/data.json", timeout=1, verify=False)
+            if answer.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -163,14 +171,14 @@ def wait_for_moto(endpoint: str, process: subprocess.Popen[bytes], timeout: floa
         time.sleep(0.1)
 
 
-def _start_moto(auth: bool) -> MotoServer:
+def _start_moto(auth: bool, tls: bool = False) -> MotoServer:
     require("moto")
     require("boto3")
     import boto3
 
     port = free_port()
-    process = start_moto_process(port)
-    server = MotoServer(process, port)
+    process = start_moto_process(port, tls=tls)
+    server = MotoServer(process, port, tls)
     atexit.register(server.stop)
     try:
         wait_for_moto(server.endpoint, process)
@@ -208,9 +216,17 @@ def moto_server(*, auth: bool = True) -> MotoServer:
     moto answers with a 500 whenever IAM auth is on (botocore's own presigned URLs too:
     moto's auth check reads an Authorization header that query-signed requests lack).
     """
-    server = _servers.get(auth)
+    server = _servers.get((auth, False))
     if server is None or server.process.poll() is not None:
-        server = _servers[auth] = _start_moto(auth)
+        server = _servers[auth, False] = _start_moto(auth)
+    return server
+
+
+def moto_tls_server() -> MotoServer:
+    """A moto server over HTTPS with a self-signed certificate (no IAM auth)."""
+    server = _servers.get((False, True))
+    if server is None or server.process.poll() is not None:
+        server = _servers[False, True] = _start_moto(False, tls=True)
     return server
 
 

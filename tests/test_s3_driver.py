@@ -7,6 +7,7 @@ multipart purge sweep. Faults and retries are in test_s3_faults.py.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -560,3 +561,51 @@ async def test_writer_copies_data_so_callers_may_reuse_their_buffer() -> None:
                 await w.write(memoryview(buffer))
             await w.commit()
         assert await read(driver, UPLOAD) == bytes(expected)
+
+
+# --- TLS, skipverify, UNSIGNED-PAYLOAD --------------------------------------------------------
+
+
+async def test_tls_endpoint_with_skipverify_and_unsigned_payload() -> None:
+    """secure endpoint + skipverify (a self-signed certificate); over TLS the driver sends
+    UNSIGNED-PAYLOAD instead of hashing every part."""
+    server = await trio.to_thread.run_sync(s3_support.moto_tls_server)
+    bucket = await trio.to_thread.run_sync(server.new_bucket)
+    params = server.params(bucket, secure=True, skipverify=True)
+    assert params["regionendpoint"].startswith("https://")
+    driver = S3Driver.from_params(params)
+    try:
+        assert not driver.client.sign_payload
+        data = payload(6 * MiB)
+        async with driver.writer(UPLOAD) as w:
+            await write_all(w, data)
+            await w.commit()
+        assert await read(driver, UPLOAD) == data
+    finally:
+        await driver.aclose()
+
+
+async def test_tls_endpoint_without_skipverify_refuses_the_certificate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await trio.to_thread.run_sync(s3_support.moto_tls_server)
+    driver = S3Driver.from_params(server.params("any", secure=True))
+    driver.client.retry.max_attempts = 2
+    caplog.set_level(logging.INFO, logger="registry.drivers.s3")
+    try:
+        for _ in range(3):
+            with pytest.raises(base.Unavailable):
+                await driver.get_content(BLOB)
+        lines = [r.getMessage() for r in caplog.records if r.name == "registry.drivers.s3"]
+        assert len(lines) == 1 and "CERTIFICATE_VERIFY_FAILED" in lines[0], lines
+    finally:
+        await driver.aclose()
+
+
+async def test_unsigned_payload_is_accepted_by_a_signature_checking_server() -> None:
+    async with open_s3_driver() as driver:
+        driver.client.sign_payload = False  # as over TLS; moto (auth on) checks the rest
+        async with driver.writer(UPLOAD) as w:
+            await write_all(w, payload(6 * MiB))
+            await w.commit()
+        assert (await driver.stat(UPLOAD)).size == 6 * MiB

@@ -107,6 +107,20 @@ def _tune_httpcore() -> None:
         AsyncHTTP11Connection.READ_NUM_BYTES = HTTPCORE_READ_BYTES
 
 
+def _root_message(exc: BaseException) -> str:
+    """The most specific message in an exception's cause chain (httpx's ConnectError often
+    says nothing itself; the SSL or OS error under it does)."""
+    best = str(exc)
+    seen = 0
+    inner: BaseException | None = exc.__cause__ or exc.__context__
+    while inner is not None and seen < 8:
+        if str(inner):
+            best = f"{type(inner).__name__}: {inner}" if not best else f"{best} ({inner})"
+        inner = inner.__cause__ or inner.__context__
+        seen += 1
+    return best or "connection failed"
+
+
 class _Body(httpx.AsyncByteStream):
     """A request body that is bytes already in memory.
 
@@ -408,7 +422,7 @@ class S3Client:
             self._note_outage(str(last))
             return last
         if isinstance(last, httpx.TransportError):
-            reason = f"{type(last).__name__}: {last or 'connection failed'}"
+            reason = f"{type(last).__name__}: {_root_message(last)}"
             self._note_outage(reason)
             error = base.Unavailable(f"S3 {method}: {reason}")
             error.__cause__ = last
