@@ -24,8 +24,8 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -487,3 +487,31 @@ async def open_proxied_driver(**param_overrides: Any) -> AsyncIterator[tuple[Any
         finally:
             await driver.aclose()
             nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def proxy_in_thread(upstream_port: int) -> Iterator[FaultProxy]:
+    """A :class:`FaultProxy` served by trio in a background thread, for synchronous tests
+    (a registry process talks to S3 through it). Stopped on exit."""
+    import threading
+
+    proxy = FaultProxy(upstream_port)
+    ready = threading.Event()
+    handle: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle["token"] = trio.lowlevel.current_trio_token()
+            handle["scope"] = nursery.cancel_scope
+            await nursery.start(proxy.serve)
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("fault proxy did not start")
+    try:
+        yield proxy
+    finally:
+        trio.from_thread.run_sync(handle["scope"].cancel, trio_token=handle["token"])
+        thread.join(30)

@@ -325,6 +325,49 @@ def test_s3_down_at_startup_then_back(tmp_path: Path) -> None:
     assert "works again" in log
 
 
+def test_s3_failing_mid_upload_gives_a_retryable_error_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """S3 fails every try of one part: the client gets a 5xx it may retry, no blob is
+    visible, no multipart upload stays open; once S3 is healthy the same push works."""
+    server = s3_support.moto_server()
+    data = random_bytes(16 * MiB)
+    digest = digest_of(data)
+    with s3_support.proxy_in_thread(server.port) as proxy:
+        env = s3_env(regionendpoint=proxy.endpoint) | {
+            "REGISTRY_STORAGE_REDIRECT_DISABLE": "true",
+        }
+        bucket = bucket_of(env)
+        proxy.fail("500", -1, lambda r: r.method == "PUT" and r.query.get("partNumber") == "2")
+        with run_on_s3(tmp_path, env) as reg, reg.client() as client:
+            start = client.post("/v2/faulty/app/blobs/uploads/")
+            assert start.status_code == 202
+            failed = client.patch(
+                start.headers["Location"],
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert failed.status_code in (500, 502, 503), failed.text
+            assert failed.json()["errors"][0]["code"] != "UNKNOWN", failed.text
+            assert client.head(f"/v2/faulty/app/blobs/{digest}").status_code == 404
+            assert open_uploads(bucket) == []
+            assert not [k for k in list_keys(bucket) if "/blobs/" in k]
+            proxy.rules.clear()
+            again = client.post("/v2/faulty/app/blobs/uploads/")
+            patched = client.patch(
+                again.headers["Location"],
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert patched.status_code == 202, patched.text
+            location = patched.headers["Location"]
+            sep = "&" if "?" in location else "?"
+            assert client.put(f"{location}{sep}digest={digest}").status_code == 201
+            assert client.get(f"/v2/faulty/app/blobs/{digest}").content == data
+        assert proxy.assert_equal_parts() >= 1
+    assert open_uploads(bucket) == []
+
+
 # --- sharing a bucket with the reference (distribution 2.8's s3 driver) -------------------
 
 
