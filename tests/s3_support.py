@@ -481,7 +481,7 @@ async def open_proxied_driver(**param_overrides: Any) -> AsyncIterator[tuple[Any
         proxy: FaultProxy = await nursery.start(FaultProxy(server.port).serve)
         params = server.params(bucket, regionendpoint=proxy.endpoint, **param_overrides)
         driver = S3Driver.from_params(params)
-        driver.client.retry = RetryPolicy(base=0.005, cap=0.05)
+        driver.client.retry = RetryPolicy(base=0.005, cap=0.05, same_key_floor=0.01)
         try:
             yield driver, proxy
         finally:

@@ -65,6 +65,21 @@ async def test_backoff_is_exponential_with_jitter() -> None:
     assert max(policy.delay(10) for _ in range(200)) > 2.5  # grows to the cap
 
 
+async def test_a_429_waits_for_r2s_one_write_per_second_per_key() -> None:
+    from registry.drivers.s3 import errors
+    from registry.drivers.s3.client import S3Client
+
+    policy = RetryPolicy(base=0.1, cap=5.0)
+    client = S3Client.__new__(S3Client)  # only the delay arithmetic, no connections
+    client.retry = policy
+    throttled = errors.make_error(429, "TooManyRequests")
+    slowdown = errors.make_error(503, "SlowDown")
+    assert all(1.0 <= client._sleep_for(0, throttled) <= 1.5 for _ in range(100))
+    assert all(client._sleep_for(0, slowdown) <= 0.1 for _ in range(100))
+    slowdown.retry_after = 3.0
+    assert client._sleep_for(0, slowdown) == 3.0
+
+
 async def test_multipart_write_survives_faults_on_parts_and_complete() -> None:
     data = payload(16 * MiB + 3)
     async with s3_support.open_proxied_driver() as (driver, proxy):

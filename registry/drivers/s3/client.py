@@ -45,6 +45,7 @@ MAX_ATTEMPTS = 6  # 1 try + 5 retries, about 0.1+0.2+0.4+0.8+1.6 s of backoff at
 BACKOFF_BASE = 0.1  # s
 BACKOFF_CAP = 5.0  # s
 RETRY_AFTER_CAP = 10.0  # s, honour a server's Retry-After up to this
+SAME_KEY_WRITE_INTERVAL = 1.0  # s, R2: at most one write per second to one key
 OCTET_STREAM = "application/octet-stream"
 HASH_IN_THREAD = 256 * 1024  # bytes; hash bigger bodies off the event loop
 
@@ -79,6 +80,9 @@ class RetryPolicy:
     base: float = BACKOFF_BASE
     cap: float = BACKOFF_CAP
     rng: random.Random = field(default_factory=random.Random)
+    # R2 allows one write per second to the same key and answers 429 past it: a retry
+    # sooner than that is wasted, so a 429 waits at least this long.
+    same_key_floor: float = SAME_KEY_WRITE_INTERVAL
 
     def delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)], at least 10 ms."""
@@ -413,8 +417,11 @@ class S3Client:
 
     def _sleep_for(self, attempt: int, last: BaseException | None) -> float:
         delay = self.retry.delay(attempt)
-        if isinstance(last, errors.S3Error) and last.retry_after:
-            delay = max(delay, last.retry_after)
+        if isinstance(last, errors.S3Error):
+            if last.retry_after:
+                delay = max(delay, last.retry_after)
+            elif last.status == 429:
+                delay = max(delay, self.retry.same_key_floor * self.retry.rng.uniform(1, 1.5))
         return delay
 
     def _give_up(self, method: str, last: BaseException | None) -> base.DriverError:
