@@ -20,6 +20,12 @@ replica -- loads it and continues. Parts uploaded by a writer that never persist
 simply overwritten (same part number) by the next one: the persisted ETag list is the
 only truth, so a crash at any point leaves a consistent state.
 
+Known cost: every request that ends without commit rewrites ``<key>.s3part`` with the
+whole tail (up to one part). A client that sends many small chunked PATCHes therefore
+re-uploads up to ``part_size`` per PATCH, and on R2 (one write per second per key) such
+PATCHes are paced to about one per second by 429 retries. Docker and containerd push a
+layer in one PATCH, so they write the state once.
+
 Concurrency: full parts upload in the background, in the nursery owned by the writer's
 context, at most ``parallel`` at a time (a CapacityLimiter taken by ``write``: a full
 window makes ``write`` wait), and at most ``shared_slots`` across all writers of a driver.
