@@ -48,3 +48,6 @@ def setup(level: str = "info", formatter: str = "text", fields: Mapping[str, Any
     # hypercorn's own loggers: errors only; we write the access log ourselves.
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.access").disabled = True
+    # httpx/httpcore log every S3 request at INFO; our S3 client logs what matters.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
