@@ -29,6 +29,8 @@ from .http.app import AppOptions, RegistryApp
 from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .notifications import build_notifier
+from .storage.gc_service import OnlineGC
+from .storage.purge import UploadPurger
 from .storage.store import Storage
 
 log = logging.getLogger("registry")
@@ -68,6 +70,18 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     background = [notifier.start] if notifier else []
     if ops.health is not None:
         background.append(partial(_start, ops.health.serve))
+    # Upload purging and online GC run in the lifespan nursery (storage/purge.py, gc_service.py).
+    gc, purging = config.gc, s.uploadpurging
+    collector = OnlineGC(
+        storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
+        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged,
+    )
+    background.append(collector.start)
+    if purging.enabled:
+        background.append(UploadPurger(
+            storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
+            dry_run=purging.dryrun,
+        ).start)
     app = RegistryApp(
         storage, options, background=background,
         authenticate=_gate(build_ratelimiter(config.raw), authenticate),
@@ -75,6 +89,7 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     if authenticate is not None:
         app.can_pull = authenticate.can_pull  # type: ignore[attr-defined]  # blobs.app_can_pull
     app.ops = ops  # type: ignore[attr-defined]  # serve_worker wraps and serves it
+    app.gc = collector  # POST /admin/gc (http/admin.py)
     return app
 
 

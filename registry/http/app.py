@@ -22,7 +22,7 @@ import trio
 from .. import __version__
 from ..errors import ErrorCode, RegistryError, unwrap
 from ..reference import is_valid_name
-from ..storage.gc_online import OnlineGC
+from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
 from .urls import base_url
@@ -145,7 +145,7 @@ class RegistryApp:
         self.handlers: dict[str, Handler] = {
             **blobs.HANDLERS, **manifests.HANDLERS, **admin.HANDLERS
         }
-        # The online collector (storage/gc_online.py) behind /admin/gc (http/admin.py);
+        # The online collector (storage/gc_service.py) behind /admin/gc (http/admin.py);
         # build_app sets it, None answers 404 there.
         self.gc: OnlineGC | None = None
         # http.headers from the config win over our defaults (no header sent twice).

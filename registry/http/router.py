@@ -33,6 +33,9 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], frozenset[str]], ...] = (
         frozenset({"GET", "HEAD", "DELETE"}),
     ),
     ("referrers", re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$"), frozenset({"GET"})),
+    # Outside /v2/: start or inspect an online garbage collection (http/admin.py). Matched
+    # here like the rest, so dispatch runs the authenticate hook on it.
+    ("admin_gc", re.compile(r"^/admin/gc$"), frozenset({"GET", "POST"})),
 )
 
 

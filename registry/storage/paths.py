@@ -12,6 +12,12 @@ Nothing else in the project spells a key. The tree, under the driver's root::
             _uploads/<uuid>/data                             upload bytes in progress
             _uploads/<uuid>/startedat                        RFC 3339 time the session began
             _uploads/<uuid>/hashstates/<alg>/<offset>        (reference only; we never write it)
+        _gc/lock                                             online GC: one collection at a time
+        _gc/lastrun                                          online GC: when the last one finished
+        _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
+
+``_gc/`` is ours (storage/gc.py); the reference never looks there (it walks only
+``blobs/`` and ``repositories/``), so a directory we collected stays valid for it.
 
 Repository names are validated (reference.is_valid_name) before they get here, so they cannot
 contain ``..`` or empty components; these functions assert it again because a key outside the
@@ -119,6 +125,24 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_startedat(name: str, upload_id: str) -> str:
     return f"{_upload(name, upload_id)}/startedat"
+
+
+def layer_dir(name: str, d: Digest) -> str:
+    return f"{_repo(name)}/_layers/{_digest_dir(d)}"
+
+
+GC = f"{ROOT}/_gc"
+GC_LOCK = f"{GC}/lock"
+GC_LAST_RUN = f"{GC}/lastrun"
+GC_TRASH = f"{GC}/trash"
+
+
+def gc_trash_dir(d: Digest) -> str:
+    return f"{GC_TRASH}/{_digest_dir(d)}"
+
+
+def gc_trash_data(d: Digest) -> str:
+    return f"{gc_trash_dir(d)}/data"
 
 
 def repo_name_from_path(path: str) -> str | None:

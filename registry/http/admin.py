@@ -1,0 +1,38 @@
+"""``/admin/gc``: start an online garbage collection, or see how the last one went.
+
+- ``POST /admin/gc`` -> 202 ``{"status": "started"}``: the server's collector
+  (``storage.gc_service.OnlineGC``, owned by the lifespan nursery) runs now; 409
+  ``{"status": "running"}`` when this process is already collecting. Across processes and
+  replicas the storage lock decides; a run that finds it held reports ``busy``.
+- ``GET /admin/gc`` -> 200 with the collector's status and the last run's summary.
+
+The route goes through dispatch like every other one, so the app's ``authenticate`` hook
+sees it (route ``admin_gc``) when auth is on, and read-only mode refuses the POST.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ErrorCode, RegistryError
+
+if TYPE_CHECKING:
+    from .app import RegistryApp, Request, Response
+
+
+async def admin_gc(app: RegistryApp, req: Request) -> Response:
+    from .app import json_response
+
+    service = app.gc
+    if service is None:
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "garbage collection is not available", status=404
+        )
+    if req.method == "POST":
+        if not service.request():
+            return json_response(409, {"status": "running", **service.status()})
+        return json_response(202, {"status": "started"})
+    return json_response(200, service.status())
+
+
+HANDLERS = {"admin_gc": admin_gc}

@@ -1,0 +1,682 @@
+"""Garbage collection: mark every blob some manifest needs, sweep the rest (issue 5).
+
+This module is the engine and its offline mode; ``gc_online.py`` adds the protocol that is
+safe while clients push, ``gc_service.py`` the lock and the server's schedule.
+
+Offline (``registry garbage-collect``, the reference's semantics, distribution 2.8
+``registry/storage/garbagecollect.go``). Mark: every manifest revision of every repository
+(a revision is a ``link`` file naming it; one whose manifest blob is gone is skipped, as
+the reference's enumerator does) marks itself and what it references (config, layers,
+index children; a ``subject`` is not a reference). With ``delete_untagged``, a manifest
+no tag points at is deleted -- its revision and its tag index entries, exactly the
+reference's ``Vacuum.RemoveManifest`` -- unless an index in the same repository or a
+referrer relationship keeps it: children of a kept index and referrers (``subject``) of a
+kept manifest are kept, transitively. (The reference 2.8 deletes index children and so
+breaks every multi-arch image; we do not.) Sweep: every ``blobs/<alg>/<xx>/<hex>``
+directory holding a ``data`` nobody marked, then every per-repository ``_layers`` link to
+a digest nobody marked (its blob is gone: the reference 2.8 keeps such links; registry:3
+removes them). Blob prefix directories stay, as the reference leaves them. Nothing takes a
+grace period: run it on a registry nobody pushes to (read-only mode), as the reference
+documents.
+
+The pure parts (:func:`parse_references`, :func:`select_kept`, :func:`plan_restore`) do
+no I/O and are tested with tables. Digests are handled as canonical strings
+(``"sha256:<hex>"``) inside the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..digest import Digest
+from ..drivers.base import Driver, FileInfo, PathNotFound
+from ..reference import is_valid_name
+from . import paths
+from .blobs import parse_link
+
+log = logging.getLogger("registry.gc")
+
+ALGORITHMS = ("sha256", "sha512")
+CONCURRENCY = 64  # repositories / blob prefixes scanned at once on a remote store (latency)
+LOCAL_CONCURRENCY = 8  # ... on the filesystem: more threads only contend for the GIL
+PER_REPO_READS = 8  # manifests of one repository read at once (a repo with 10k revisions)
+READS_IN_FLIGHT = 128  # manifest reads in flight overall
+SETTLE_SECONDS = 300.0  # > any push's check-to-write window (gc_online.py, step 5)
+EMPTY: frozenset[str] = frozenset()
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+# --- pure logic ------------------------------------------------------------------------
+
+
+# Digests are handled as their canonical strings ("sha256:<hex>") inside the engine: a
+# str caches its hash and is half the memory of a Digest object, which matters at 10^5.
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+HEX_RE = {"sha256": re.compile(r"[0-9a-f]{64}"), "sha512": re.compile(r"[0-9a-f]{128}")}
+
+
+def digest_str(raw: object) -> str | None:
+    """``raw`` if it is a canonical sha256/sha512 digest string, else None."""
+    return raw if isinstance(raw, str) and _DIGEST_RE.fullmatch(raw) else None
+
+
+def as_digest(d: str) -> Digest:
+    alg, _, hexpart = d.partition(":")
+    return Digest(alg, hexpart)
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """What one manifest's bytes reference. ``ok`` is False for bytes that are not a JSON
+    object (then nothing is referenced; the manifest blob itself is still kept)."""
+
+    blobs: tuple[str, ...] = ()  # config and layers (schema1: fsLayers)
+    children: tuple[str, ...] = ()  # index / manifest list entries
+    subject: str | None = None
+    ok: bool = True
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.blobs + self.children
+
+
+def _digest_of(obj: Any, key: str = "digest") -> str | None:
+    return digest_str(obj.get(key)) if isinstance(obj, dict) else None
+
+
+def parse_references(body: bytes) -> Refs:
+    """The references of stored manifest bytes, without validating them (any stored
+    manifest, including schema1 written by the reference, must be markable)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return Refs(ok=False)
+    if not isinstance(doc, dict):
+        return Refs(ok=False)
+    blobs: list[str] = []
+    children: list[str] = []
+    entries = doc.get("manifests")
+    if isinstance(entries, list):
+        children = [d for d in map(_digest_of, entries) if d is not None]
+    cfg = _digest_of(doc.get("config"))
+    if cfg is not None:
+        blobs.append(cfg)
+    layers = doc.get("layers")
+    if isinstance(layers, list):
+        blobs.extend(d for d in map(_digest_of, layers) if d is not None)
+    fs_layers = doc.get("fsLayers")  # schema1: the reference marks these too
+    if isinstance(fs_layers, list):
+        blobs.extend(d for d in (_digest_of(x, "blobSum") for x in fs_layers) if d is not None)
+    return Refs(tuple(blobs), tuple(children), _digest_of(doc.get("subject")))
+
+
+def select_kept(
+    revisions: Collection[str],
+    tagged: Collection[str],
+    refs: Mapping[str, Refs],
+    *,
+    delete_untagged: bool,
+    protected: Collection[str] = EMPTY,
+) -> set[str]:
+    """The revisions of one repository that stay.
+
+    Without ``delete_untagged`` all of them. With it: the tagged and ``protected`` ones,
+    plus (transitively) children of a kept index and referrers of a kept manifest, within
+    this repository.
+    """
+    present = set(revisions)
+    if not delete_untagged:
+        return present
+    referrers: dict[str, list[str]] = {}
+    for d in present:
+        r = refs.get(d)
+        if r is not None and r.subject is not None:
+            referrers.setdefault(r.subject, []).append(d)
+    kept = {d for d in present if d in tagged or d in protected}
+    todo = list(kept)
+    while todo:
+        d = todo.pop()
+        r = refs.get(d)
+        nxt = list(referrers.get(d, ()))
+        if r is not None:
+            nxt.extend(c for c in r.children if c in present)
+        for n in nxt:
+            if n not in kept:
+                kept.add(n)
+                todo.append(n)
+    return kept
+
+
+def plan_restore(
+    present: Collection[str],
+    deleted: Collection[str],
+    tagged: Collection[str],
+    refs: Mapping[str, Refs],
+) -> set[str]:
+    """Online step 6 for one repository: which revisions we ``deleted`` must come back
+    because a tag points at them or a kept index (present or restored) lists them."""
+    deleted = set(deleted)
+    restore = {d for d in deleted if d in tagged}
+    todo = list(set(present) | restore)
+    seen = set(todo)
+    while todo:
+        r = refs.get(todo.pop())
+        if r is None:
+            continue
+        for c in r.children:
+            if c in deleted:
+                restore.add(c)
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+    return restore
+
+
+# --- options, report, progress ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GCOptions:
+    dry_run: bool = False
+    delete_untagged: bool = False
+    online: bool = False  # the safe protocol (module docstring); False: the reference's
+    grace_period: float = 0.0  # seconds; online only
+    settle: float = SETTLE_SECONDS  # seconds; online only
+    concurrency: int | None = None  # None: by driver (LOCAL_CONCURRENCY / CONCURRENCY)
+
+
+@dataclass
+class GCReport:
+    """What a run found and did (digests as strings). In a dry run, the deletions are
+    what a real run would have done."""
+
+    dry_run: bool = False
+    online: bool = False
+    repositories: int = 0
+    manifests: int = 0  # manifest revisions seen, over all repositories
+    blobs: int = 0  # blobs found
+    marked: int = 0  # distinct digests marked
+    manifests_deleted: list[tuple[str, str]] = field(default_factory=list)  # (repo, digest)
+    blobs_deleted: list[tuple[str, int]] = field(default_factory=list)  # (digest, size)
+    links_deleted: list[tuple[str, str]] = field(default_factory=list)  # (repo, digest)
+    spared_young: int = 0  # unmarked blobs kept by the grace period
+    rescued: list[str] = field(default_factory=list)  # online: referenced again mid-run
+    restored_revisions: list[tuple[str, str]] = field(default_factory=list)
+    restored_links: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def blobs_kept(self) -> int:
+        return self.blobs - len(self.blobs_deleted)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(size for _, size in self.blobs_deleted)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "online": self.online,
+            "repositories": self.repositories,
+            "manifests": self.manifests,
+            "manifests_deleted": len(self.manifests_deleted),
+            "blobs_kept": self.blobs_kept,
+            "blobs_deleted": len(self.blobs_deleted),
+            "bytes_freed": self.bytes_freed,
+            "layer_links_deleted": len(self.links_deleted),
+            "spared_by_grace_period": self.spared_young,
+            "rescued": len(self.rescued),
+            "warnings": len(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Progress:
+    """Where the engine reports how far it got; the default ignores everything.
+
+    ``phase`` starts a phase (``total`` None when unknown), ``advance`` moves it on,
+    ``count`` updates a named running count (repositories, manifests, blobs, ...).
+    """
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def count(self, name: str, value: int) -> None:
+        pass
+
+
+# --- storage walking -------------------------------------------------------------------
+
+
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+async def list_children(driver: Driver, path: str) -> list[str]:
+    try:
+        return await driver.list(path)
+    except PathNotFound:
+        return []
+
+
+async def enumerate_repositories(
+    driver: Driver,
+    markers: Collection[str] = ("_layers", "_manifests"),
+    concurrency: int = CONCURRENCY,
+) -> list[str]:
+    """Every repository with one of ``markers`` below it, sorted. One ``list`` per
+    directory, ``concurrency`` at a time. (The reference 2.8 goes by ``_layers``; a repo
+    with manifests always has layer links, so ``_manifests`` only adds safety.)"""
+    found: list[str] = []
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def visit(path: str, nursery: trio.Nursery) -> None:
+        async with limiter:
+            children = await list_children(driver, path)
+        bases = [basename(c) for c in children]
+        if any(b in markers for b in bases):
+            name = paths.repo_name_from_path(path)
+            if name and is_valid_name(name):
+                found.append(name)
+        for child, b in zip(children, bases):
+            if not b.startswith(("_", ".")):
+                nursery.start_soon(visit, child, nursery)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(visit, paths.REPOSITORIES, nursery)
+    return sorted(found)
+
+
+async def digests_in(driver: Driver, alg: str, directory: str) -> list[str]:
+    """Digests named by the child directories of ``directory`` (``<alg>/<hex>/...``)."""
+    pattern = HEX_RE[alg]
+    out = []
+    for child in await list_children(driver, directory):
+        hexpart = basename(child)
+        if pattern.fullmatch(hexpart):
+            out.append(f"{alg}:{hexpart}")
+    return out
+
+
+async def for_each(items: Iterable[Any], fn: Callable[[Any], Awaitable[None]], n: int) -> None:
+    """Run ``fn`` over ``items`` with at most ``n`` workers (bounded tasks and memory)."""
+    if isinstance(items, (list, tuple, set, dict)):
+        if not items:
+            return
+        if len(items) == 1 or n <= 1:
+            for item in items:
+                await fn(item)
+            return
+        n = min(n, len(items))
+    it = iter(items)
+
+    async def worker() -> None:
+        for item in it:  # trio is single-threaded: next() never races
+            await fn(item)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, n)):
+            nursery.start_soon(worker)
+
+
+async def stat_file(driver: Driver, path: str) -> FileInfo | None:
+    try:
+        info = await driver.stat(path)
+    except PathNotFound:
+        return None
+    return None if info.is_dir else info
+
+
+async def delete_path(driver: Driver, path: str) -> bool:
+    try:
+        await driver.delete(path)
+    except PathNotFound:
+        return False
+    return True
+
+
+def _blob_data(d: str) -> str:
+    return paths.blob_data(as_digest(d))
+
+
+# --- the collector ---------------------------------------------------------------------
+
+
+@dataclass
+class RepoScan:
+    """What a scan saw in one repository."""
+
+    name: str
+    revisions: list[str]  # revision links whose manifest blob is readable
+    layers: list[str]  # layer links
+    tags: dict[str, str]  # tag -> current (read only when needed)
+    kept: set[str] = field(default_factory=set)
+    delete: list[str] = field(default_factory=list)  # untagged, not kept (planned)
+
+
+class LockLost(Exception):
+    """The collection lock expired or was taken over; the run stops (online)."""
+
+
+class Collector:
+    """One offline collection over ``driver``. Owns nothing beyond the run; not reusable.
+
+    ``hook(step)`` is awaited at every step boundary (tests interleave pushes there);
+    ``check_lock()`` before every destructive step raises :class:`LockLost` to stop.
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        options: GCOptions = GCOptions(),
+        *,
+        progress: Progress | None = None,
+        hook: Hook | None = None,
+        check_lock: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if options.online and type(self) is Collector:
+            raise ValueError("an online collection is gc_online.OnlineCollector (or collect())")
+        self.driver = driver
+        self.options = options
+        self.n = options.concurrency or (
+            LOCAL_CONCURRENCY if getattr(driver, "name", "") == "filesystem" else CONCURRENCY
+        )
+        self.progress = progress or Progress()
+        self._hook = hook
+        self._check_lock = check_lock
+        self._clock = clock
+        self.report = GCReport(dry_run=options.dry_run, online=options.online)
+        self._refs: dict[str, Refs] = {}  # manifest digest -> refs (content never changes)
+        self._reading: dict[str, trio.Event] = {}
+        self._strings: dict[str, str] = {}
+        self.marked: set[str] = set()
+        self._reads = trio.CapacityLimiter(READS_IN_FLIGHT)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _step(self, name: str) -> None:
+        if self._hook is not None:
+            await self._hook(name)
+
+    async def _lock_ok(self) -> None:
+        if self._check_lock is not None:
+            await self._check_lock()
+
+    def _intern(self, d: str) -> str:
+        return self._strings.setdefault(d, d)
+
+    def _warn(self, message: str) -> None:
+        log.warning("gc: %s", message)
+        self.report.warnings.append(message)
+
+    async def _read_manifest(self, d: str, *, trash_too: bool = False) -> Refs | None:
+        """Refs of manifest ``d``, or None if its blob is gone. Bytes found are read once
+        per run; a missing blob is looked for again next time (it may have been pushed)."""
+        cached = self._refs.get(d)
+        if cached is not None:
+            return cached
+        ev = self._reading.get(d)
+        if ev is not None:
+            await ev.wait()
+            if d in self._refs or not trash_too:
+                return self._refs.get(d)
+        ev = self._reading[d] = trio.Event()
+        try:
+            body: bytes | None = None
+            digest = as_digest(d)
+            where = [paths.blob_data(digest)]
+            if trash_too:
+                where.append(paths.gc_trash_data(digest))
+            for path in where:
+                try:
+                    async with self._reads:
+                        body = await self.driver.get_content(path)
+                    break
+                except PathNotFound:
+                    continue
+            if body is None:
+                return None
+            refs = parse_references(body)
+            if not refs.ok:
+                self._warn(f"manifest {d} is not JSON; keeping it, marking nothing else")
+            intern = self._intern
+            refs = Refs(
+                tuple(map(intern, refs.blobs)),
+                tuple(map(intern, refs.children)),
+                refs.subject,
+                refs.ok,
+            )
+            self._refs[d] = refs
+            return refs
+        finally:
+            del self._reading[d]
+            ev.set()
+
+    async def _read_tags(self, name: str) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        for child in await list_children(self.driver, paths.tags_dir(name)):
+            tag = basename(child)
+            try:
+                link = paths.tag_current_link(name, tag)
+            except ValueError:
+                continue
+            try:
+                content = await self.driver.get_content(link)
+            except PathNotFound:
+                continue
+            d = parse_link(content)
+            if d is not None:
+                tags[tag] = self._intern(str(d))
+        return tags
+
+    async def _scan_repo(self, name: str, *, tags: bool, trash_too: bool = False) -> RepoScan:
+        revs: list[str] = []
+        layers: list[str] = []
+        for alg in ALGORITHMS:
+            revs += await digests_in(self.driver, alg, paths.revisions_dir(name, alg))
+            layers += await digests_in(self.driver, alg, paths.layers_dir(name, alg))
+        readable: list[str] = []
+
+        async def read(d: str) -> None:
+            # As the reference's linkedBlobStore.Enumerate: a revision is a ``link`` file
+            # naming it (a manifest deleted through the reference's API leaves the empty
+            # directory), and one whose blob is gone is skipped.
+            try:
+                content = await self.driver.get_content(paths.revision_link(name, as_digest(d)))
+            except PathNotFound:
+                return
+            if str(parse_link(content)) != d:
+                return
+            if await self._read_manifest(d, trash_too=trash_too) is not None:
+                readable.append(d)
+
+        await for_each([self._intern(d) for d in revs], read, min(PER_REPO_READS, self.n))
+        readable.sort()
+        tag_map = await self._read_tags(name) if tags else {}
+        return RepoScan(name, readable, [self._intern(x) for x in layers], tag_map)
+
+    def _mark(self, d: str) -> None:
+        self.marked.add(d)
+        r = self._refs.get(d)
+        if r is not None:
+            self.marked.update(r.blobs)
+            self.marked.update(r.children)
+
+    # --- phases ------------------------------------------------------------------------
+
+    async def _mark_all(self) -> list[RepoScan]:
+        """Scan every repository; plan untagged deletions; mark what stays."""
+        o = self.options
+        self.progress.phase("repositories")
+        names = await enumerate_repositories(self.driver, concurrency=self.n)
+        self.report.repositories = len(names)
+        self.progress.count("repositories", len(names))
+        self.progress.phase("mark", len(names))
+        repos: list[RepoScan] = []
+        cutoff = self._clock() - o.grace_period
+
+        async def scan(name: str) -> None:
+            repo = await self._scan_repo(name, tags=o.delete_untagged)
+            protected: set[str] = set()
+            tagged = set(repo.tags.values())
+            if o.online and o.delete_untagged:
+                for d in repo.revisions:  # young untagged revisions stay (grace period)
+                    if d not in tagged and not await self._older(
+                        paths.revision_link(name, as_digest(d)), cutoff
+                    ):
+                        protected.add(d)
+            repo.kept = select_kept(
+                repo.revisions,
+                tagged,
+                self._refs,
+                delete_untagged=o.delete_untagged,
+                protected=protected,
+            )
+            repo.delete = sorted(d for d in repo.revisions if d not in repo.kept)
+            for d in repo.kept:
+                self._mark(d)
+            repo.tags = {}  # only needed while planning
+            repos.append(repo)
+            self.report.manifests += len(repo.revisions)
+            self.progress.count("manifests", self.report.manifests)
+            self.progress.count("marked", len(self.marked))
+            self.progress.advance()
+            await self._step(f"mark:{name}")
+
+        await for_each(names, scan, self.n)
+        repos.sort(key=lambda r: r.name)
+        return repos
+
+    async def _older(self, path: str, cutoff: float) -> bool:
+        """Does ``path`` exist with an mtime before ``cutoff``? (Missing counts as old.)"""
+        info = await stat_file(self.driver, path)
+        return info is None or info.mtime < cutoff
+
+    async def _unmarked_blobs(self) -> tuple[int, dict[str, FileInfo]]:
+        """Walk ``blobs/<alg>/<xx>/<hex>``: (how many blobs hold data, the unmarked ones
+        with their ``data`` stat). Marked blobs are only counted, never kept in memory."""
+        self.progress.phase("blobs")
+        prefixes: list[tuple[str, str]] = []
+        for alg_dir in await list_children(self.driver, paths.BLOBS):
+            alg = basename(alg_dir)
+            if alg in HEX_RE:
+                prefixes.extend((alg, p) for p in await list_children(self.driver, alg_dir))
+        marked = self.marked
+        seen = 0
+        unmarked: list[str] = []
+
+        async def visit(item: tuple[str, str]) -> None:
+            nonlocal seen
+            alg, prefix = item
+            two, skip = basename(prefix), len(alg) + 1
+            for d in await digests_in(self.driver, alg, prefix):
+                if d[skip : skip + 2] != two:
+                    continue
+                seen += 1
+                if d not in marked:
+                    unmarked.append(d)
+            self.progress.count("blobs", seen)
+
+        await for_each(prefixes, visit, self.n)
+        out: dict[str, FileInfo] = {}
+
+        async def check(d: str) -> None:
+            info = await stat_file(self.driver, _blob_data(d))
+            if info is not None:
+                out[d] = info
+
+        await for_each(unmarked, check, self.n)
+        # Marked blob directories are counted as blobs without a stat of their data.
+        return seen - len(unmarked) + len(out), out
+
+    async def run(self) -> GCReport:
+        started = time.monotonic()
+        try:
+            await self._run()
+        finally:
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # --- offline: the reference's semantics --------------------------------------------
+
+    async def _run(self) -> None:
+        o, rep = self.options, self.report
+        await self._step("start")
+        repos = await self._mark_all()
+        rep.marked = len(self.marked)
+        await self._step("marked")
+        rep.blobs, garbage = await self._unmarked_blobs()
+        rep.manifests_deleted = [(r.name, d) for r in repos for d in r.delete]
+        rep.blobs_deleted = sorted((d, i.size) for d, i in garbage.items())
+        rep.links_deleted = [
+            (r.name, d) for r in repos for d in sorted(r.layers) if d not in self.marked
+        ]
+        await self._step("planned")
+        if o.dry_run:
+            return
+        await self._lock_ok()
+        self.progress.phase(
+            "sweep", len(rep.manifests_deleted) + len(garbage) + len(rep.links_deleted)
+        )
+
+        async def remove_manifest(item: tuple[str, str]) -> None:
+            await self._remove_manifest(*item)
+            self.progress.advance()
+
+        async def remove_blob(item: tuple[str, int]) -> None:
+            await delete_path(self.driver, paths.blob_dir(as_digest(item[0])))
+            self.progress.advance()
+
+        async def remove_link(item: tuple[str, str]) -> None:
+            await delete_path(self.driver, paths.layer_dir(item[0], as_digest(item[1])))
+            self.progress.advance()
+
+        # The reference's order: manifests, then blobs (then, as registry:3, layer links).
+        await for_each(rep.manifests_deleted, remove_manifest, self.n)
+        await for_each(rep.blobs_deleted, remove_blob, self.n)
+        await for_each(rep.links_deleted, remove_link, self.n)
+        await self._step("swept")
+
+    async def _remove_manifest(self, name: str, d: str) -> None:
+        """The reference's Vacuum.RemoveManifest: the tag index entry of ``d`` under every
+        tag, then the revision directory."""
+        digest = as_digest(d)
+        for t in await list_children(self.driver, paths.tags_dir(name)):
+            try:
+                entry = paths.tag_index_dir(name, basename(t), digest)
+            except ValueError:
+                continue
+            await delete_path(self.driver, entry)
+        await delete_path(self.driver, paths.revision_dir(name, digest))
+
+
+async def collect(
+    driver: Driver,
+    options: GCOptions = GCOptions(),
+    *,
+    progress: Progress | None = None,
+    hook: Hook | None = None,
+    check_lock: Callable[[], Awaitable[None]] | None = None,
+) -> GCReport:
+    """Run one collection: :class:`Collector`, or with ``options.online`` the protocol
+    that is safe while clients push (``gc_online.OnlineCollector``)."""
+    cls: type[Collector] = Collector
+    if options.online:
+        from .gc_online import OnlineCollector
+
+        cls = OnlineCollector
+    return await cls(driver, options, progress=progress, hook=hook, check_lock=check_lock).run()

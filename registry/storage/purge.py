@@ -1,0 +1,121 @@
+"""Upload purging: remove upload sessions older than ``storage.maintenance.uploadpurging.age``.
+
+The reference's behaviour (distribution 2.8 ``storage/purgeuploads.go`` and
+``handlers/app.go startUploadPurger``): the first purge runs after a random whole number of
+minutes below an hour (so replicas started together spread out), then one every
+``interval``; a session's age is its ``startedat`` (RFC 3339), and a session whose
+``startedat`` is missing or unreadable is never purged. ``dryrun`` only logs.
+
+Sessions go through :meth:`Uploads.cancel`, so an S3 session's multipart upload is aborted
+(R2 would otherwise keep its parts for 7 days), not just its keys deleted. Every worker
+process runs its own purger (as every reference replica does): cancelling a session twice
+is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..drivers.base import Driver, DriverError
+from ..errors import RegistryError
+from .gc import enumerate_repositories
+from .uploads import Uploads
+
+log = logging.getLogger("registry.purge")
+
+JITTER_MINUTES = 60  # first purge after 0..59 whole minutes, as the reference
+CANCEL_TIMEOUT = 120.0  # seconds one session's cancel may take (an S3 abort with retries)
+
+
+@dataclass
+class PurgeReport:
+    purged: list[tuple[str, str]] = field(default_factory=list)  # (repository, upload id)
+    kept: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def purge_uploads(
+    driver: Driver, uploads: Uploads, older_than: float, *, dry_run: bool = False
+) -> PurgeReport:
+    """Cancel every session started before ``older_than`` (epoch seconds)."""
+    report = PurgeReport()
+    for name in await enumerate_repositories(driver, markers=("_uploads",)):
+        for upload_id, started in await uploads.list_sessions(name):
+            if started >= older_than:
+                report.kept += 1
+                continue
+            if dry_run:
+                log.info("purge (dry run): would remove upload %s/%s", name, upload_id)
+                report.purged.append((name, upload_id))
+                continue
+            try:
+                with trio.fail_after(CANCEL_TIMEOUT):
+                    await uploads.cancel(name, upload_id)
+            except RegistryError:
+                continue  # finished or cancelled meanwhile (or by another worker)
+            except (DriverError, trio.TooSlowError) as exc:
+                report.errors.append(f"{name}/{upload_id}: {exc!r}")
+                log.warning("purge: cannot remove upload %s/%s: %r", name, upload_id, exc)
+                continue
+            report.purged.append((name, upload_id))
+    return report
+
+
+class UploadPurger:
+    """The scheduled purge loop (one task, :meth:`serve`, in the lifespan nursery)."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        uploads: Uploads,
+        *,
+        age: float,
+        interval: float,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.driver = driver
+        self.uploads = uploads
+        self.age = age
+        self.interval = interval
+        self.dry_run = dry_run
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.runs = 0
+
+    def first_delay(self) -> float:
+        return 60.0 * self.rng.randrange(JITTER_MINUTES)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """A ``RegistryApp`` background callable."""
+        await nursery.start(self.serve)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Never returns: sleep the jitter, then purge every ``interval``."""
+        delay = self.first_delay()
+        log.info("upload purge starts in %.0fs, then every %.0fs", delay, self.interval)
+        task_status.started()
+        await trio.sleep(delay)
+        while True:
+            try:
+                report = await purge_uploads(
+                    self.driver, self.uploads, self.clock() - self.age, dry_run=self.dry_run
+                )
+                log.info(
+                    "upload purge done: %d removed, %d kept, %d errors",
+                    len(report.purged),
+                    report.kept,
+                    len(report.errors),
+                )
+            except Exception:
+                log.exception("upload purge failed")
+            self.runs += 1
+            await trio.sleep(self.interval)
