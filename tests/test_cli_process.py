@@ -182,3 +182,45 @@ def test_unwritable_storage_is_one_line_at_startup(tmp_path: Path):
     assert out.returncode == 2, out.stderr
     assert "not usable" in out.stderr or "not writable" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_sigterm_right_after_startup_stops_every_worker(tmp_path: Path):
+    """A SIGTERM that lands while workers are still starting must not orphan one."""
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", "serve"],
+            cwd=tmp_path,
+            env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_HTTP_WORKERS="2"),
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        _wait(f"http://127.0.0.1:{port}", proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # parent and workers at once, as `docker stop` does
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("registry did not exit after SIGTERM") from None
+        leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+        assert leftover.stdout.strip() == "", "worker processes left behind"
+
+
+@pytest.mark.parametrize(
+    "env, key",
+    [
+        ({"REGISTRY_STORAGE": "s3"}, "storage.s3.bucket"),
+        ({"REGISTRY_STORAGE": "s3", "REGISTRY_STORAGE_S3_BUCKET": "b", "REGISTRY_STORAGE_S3_REGION": "auto",
+          "REGISTRY_STORAGE_S3_ACCESSKEY": "a", "REGISTRY_STORAGE_S3_SECRETKEY": "s",
+          "REGISTRY_STORAGE_S3_REGIONENDPOINT": "http://127.0.0.1:9", "REGISTRY_STORAGE_S3_CHUNKSIZE": "1000"},
+         "chunksize"),
+    ],
+)
+def test_bad_s3_options_are_one_line_and_exit_2(tmp_path: Path, env, key):
+    out = subprocess.run(
+        [sys.executable, "-m", "registry", "serve"], cwd=tmp_path, env=_env(**env),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and key in lines[0], out.stderr
