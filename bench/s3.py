@@ -1,25 +1,121 @@
-"""Hook for scenario 8: the push/pull scenarios with both registries on one S3 endpoint.
+"""Scenario 8, ``s3``: both registries on ONE moto S3 endpoint, each behind a counting proxy.
 
-Not run by default (``default = False``); ``--only s3`` runs it once it is filled in. To do,
-once our S3 driver lands:
+One moto server (``python -m moto.server``, no IAM auth: distribution 2.8 and the presigned
+URLs of the redirect case both work with it, and neither side pays for signature checks)
+runs for the whole scenario. Every round, each side gets its own fresh bucket on it and
+talks to it through a :class:`CountingProxy` of its own: a streaming HTTP/1.1 relay in this
+process that counts the S3 requests (by operation) without buffering bodies or changing
+keep-alive. After the side's round the moto state is reset, so both start from the same
+empty server. The storage config is the same for both (``storage.s3`` with region,
+regionendpoint = the proxy, bucket, keys, rootdirectory, forcepathstyle, v4auth, chunksize
+10 MiB = both defaults; delete enabled; upload purging off).
 
-1. ``prepare``: start moto's server mode on a free 127.0.0.1 port
-   (``<venv>/bin/moto_server -H 127.0.0.1 -p PORT``), create one bucket per side.
-2. Give ``servers.open_server`` a ``storage`` override: the same config schema with
-   ``storage.s3: {region: us-east-1, bucket, regionendpoint: http://127.0.0.1:PORT,
-   accesskey, secretkey, rootdirectory}`` instead of ``filesystem`` (distribution 2.8 uses
-   path-style addressing whenever ``regionendpoint`` is set).
-3. ``run``: reuse ``transfer.PUSH_MONOLITHIC``/``PUSH_STREAMED``/``PULL`` logic against it,
-   and report the number of requests each registry sent to S3 (moto's
-   ``/moto-api/data.json`` or its request log) next to MB/s.
+Per round and side (three server processes, the same bucket):
+
+1. ``storage.redirect.disable: true``: a monolithic push (POST, PUT with the body) of the
+   blob, a streamed push (one chunked PATCH, docker's way) of another window of the data
+   file, a monolithic push of a 64 MiB window, a small image (config + layer, then the
+   manifest PUT), and a GET of the first blob streamed through the registry. Each timed
+   part records MB/s, the server's CPU time and peak RSS, moto's CPU time (moto is one
+   Python process under the GIL: its CPU seconds per push bound the push rate) and the S3
+   requests the registry sent (the notes add moto's cores = CPU s per wall s, this
+   process's CPU, the requests by operation, and the streamed push's final PUT alone).
+   Blobs are read back and hashed after the timed parts.
+2. Redirects on (the default): GET of the first blob answers 307 to a presigned URL on the
+   proxy; the client follows it. MB/s of the whole exchange; the registry's own S3
+   requests for the 307 go to the notes.
+3. 16 clients push distinct blobs at once (fresh server): aggregate MB/s, errors, peak RSS.
+
+``prepare`` also calibrates moto itself (once per run, printed and kept in every round's
+notes): one PutObject and one GetObject of the blob straight from this client, then the
+same through the proxy, and our S3 driver alone writing the blob as a multipart upload
+(8 MiB writes, 4 parts in flight), which is what the registry's push can hope to reach.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
 
-from .core import Env, Figure, Profile, RoundResult, Skip
-from .servers import REPO_ROOT, ServerSpec
+from . import oci
+from .core import Env, Figure, Profile, RoundResult, Skip, Target
+from .http1 import Chunked, Connection, FileSlice, HTTPError
+from .procmem import RssSampler, tree_cpu_seconds
+from .servers import (
+    READY_TIMEOUT,
+    REPO_ROOT,
+    RunningServer,
+    ServerSpec,
+    ServerStartError,
+    _stop,
+    _wait_ready,
+    free_port,
+)
+
+MiB = 1024 * 1024
+HOST = "127.0.0.1"
+REGION = "us-east-1"
+ACCESS_KEY = "AKIDREGISTRYBENCH"
+SECRET_KEY = "registry-bench-secret"  # moto runs without IAM auth: any key is accepted
+CHUNK_SIZE = 10 * MiB  # storage.s3.chunksize: the default of both registries
+COUNT_BLOB = 64 * MiB  # "S3 requests per push of one 64 MiB blob"
+CONC_CLIENTS = 16
+CONC_DEADLINE = 600.0  # s, bound on the concurrent phase
+MOTO_START_TIMEOUT = 60.0  # s; importing moto takes a few seconds
+REPO = "bench/s3"
+RELAY_BUF = 1 * MiB
+HEAD_LIMIT = 64 * 1024
+
+CONFIG_TEMPLATE = """\
+version: 0.1
+log:
+  level: {log_level}
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    region: {region}
+    regionendpoint: {endpoint}
+    bucket: {bucket}
+    accesskey: {access_key}
+    secretkey: {secret_key}
+    rootdirectory: /registry
+    secure: false
+    v4auth: true
+    forcepathstyle: true
+    chunksize: {chunk_size}
+  delete:
+    enabled: true
+  redirect:
+    disable: {redirect_disable}
+  maintenance:
+    uploadpurging:
+      enabled: false
+      age: 168h
+      interval: 24h
+      dryrun: false
+http:
+  addr: {host}:{port}
+"""
 
 
 def our_s3_driver() -> Path | None:
@@ -29,18 +125,847 @@ def our_s3_driver() -> Path | None:
     return None
 
 
+class Fewer(Target):
+    """Ours strictly below the reference (request counts: "fewer S3 requests per push")."""
+
+    def __init__(self) -> None:
+        super().__init__("fewer", 1.0)
+
+    def describe(self) -> str:
+        return "<ref"
+
+    def met(self, ours: float | None, ref: float | None) -> bool | None:
+        if ours is None or ref is None:
+            return None
+        return ours < ref
+
+
+# --- signing our own raw requests to moto ---------------------------------------------------
+
+
+def signed_headers(method: str, port: int, target: str) -> dict[str, str]:
+    """SigV4 headers (UNSIGNED-PAYLOAD) for a raw request to moto. Moto without IAM auth
+    does not check them, but it answers anonymous requests to a private bucket with 403."""
+    from registry.drivers.s3.sigv4 import Signer
+
+    path, _, query = target.partition("?")
+    signer = Signer(ACCESS_KEY, SECRET_KEY, REGION)
+    return signer.sign_headers(
+        method,
+        f"{HOST}:{port}",
+        path,
+        parse_qsl(query, keep_blank_values=True),
+        {},
+        "UNSIGNED-PAYLOAD",
+        datetime.now(UTC),
+    )
+
+
+# --- moto -----------------------------------------------------------------------------------
+
+
+def _pdeathsig() -> Callable[[], Any] | None:
+    """preexec_fn: SIGTERM the child when the bench dies, so no moto outlives a killed run."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+
+class Moto:
+    """``python -m moto.server`` on a free loopback port, in its own process group."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Moto:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_pdeathsig(),  # noqa: PLW1509 -- one prctl call
+            )
+        atexit.register(self.stop)
+        deadline = time.monotonic() + MOTO_START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with Connection(HOST, self.port, timeout=2) as conn:
+                    if conn.request("GET", "/moto-api/data.json", sink="discard").status == 200:
+                        return self
+            except HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"moto did not answer within {MOTO_START_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return ""
+
+    def request(self, method: str, target: str, body: FileSlice | bytes | None = None,
+                **kw: Any) -> Any:  # fmt: skip
+        with Connection(HOST, self.port, timeout=600) as conn:
+            return conn.request(method, target, signed_headers(method, self.port, target),
+                                body, **kw)  # fmt: skip
+
+    def create_bucket(self, name: str) -> None:
+        oci.expect(self.request("PUT", f"/{name}"), 200, what=f"moto: create bucket {name}")
+
+    def reset(self) -> None:
+        """Drop every bucket and object (moto keeps them in memory and temp files)."""
+        with Connection(HOST, self.port, timeout=120) as conn:
+            oci.expect(conn.request("POST", "/moto-api/reset"), 200, what="moto reset")
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+# --- the counting proxy ---------------------------------------------------------------------
+
+
+def classify(method: str, target: str, headers: dict[str, str]) -> str:
+    """The S3 operation of a path-style request."""
+    path, _, query = target.partition("?")
+    params = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+    bucket_and_key = path.lstrip("/").split("/", 1)
+    on_object = len(bucket_and_key) == 2 and bucket_and_key[1] != ""
+    copy = "x-amz-copy-source" in headers
+    if method == "PUT":
+        if "partNumber" in params:
+            return "UploadPartCopy" if copy else "UploadPart"
+        if copy:
+            return "CopyObject"
+        return "PutObject" if on_object else "CreateBucket"
+    if method == "POST":
+        if "uploads" in params:
+            return "CreateMultipartUpload"
+        if "uploadId" in params:
+            return "CompleteMultipartUpload"
+        return "DeleteObjects" if "delete" in params else "POST"
+    if method == "DELETE":
+        if "uploadId" in params:
+            return "AbortMultipartUpload"
+        return "DeleteObject" if on_object else "DeleteBucket"
+    if method == "GET":
+        if not on_object:
+            return "ListMultipartUploads" if "uploads" in params else "ListObjects"
+        return "ListParts" if "uploadId" in params else "GetObject"
+    if method == "HEAD":
+        return "HeadObject" if on_object else "HeadBucket"
+    return method
+
+
+class RequestStream:
+    """Follows the client->S3 byte stream of one keep-alive connection and reports each
+    request head. Bodies (Content-Length or chunked) are skipped by counting, not copied."""
+
+    def __init__(self, on_request: Callable[[str, str, dict[str, str]], None]) -> None:
+        self.on_request = on_request
+        self.state = "head"  # head | body | size | chunk | crlf | trailer
+        self.pending = bytearray()  # a partial head or line
+        self.left = 0  # body or chunk bytes (or CRLF bytes) still to skip
+
+    def feed(self, data: memoryview) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self.state in ("body", "chunk", "crlf"):
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                if self.left == 0:
+                    self.state = {"body": "head", "chunk": "crlf", "crlf": "size"}[self.state]
+                    if self.state == "crlf":
+                        self.left = 2
+                continue
+            sep = b"\r\n\r\n" if self.state == "head" else b"\r\n"
+            piece = bytes(data[i : i + HEAD_LIMIT])
+            joined = self.pending + piece
+            idx = joined.find(sep, max(0, len(self.pending) - len(sep) + 1))
+            if idx < 0:
+                if len(joined) > HEAD_LIMIT:
+                    raise ValueError("request head or chunk line too long")
+                self.pending = joined
+                i += len(piece)
+                continue
+            end = idx + len(sep)
+            i += end - len(self.pending)
+            text = bytes(joined[:idx])
+            self.pending = bytearray()
+            if self.state == "head":
+                self._head(text)
+            elif self.state == "size":
+                size = int(text.split(b";")[0].strip(), 16)
+                self.state, self.left = ("trailer", 0) if size == 0 else ("chunk", size)
+            elif not text:  # trailer: an empty line ends the request
+                self.state = "head"
+
+    def _head(self, text: bytes) -> None:
+        lines = text.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self.on_request(method, target, headers)
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.state = "size"
+        else:
+            length = int(headers.get("content-length", "0") or 0)
+            self.state, self.left = ("body", length) if length else ("head", 0)
+
+
+class CountingProxy:
+    """A loopback relay in front of moto (threads, blocking sockets, 1 MiB buffers).
+
+    Responses are relayed untouched; requests are parsed just enough to count them by
+    operation (:func:`classify`). ``snapshot()`` returns the counts so far.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server((HOST, 0), backlog=256)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._ops: Counter[str] = Counter()
+        self._sockets: set[socket.socket] = set()
+        self.parse_errors = 0
+        self.connections = 0
+        self._accept = threading.Thread(target=self._accept_loop, name="s3proxy", daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def __enter__(self) -> Self:
+        self._accept.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._ops)
+
+    def _count(self, method: str, target: str, headers: dict[str, str]) -> None:
+        op = classify(method, target, headers)
+        with self._lock:
+            self._ops[op] += 1
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((HOST, self.upstream_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            pair = [client, upstream]
+            for s in pair:
+                s.settimeout(None)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets.update(pair)
+                self.connections += 1
+            done = [0]
+            for src, dst, parse in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._relay, args=(src, dst, parse, pair, done), daemon=True
+                ).start()
+
+    def _relay(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        parse: bool,
+        pair: list[socket.socket],
+        done: list[int],
+    ) -> None:
+        stream = RequestStream(self._count) if parse else None
+        buf = bytearray(RELAY_BUF)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = src.recv_into(buf)
+                if not n:
+                    break
+                if stream is not None:  # count before forwarding: never after the answer
+                    try:
+                        stream.feed(view[:n])
+                    except (ValueError, IndexError):
+                        stream = None
+                        with self._lock:
+                            self.parse_errors += 1
+                dst.sendall(view[:n])
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            with self._lock:
+                done[0] += 1
+                last = done[0] == 2
+                if last:
+                    self._sockets.difference_update(pair)
+            if last:
+                for s in pair:
+                    s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# --- our registry processes on S3 -----------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One side's round: its bucket on moto, behind its proxy."""
+
+    moto: Moto
+    proxy: CountingProxy
+    bucket: str
+    values: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def open_s3_server(
+    spec: ServerSpec, workdir: Path, side: Side, *, redirect: bool
+) -> Iterator[RunningServer]:
+    """Like ``servers.open_server``, with ``storage.s3`` on ``side``'s bucket instead of a
+    filesystem directory. Stops the process group on exit."""
+    base = Path(tempfile.mkdtemp(prefix=f"{spec.side}-s3-", dir=workdir))
+    log_path = base / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
+    proc = None
+    sampler = None
+    try:
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            port = free_port()
+            config = base / "config.yml"
+            config.write_text(
+                CONFIG_TEMPLATE.format(
+                    log_level=spec.log_level,
+                    region=REGION,
+                    endpoint=side.proxy.endpoint,
+                    bucket=side.bucket,
+                    access_key=ACCESS_KEY,
+                    secret_key=SECRET_KEY,
+                    chunk_size=CHUNK_SIZE,
+                    redirect_disable=str(not redirect).lower(),
+                    host=HOST,
+                    port=port,
+                )
+            )
+            try:
+                with open(log_path, "ab") as log:
+                    proc = subprocess.Popen(
+                        spec.argv(config),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=REPO_ROOT,
+                        env=env,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                raise ServerStartError(f"{spec.side} server command failed: {exc}") from exc
+            sampler = RssSampler(proc.pid).start()
+            server = RunningServer(spec, proc, port, base, log_path, sampler)
+            try:
+                _wait_ready(server, time.monotonic() + READY_TIMEOUT)
+                break
+            except ServerStartError as exc:
+                sampler.stop()
+                _stop(proc)
+                if attempt == 2 or "address already in use" not in str(exc).lower():
+                    raise
+        yield server
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_cpu_seconds() -> float:
+    """CPU time of this process (client threads and the proxy), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Timed:
+    """Wall time, CPU of server / moto / this process, peak RSS and S3 requests of a block."""
+
+    elapsed: float = 0.0
+    server_cpu: float = 0.0
+    moto_cpu: float = 0.0
+    bench_cpu: float = 0.0
+    rss: float = 0.0
+    requests: Counter[str] = field(default_factory=Counter)
+    sub: dict[str, Timed] = field(default_factory=dict)  # timed sub-parts
+
+    def note(self) -> dict[str, Any]:
+        return {name: part.note() for name, part in self.sub.items()} | {
+            "seconds": round(self.elapsed, 3),
+            "server_cpu_s": round(self.server_cpu, 3),
+            "moto_cpu_s": round(self.moto_cpu, 3),
+            "bench_cpu_s": round(self.bench_cpu, 3),
+            "s3_requests": sum(self.requests.values()),
+            "s3_ops": dict(sorted(self.requests.items())),
+            "moto_cores": round(self.moto_cpu / self.elapsed, 2) if self.elapsed else None,
+        }
+
+
+@contextmanager
+def timed(srv: RunningServer | None, side: Side) -> Iterator[Timed]:
+    t = Timed()
+    if srv is not None:
+        srv.rss.reset()
+    cpu0 = srv.cpu_seconds() if srv is not None else 0.0
+    moto0, bench0, ops0 = side.moto.cpu_seconds(), bench_cpu_seconds(), side.proxy.snapshot()
+    t0 = time.perf_counter()
+    yield t
+    t.elapsed = time.perf_counter() - t0
+    t.server_cpu = srv.cpu_seconds() - cpu0 if srv is not None else 0.0
+    t.moto_cpu = side.moto.cpu_seconds() - moto0
+    t.bench_cpu = bench_cpu_seconds() - bench0
+    t.rss = srv.rss.peak_mb if srv is not None else 0.0
+    t.requests = side.proxy.snapshot() - ops0
+
+
+def ops_line(requests: Counter[str]) -> str:
+    return ", ".join(f"{op} {n}" for op, n in requests.most_common())
+
+
+# --- the scenario ---------------------------------------------------------------------------
+
+
 class S3Scenario:
     name = "s3"
-    title = "S3 push/pull (moto)"
-    default = False
+    title = "S3 push/pull on one moto endpoint"
+    default = True
+
+    def __init__(self) -> None:
+        self.moto: Moto | None = None
+        self.calibration: dict[str, Any] = {}
+        self.runs = 0
 
     def figures(self, profile: Profile) -> list[Figure]:
-        return []
+        mib = profile.blob_size // MiB
+        cmib = profile.conc_blob // MiB
+        n = CONC_CLIENTS
+        out: list[Figure] = []
+        for key, what in (("mono", "monolithic push"), ("stream", "streamed push")):
+            out += [
+                Figure(f"{key}_mbps", f"{what} {mib} MiB", "MB/s", target=Target("ratio", 1.5)),
+                Figure(f"{key}_cpu", f"{what} server CPU time", "s", "lower"),
+                Figure(f"{key}_rss", f"{what} peak RSS", "MB", "lower"),
+                Figure(f"{key}_moto", f"{what} moto CPU time", "s", "lower"),
+                Figure(f"{key}_req", f"{what} S3 requests", "count", "lower"),
+            ]
+        out += [
+            Figure("stream_upload_mbps", "streamed push without its final PUT", "MB/s"),
+            Figure("stream_commit_s", "streamed push: final PUT (complete + copy)", "s",
+                   "lower"),
+        ]  # fmt: skip
+        out += [
+            Figure("req64", f"S3 requests per {COUNT_BLOB // MiB} MiB push", "count", "lower",
+                   target=Fewer()),
+            Figure("req_manifest", "S3 requests per manifest PUT", "count", "lower",
+                   target=Fewer()),
+            Figure("pull_mbps", f"pull {mib} MiB, redirect off", "MB/s",
+                   target=Target("ratio", 1.0)),
+            Figure("pull_cpu", "pull server CPU time", "s", "lower"),
+            Figure("pull_rss", "pull peak RSS", "MB", "lower"),
+            Figure("pull_moto", "pull moto CPU time", "s", "lower"),
+            Figure("redirect_mbps", f"pull {mib} MiB via 307 + GET from moto", "MB/s"),
+            Figure(f"c{n}_mbps", f"{n} clients x {cmib} MiB push", "MB/s",
+                   target=Target("ratio", 1.0)),
+            Figure(f"c{n}_errors", f"{n} clients errors", "count", "lower", zero_ok=True),
+            Figure(f"c{n}_rss", f"{n} clients peak RSS", "MB", "lower",
+                   target=Target("max", 150.0)),
+        ]  # fmt: skip
+        return out
+
+    # -- windows of the data file: distinct content, so distinct digests ----------------------
+
+    @staticmethod
+    def _windows(env: Env) -> dict[str, tuple[int, int]]:
+        p, size = env.profile, env.data.size
+        count = min(COUNT_BLOB, size)
+        wins = {
+            "mono": (0, p.blob_size),
+            "stream": (size - p.blob_size, p.blob_size),
+            "count": ((size - count) // 2, count),
+        }
+        if len(set(wins.values())) != len(wins):
+            raise Skip(f"data file of {size} bytes too small for three distinct blobs")
+        for i in range(CONC_CLIENTS):
+            wins[f"c{i}"] = (i * p.conc_step, p.conc_blob)
+        return wins
 
     def prepare(self, env: Env) -> None:
         if our_s3_driver() is None:
             raise Skip("our S3 driver does not exist yet")
-        raise Skip("the S3 scenarios are not written yet: see the to-do in bench/s3.py")
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise Skip("moto is not installed (pip install 'moto[server]')") from None
+        for offset, length in self._windows(env).values():
+            env.data.digest(offset, length)
+        if self.moto is None or self.moto.proc is None or self.moto.proc.poll() is not None:
+            try:
+                self.moto = Moto(env.workdir / "moto.log").start()
+            except (OSError, RuntimeError) as exc:
+                raise Skip(f"moto server did not start: {exc}") from None
+        self.calibration = self._calibrate(env)
+
+    # -- moto alone: what any registry can hope for -------------------------------------------
+
+    def _calibrate(self, env: Env) -> dict[str, Any]:
+        assert self.moto is not None
+        moto = self.moto
+        off, length = self._windows(env)["mono"]
+        body = env.data.slice(off, length)
+        bucket = "bench-calibrate"
+        out: dict[str, Any] = {}
+        moto.create_bucket(bucket)
+        try:
+            with CountingProxy(moto.port) as proxy:
+                for via, port in (("direct", moto.port), ("proxy", proxy.port)):
+                    target = f"/{bucket}/{via}"
+                    for op in ("put", "get"):
+                        m0, t0 = moto.cpu_seconds(), time.perf_counter()
+                        with Connection(HOST, port, timeout=600) as conn:
+                            headers = signed_headers(op.upper(), port, target)
+                            if op == "put":
+                                resp = conn.request("PUT", target, headers, body)
+                                ok = resp.status == 200
+                            else:
+                                resp = conn.request("GET", target, headers, sink="compare",
+                                                    expect=body)  # fmt: skip
+                                ok = resp.status == 200 and bool(resp.matches)
+                        took = time.perf_counter() - t0
+                        if not ok:
+                            raise oci.ProtocolError(f"moto calibration {op} {via}: {resp.status}")
+                        out[f"{op}_{via}_mbps"] = round(length / took / 1e6, 1)
+                        out[f"{op}_{via}_moto_cores"] = round((moto.cpu_seconds() - m0) / took, 2)
+            out.update(self._driver_write(env, bucket, off, length))
+        finally:
+            moto.reset()
+        c = out
+        env.log(
+            f"moto alone, {length // MiB} MiB from this client: PutObject {c['put_direct_mbps']:.0f}"
+            f" MB/s (moto {c['put_direct_moto_cores']:.2f} cores), GetObject "
+            f"{c['get_direct_mbps']:.0f} MB/s ({c['get_direct_moto_cores']:.2f} cores); through "
+            f"the counting proxy: {c['put_proxy_mbps']:.0f} / {c['get_proxy_mbps']:.0f} MB/s"
+        )
+        if "driver_write_mbps" in c:
+            env.log(
+                f"our S3 driver alone (multipart, {CHUNK_SIZE // MiB} MiB parts, 4 in flight): "
+                f"{c['driver_write_mbps']:.0f} MB/s (moto {c['driver_write_moto_cores']:.2f} "
+                "cores)"
+            )
+        return out
+
+    def _driver_write(self, env: Env, bucket: str, off: int, length: int) -> dict[str, Any]:
+        """Our S3 driver writing ``length`` bytes as one multipart upload, 8 MiB per write,
+        straight into moto (no registry, no proxy): the ceiling of our push path."""
+        assert self.moto is not None
+        moto = self.moto
+        try:
+            import trio
+
+            from registry.drivers.s3.driver import S3Driver
+        except ImportError as exc:  # pragma: no cover - the driver exists (checked above)
+            return {"driver_write_error": str(exc)}
+        params = {
+            "accesskey": ACCESS_KEY, "secretkey": SECRET_KEY, "region": REGION,
+            "regionendpoint": f"http://{HOST}:{moto.port}", "bucket": bucket,
+            "forcepathstyle": True, "secure": False, "chunksize": CHUNK_SIZE,
+            "parallelparts": 4, "rootdirectory": "/driver",
+        }  # fmt: skip
+        fd = env.data.file.fileno()
+
+        async def write() -> float:
+            driver = S3Driver.from_params(params)
+            try:
+                start = time.perf_counter()
+                async with driver.writer("/calibrate/data") as w:
+                    pos = off
+                    while pos < off + length:
+                        piece = os.pread(fd, min(8 * MiB, off + length - pos), pos)
+                        await w.write(piece)
+                        pos += len(piece)
+                    await w.commit()
+                took = time.perf_counter() - start
+                info = await driver.stat("/calibrate/data")
+                if info.size != length:
+                    raise oci.ProtocolError(f"driver write: {info.size} bytes, wanted {length}")
+                return took
+            finally:
+                await driver.aclose()
+
+        m0 = moto.cpu_seconds()
+        took = trio.run(write)
+        return {
+            "driver_write_mbps": round(length / took / 1e6, 1),
+            "driver_write_moto_cores": round((moto.cpu_seconds() - m0) / took, 2),
+        }
+
+    # -- one round of one side ----------------------------------------------------------------
 
     def run(self, env: Env, spec: ServerSpec) -> RoundResult:
-        raise Skip("not implemented")
+        if self.moto is None:
+            raise Skip("prepare did not run")
+        self.runs += 1
+        bucket = f"bench-{spec.side}-{self.runs}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.moto.create_bucket(bucket)
+            with CountingProxy(self.moto.port) as proxy:
+                side = Side(self.moto, proxy, bucket)
+                self._through_registry(env, spec, side)
+                self._redirected(env, spec, side)
+                self._concurrent(env, spec, side)
+                side.notes["proxy"] = {
+                    "connections": proxy.connections,
+                    "parse_errors": proxy.parse_errors,
+                }
+                if proxy.parse_errors:
+                    raise oci.ProtocolError(f"counting proxy: {proxy.parse_errors} parse errors")
+        finally:
+            self.moto.reset()
+        side.notes["calibration"] = self.calibration
+        return RoundResult(side.values, side.notes)
+
+    def _push_timed(
+        self, env: Env, srv: RunningServer, conn: Connection, side: Side, key: str, kind: str
+    ) -> Timed:
+        p = env.profile
+        off, length = self._windows(env)[key]
+        body, digest = env.data.slice(off, length), env.data.digest(off, length)
+        with timed(srv, side) as t:
+            if kind == "streamed":  # oci.push_streamed, with the final PUT timed apart
+                target = oci.start_upload(conn, REPO)
+                resp = conn.request("PATCH", target, oci.OCTET, Chunked(body, p.stream_chunk))
+                oci.expect(resp, 202, what="PATCH streamed")
+                if resp.header("location"):
+                    target = oci.location_target(resp.header("location"))
+                with timed(None, side) as commit:
+                    resp = conn.request(
+                        "PUT", oci.with_query(target, digest=digest), {"Content-Length": "0"}
+                    )
+                oci.check_pushed(resp, digest, "PUT after streamed PATCH")
+            else:
+                oci.push_monolithic(conn, REPO, body, digest)
+        if kind == "streamed":
+            # the commit: where both registries complete the multipart upload and copy it
+            # to its content address, server-side (moto reads the whole source per part)
+            t.sub["commit"] = commit
+        return t
+
+    def _through_registry(self, env: Env, spec: ServerSpec, side: Side) -> None:
+        p = env.profile
+        wins = self._windows(env)
+        v, notes = side.values, side.notes
+        with (
+            open_s3_server(spec, env.workdir, side, redirect=False) as srv,
+            srv.connect(p.request_timeout) as conn,
+        ):
+            for key, kind in (("mono", "monolithic"), ("stream", "streamed")):
+                t = self._push_timed(env, srv, conn, side, key, kind)
+                v[f"{key}_mbps"] = p.blob_size / t.elapsed / 1e6
+                v[f"{key}_cpu"] = t.server_cpu
+                v[f"{key}_rss"] = t.rss
+                v[f"{key}_moto"] = t.moto_cpu
+                v[f"{key}_req"] = float(sum(t.requests.values()))
+                notes[f"{key}_push"] = t.note()
+                if "commit" in t.sub:
+                    commit = t.sub["commit"].elapsed
+                    v[f"{key}_upload_mbps"] = p.blob_size / (t.elapsed - commit) / 1e6
+                    v[f"{key}_commit_s"] = commit
+            t = self._push_timed(env, srv, conn, side, "count", "monolithic")
+            v["req64"] = float(sum(t.requests.values()))
+            notes["push64"] = t.note()
+            # a small image: blobs first (not counted), then the manifest PUT alone
+            layer = env.data.read(p.conc_step // 2, 4096)
+            digests = self._push_image_blobs(conn, layer)
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": oci.SCHEMA2,
+                    "config": {
+                        "mediaType": oci.SCHEMA2_CONFIG,
+                        "size": digests["config_size"],
+                        "digest": digests["config"],
+                    },
+                    "layers": [
+                        {
+                            "mediaType": oci.LAYER_GZIP,
+                            "size": len(layer),
+                            "digest": digests["layer"],
+                        }
+                    ],
+                },
+                indent=3,
+            ).encode()
+            manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            with timed(None, side) as t:
+                resp = conn.request(
+                    "PUT", f"/v2/{REPO}/manifests/latest", {"Content-Type": oci.SCHEMA2}, manifest
+                )
+                oci.check_pushed(resp, manifest_digest, "PUT manifest")
+            v["req_manifest"] = float(sum(t.requests.values()))
+            notes["manifest_put"] = t.note()
+            got = conn.request("GET", f"/v2/{REPO}/manifests/latest",
+                               {"Accept": oci.SCHEMA2})  # fmt: skip
+            oci.expect(got, 200, what="GET manifest")
+            if got.body != manifest:
+                raise oci.ProtocolError("GET manifest: not the manifest pushed")
+            # the pull, streamed through the registry (redirect disabled)
+            off, length = wins["mono"]
+            want = env.data.slice(off, length)
+            digest = env.data.digest(off, length)
+            with timed(srv, side) as t:
+                resp = conn.request("GET", f"/v2/{REPO}/blobs/{digest}", sink="compare",
+                                    expect=want)  # fmt: skip
+            oci.expect(resp, 200, what="GET blob")
+            if not resp.matches:
+                raise oci.ProtocolError(f"pull: {resp.length} bytes, not the blob pushed")
+            v["pull_mbps"] = length / t.elapsed / 1e6
+            v["pull_cpu"] = t.server_cpu
+            v["pull_rss"] = t.rss
+            v["pull_moto"] = t.moto_cpu
+            notes["pull"] = t.note()
+            # correctness of the other pushes, outside the timed parts
+            for key in ("stream", "count"):
+                off, length = wins[key]
+                oci.verify_blob(conn, REPO, env.data.digest(off, length), length)
+        if env.verbose:
+            env.log(f"{spec.side}: S3 requests per {p.blob_size // MiB} MiB monolithic push: "
+                    f"{ops_line(Counter(notes['mono_push']['s3_ops']))}")  # fmt: skip
+        env.log(
+            f"{spec.side}: S3 requests per {COUNT_BLOB // MiB} MiB push: "
+            f"{ops_line(Counter(notes['push64']['s3_ops']))}; per manifest PUT: "
+            f"{ops_line(Counter(notes['manifest_put']['s3_ops']))}"
+        )
+
+    @staticmethod
+    def _push_image_blobs(conn: Connection, layer: bytes) -> dict[str, Any]:
+        layer_digest = oci.push_bytes(conn, REPO, layer)
+        config = json.dumps(
+            {"architecture": "amd64", "os": "linux", "config": {},
+             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}},
+            sort_keys=True,
+        ).encode()  # fmt: skip
+        return {
+            "layer": layer_digest,
+            "config": oci.push_bytes(conn, REPO, config),
+            "config_size": len(config),
+        }
+
+    def _redirected(self, env: Env, spec: ServerSpec, side: Side) -> None:
+        """GET -> 307 to a presigned URL on the proxy -> GET from moto, compared."""
+        p = env.profile
+        off, length = self._windows(env)["mono"]
+        want, digest = env.data.slice(off, length), env.data.digest(off, length)
+        with (
+            open_s3_server(spec, env.workdir, side, redirect=True) as srv,
+            srv.connect(p.request_timeout) as conn,
+        ):
+            ops0 = side.proxy.snapshot()
+            with timed(srv, side) as t:
+                resp = conn.request("GET", f"/v2/{REPO}/blobs/{digest}")
+                oci.expect(resp, 307, what="GET blob with redirects on")
+                registry_ops = side.proxy.snapshot() - ops0
+                url = urlsplit(resp.header("location"))
+                if (url.hostname, url.port) != (HOST, side.proxy.port):
+                    raise oci.ProtocolError(f"redirect to {url.netloc}, not the S3 endpoint")
+                target = url.path + (f"?{url.query}" if url.query else "")
+                with Connection(HOST, side.proxy.port, timeout=p.request_timeout) as s3:
+                    got = s3.request("GET", target, sink="compare", expect=want)
+            oci.expect(got, 200, what="GET presigned URL")
+            if not got.matches:
+                raise oci.ProtocolError(f"redirected pull: {got.length} bytes, not the blob")
+        side.values["redirect_mbps"] = length / t.elapsed / 1e6
+        note = t.note()
+        note["registry_s3_ops"] = dict(sorted(registry_ops.items()))
+        side.notes["redirect_pull"] = note
+
+    def _concurrent(self, env: Env, spec: ServerSpec, side: Side) -> None:
+        p = env.profile
+        n = CONC_CLIENTS
+        wins = self._windows(env)
+        windows = [wins[f"c{i}"] for i in range(n)]
+        digests = [env.data.digest(*w) for w in windows]
+        outcome: list[str | None] = ["did not finish"] * n
+        with open_s3_server(spec, env.workdir, side, redirect=False) as srv:
+            barrier = threading.Barrier(n + 1)
+
+            def client(i: int) -> None:
+                try:
+                    barrier.wait(timeout=30)
+                    with srv.connect(p.request_timeout) as conn:
+                        oci.push_monolithic(conn, REPO, env.data.slice(*windows[i]), digests[i])
+                    outcome[i] = None
+                except Exception as exc:  # noqa: BLE001 - every failure is one error
+                    outcome[i] = f"{type(exc).__name__}: {exc}"
+
+            threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+            for th in threads:
+                th.start()
+            with timed(srv, side) as t:
+                barrier.wait(timeout=30)
+                deadline = time.perf_counter() + CONC_DEADLINE
+                for th in threads:
+                    th.join(timeout=max(0.0, deadline - time.perf_counter()))
+            ok = [i for i in range(n) if outcome[i] is None]
+            errors = [e for e in outcome if e is not None]
+            with srv.connect(p.request_timeout) as conn:
+                for i in ok:
+                    oci.verify_blob(conn, REPO, digests[i], windows[i][1])
+        if not ok:
+            raise oci.ProtocolError(f"{n} clients: every push failed, e.g. {errors[0]}")
+        side.values[f"c{n}_mbps"] = len(ok) * p.conc_blob / t.elapsed / 1e6
+        side.values[f"c{n}_errors"] = float(len(errors))
+        side.values[f"c{n}_rss"] = t.rss
+        note = t.note()
+        if errors:
+            note["error_samples"] = sorted(set(errors))[:5]
+        side.notes[f"c{n}_push"] = note

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -476,21 +475,6 @@ async def test_construction_never_contacts_s3() -> None:
     )
     await driver.aclose()
     await driver.aclose()  # idempotent
-
-
-@pytest.mark.skipif(not os.environ.get("S3_BENCH"), reason="set S3_BENCH=1 to measure")
-async def test_measure_multipart_write() -> None:  # pragma: no cover - measurement
-    """S3_BENCH=1 [S3_BENCH_MIB=512]: MiB/s of one multipart write into moto."""
-    mib = int(os.environ.get("S3_BENCH_MIB", "512"))
-    part = payload(8 * MiB)
-    async with open_s3_driver(chunksize=10 * MiB, parallelparts=4) as driver:
-        start = trio.current_time()
-        async with driver.writer(UPLOAD) as w:
-            for _ in range(mib // 8):
-                await w.write(part)
-            await w.commit()
-        took = trio.current_time() - start
-        print(f"\n{mib} MiB multipart write: {took:.1f} s, {mib / took:.0f} MiB/s")
 
 
 # --- with the storage layer on top ----------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -400,26 +399,6 @@ def test_bucket_shared_with_docker_registry(tmp_path: Path, writer: str, reader:
     ):
         check_image(client, "compat/s3", "v2", more, more_blobs)
     assert open_uploads(bucket_of(env)) == []
-
-
-@pytest.mark.skipif(not os.environ.get("S3_BENCH"), reason="set S3_BENCH=1 to measure")
-def test_measure_push_through_both(tmp_path: Path) -> None:  # pragma: no cover - measurement
-    import time
-
-    data = random_bytes(256 * MiB)
-    for who in ("ours", "reference"):
-        env = s3_env() | {"REGISTRY_STORAGE_REDIRECT_DISABLE": "true"}
-        with (
-            run_on_s3(tmp_path, env, reference=who == "reference", name=who) as reg,
-            httpx.Client(base_url=reg.url, timeout=600) as client,
-        ):
-            start = time.monotonic()
-            digest = push_chunked(client, "bench/app", data, len(data))
-            took = time.monotonic() - start
-            start = time.monotonic()
-            assert len(client.get(f"/v2/bench/app/blobs/{digest}").content) == len(data)
-            pull = time.monotonic() - start
-        print(f"\n{who}: push 256 MiB {256 / took:.0f} MiB/s, pull {256 / pull:.0f} MiB/s")
 
 
 # --- the docker client on S3 --------------------------------------------------------------
