@@ -7,7 +7,8 @@ repositories, 20,000 manifests, 50,000 layer/config blobs of a few bytes each, p
 20,000 manifest blobs), copies it, and runs each collector as a separate process on its own
 copy: ours (``python -m registry garbage-collect``) and Debian's ``docker-registry
 garbage-collect`` (distribution 2.8). Reported per tool: wall seconds and peak RSS (the
-child's ``ru_maxrss`` from wait4), for a dry run and a real run. Then the two resulting
+child's ``ru_maxrss`` from wait4) of ``--repeat`` dry runs (alternating which tool goes
+first; median and min) and of one real run. Then the two resulting
 trees are compared: they must be identical except for the stale ``_layers`` links we also
 remove (the reference 2.8 keeps them).
 
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated trees")
     p.add_argument("--json", help="write the results here as JSON")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--repeat", type=int, default=3, help="dry runs per tool (default 3)")
     args = p.parse_args(argv)
     shape = SMALL if args.small else FULL
 
@@ -262,21 +265,46 @@ def main(argv: list[str] | None = None) -> int:
                 tools.append(("reference", reference_command))
         results: list[Timing] = []
         finals: dict[str, Path] = {}
-        for tool, make in tools:
+        configs: dict[str, Path] = {}
+        for tool, _ in tools:
             root = work / tool
             shutil.copytree(base, root, symlinks=True)
-            config = work / f"{tool}.yml"
-            write_config(config, root)
-            for dry in (True, False):
-                cmd, env = make(config, dry)
-                t = run_measured(cmd, env, tool, "dry-run" if dry else "delete")
-                results.append(t)
-                print(
-                    f"{tool:<10} {t.mode:<8} {t.seconds:7.2f} s  peak {t.peak_mb:6.1f} MB"
-                    f"  exit {t.exit_code}",
-                    flush=True,
-                )
+            configs[tool] = work / f"{tool}.yml"
+            write_config(configs[tool], root)
             finals[tool] = root
+
+        def measure(tool: str, make: Any, dry: bool) -> None:
+            cmd, env = make(configs[tool], dry)
+            t = run_measured(cmd, env, tool, "dry-run" if dry else "delete")
+            results.append(t)
+            print(
+                f"{tool:<10} {t.mode:<8} {t.seconds:7.2f} s  peak {t.peak_mb:6.1f} MB"
+                f"  exit {t.exit_code}",
+                flush=True,
+            )
+
+        # Dry runs change nothing: repeat them, alternating which tool goes first, so a
+        # busy machine or a cold cache favours neither. Then one real run each.
+        for r in range(args.repeat):
+            for tool, make in tools if r % 2 == 0 else tools[::-1]:
+                measure(tool, make, True)
+        for tool, make in tools:
+            measure(tool, make, False)
+        summary = {}
+        for tool, _ in tools:
+            for mode in ("dry-run", "delete"):
+                ts = [t for t in results if t.tool == tool and t.mode == mode]
+                summary[f"{tool} {mode}"] = {
+                    "median_seconds": round(statistics.median(t.seconds for t in ts), 2),
+                    "min_seconds": round(min(t.seconds for t in ts), 2),
+                    "peak_mb": round(max(t.peak_mb for t in ts), 1),
+                    "runs": len(ts),
+                }
+        for key, v in summary.items():
+            print(
+                f"{key:<18} median {v['median_seconds']:7.2f} s  min {v['min_seconds']:7.2f} s"
+                f"  peak {v['peak_mb']:6.1f} MB  ({v['runs']} runs)"
+            )
         comparison = None
         if "reference" in finals:
             comparison = compare_trees(finals["ours"], finals["reference"])
@@ -287,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "shape": asdict(shape) | {"manifests": shape.manifests},
             "generated": asdict(gen),
             "timings": [asdict(t) for t in results],
+            "summary": summary,
             "comparison": comparison,
             "blobs_left_ours": blobs_left,
             "expected_blobs_left": gen.manifests + gen.blobs - gen.garbage,

@@ -22,6 +22,7 @@ manifest PUT refused with MANIFEST_BLOB_UNKNOWN makes it upload what is missing 
 from __future__ import annotations
 
 import contextvars
+import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -353,17 +354,21 @@ async def run_case(scenario: Push, j: int | None, k: int | None) -> Outcome:
         driver.resume("gc")  # D
         await gc_done.wait()
 
-    report = result["report"]
-    scenario_pushed = result["pushed"]
-    # Everything a client can pull is whole.
+    await check(inner, storage, result["pushed"])
+    return Outcome(driver.calls["gc"], driver.calls["push"], result["settle_at"], result["report"])
+
+
+async def check(
+    inner: MemoryDriver, storage: Storage, pushed: list[tuple[str, str, bytes]]
+) -> None:
+    # Everything a client can pull is whole, and every push that succeeded pulls.
     assert await s.problems(storage) == []
-    for repo, tag, body in scenario_pushed:
+    for repo, tag, body in pushed:
         got = await storage.get_manifest(repo, tag)
         assert got.body == body, (repo, tag)
     # Old garbage nobody touched is gone; nothing is left in the trash.
     assert s.dg(G_GONE) not in s.blob_keys(inner)
-    assert not any(k_.startswith(paths.GC + "/") for k_ in inner._files)
-    return Outcome(driver.calls["gc"], driver.calls["push"], result["settle_at"], report)
+    assert not any(k.startswith(paths.GC + "/") for k in inner._files)
 
 
 async def _wait_then_cancel(ev: trio.Event, scope: trio.CancelScope) -> None:
@@ -411,3 +416,109 @@ async def test_delete_untagged_collects_old_untagged_when_nobody_pushes(autojump
 
 async def _nothing(c: Client, seeded: Seeded) -> list[tuple[str, str, bytes]]:
     return []
+
+
+# --- many switches: random turns ----------------------------------------------------------
+
+
+class TurnDriver(SteppedDriver):
+    """The two actors take turns: at each storage call, the one holding the turn hands it
+    to the other with probability ``p`` (seeded), so a push and a collection interleave at
+    many points in one run. A collection about to settle while the push is in flight lets
+    the push finish first (the protocol's one assumption)."""
+
+    def __init__(self, inner: MemoryDriver, rng: random.Random, p: float) -> None:
+        super().__init__(inner)
+        self.rng, self.p = rng, p
+        self.turn = "push"
+        self.done: set[str] = set()
+        self.frozen = False  # no hand-overs while the collection waits at settle
+        self._changed = trio.Event()
+
+    def give(self, actor: str) -> None:
+        self.turn = actor
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def finish(self, actor: str) -> None:
+        self.done.add(actor)
+        if self.turn == actor:
+            self.give("gc" if actor == "push" else "push")
+
+    async def _gate(self) -> None:
+        me = ACTOR.get()
+        if me is None:
+            return
+        self.calls[me] += 1
+        other = "gc" if me == "push" else "push"
+        free = self.turn == me and other not in self.done and not self.frozen
+        if free and self.rng.random() < self.p:
+            self.give(other)
+        while self.turn != me and other not in self.done:
+            await self._changed.wait()
+
+
+async def run_turns(scenario: Push, seed: int, p: float) -> int:
+    """One randomly interleaved run; returns how many times the turn changed hands."""
+    trio._core._run._r.seed(seed)
+    inner, seeded = await seeded_registry()
+    driver = TurnDriver(inner, random.Random(seed), p)
+    storage = Storage(driver)
+    options = GCOptions(
+        online=True,
+        grace_period=s.HOUR,
+        settle=60,
+        delete_untagged=scenario.delete_untagged,
+        concurrency=1,
+    )
+    push_done = trio.Event()
+    result: dict[str, Any] = {}
+    switches = 0
+    give = driver.give
+
+    def counting_give(actor: str) -> None:
+        nonlocal switches
+        switches += 1
+        give(actor)
+
+    driver.give = counting_give  # type: ignore[method-assign]
+
+    async def push() -> None:
+        ACTOR.set("push")
+        try:
+            result["pushed"] = await scenario.run(Client(storage), seeded)
+        finally:
+            push_done.set()
+            driver.finish("push")
+
+    async def hook(step: str) -> None:
+        if step == "settle" and driver.calls["push"] > 0 and not push_done.is_set():
+            driver.frozen = True
+            driver.give("push")
+            await push_done.wait()
+
+    async def gc() -> None:
+        ACTOR.set("gc")
+        try:
+            await collect(driver, options, hook=hook)
+        finally:
+            driver.finish("gc")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push)
+        nursery.start_soon(gc)
+    await check(inner, storage, result["pushed"])
+    return switches
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+async def test_push_and_online_gc_in_random_turns(scenario, autojump_clock):
+    switched = 0
+    for seed in range(200):
+        p = (0.05, 0.2, 0.5)[seed % 3]
+        try:
+            switched += await run_turns(scenario, seed, p)
+        except BaseException as exc:
+            exc.add_note(f"seed {seed}, p {p}")
+            raise
+    assert switched > 1000  # they really interleaved

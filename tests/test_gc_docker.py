@@ -1,0 +1,116 @@
+"""After ``registry garbage-collect``, every remaining image pulls with docker and runs,
+and the deleted one is gone from disk (issue 5, Tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests import e2e_support as e2e
+except ImportError:
+    import e2e_support as e2e  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+
+docker_cli = e2e.docker_cli
+V2 = Path("docker/registry/v2")
+
+
+@pytest.fixture
+def refs(docker_cli: str) -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    e2e.docker_remove_images(docker_cli, *made)
+
+
+def build(docker: str, context: Path, ref: str) -> str:
+    """An image FROM the offline base with a RUN and a COPY layer of its own; returns
+    what ``cat /data/*.txt`` prints in it."""
+    nonce = secrets.token_hex(8)
+    context.mkdir(parents=True)
+    (context / "copied.txt").write_text(f"copied {nonce}\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {e2e.ensure_base_image(docker)}\n"
+        f"RUN mkdir -p /data && echo 'ran {nonce}' > /data/run.txt\n"
+        "COPY copied.txt /data/copied.txt\n"
+    )
+    e2e.run([docker, "build", "--network", "host", "-t", ref, str(context)], env=e2e.docker_env())
+    return f"ran {nonce}\ncopied {nonce}\n"
+
+
+def push(docker: str, ref: str) -> str:
+    out = e2e.run([docker, "push", ref]).stdout
+    match = re.search(r"digest: (sha256:[0-9a-f]{64}) size: \d+", out)
+    assert match, out
+    return match.group(1)
+
+
+def cat(docker: str, ref: str) -> str:
+    cmd = [
+        docker,
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        ref,
+        "cat",
+        "/data/run.txt",
+        "/data/copied.txt",
+    ]
+    return e2e.run(cmd).stdout
+
+
+def blob_on_disk(root: Path, digest: str) -> bool:
+    h = digest.split(":", 1)[1]
+    return (root / V2 / "blobs" / "sha256" / h[:2] / h / "data").exists()
+
+
+def test_after_offline_gc_every_remaining_image_pulls_and_runs(
+    docker_cli: str, refs: list[str], tmp_path: Path
+) -> None:
+    root = tmp_path / "storage"
+    with e2e.run_ours(root) as reg:
+        keep = f"{reg.host}/gc/app:1"
+        also = f"{reg.host}/gc/other:1"
+        gone = f"{reg.host}/gc/gone:1"
+        refs.extend([keep, also, gone])
+        expected_keep = build(docker_cli, tmp_path / "keep", keep)
+        expected_also = build(docker_cli, tmp_path / "also", also)
+        build(docker_cli, tmp_path / "gone", gone)
+        push(docker_cli, keep)
+        push(docker_cli, also)
+        gone_digest = push(docker_cli, gone)
+        with reg.client() as http:
+            manifest = e2e.get_manifest(http, "gc/gone", "1").json()
+            assert http.delete(f"/v2/gc/gone/manifests/{gone_digest}").status_code == 202
+            keep_manifest = e2e.get_manifest(http, "gc/app", "1").json()
+    gone_own = [d["digest"] for d in manifest["layers"][1:]] + [manifest["config"]["digest"]]
+    shared_base = manifest["layers"][0]["digest"]
+    assert shared_base == keep_manifest["layers"][0]["digest"]
+    assert all(blob_on_disk(root, d) for d in [*gone_own, gone_digest])
+
+    config = tmp_path / "gc.yml"
+    e2e.write_registry_config(config, root, e2e.free_port())
+    env = e2e.clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(e2e.REPO_ROOT), env.get("PYTHONPATH")]))
+    out = e2e.run([sys.executable, "-m", "registry", "garbage-collect", str(config)], env=env)
+    assert "blobs deleted:" in out.stdout
+
+    assert not any(blob_on_disk(root, d) for d in [*gone_own, gone_digest])
+    assert blob_on_disk(root, shared_base)
+    e2e.docker_remove_images(docker_cli, *refs, e2e.BASE_IMAGE)
+    with e2e.run_ours(root) as reg:  # a new port: pull by the new host name
+        for ref, expected in ((keep, expected_keep), (also, expected_also)):
+            again = ref.replace(ref.split("/", 1)[0], reg.host, 1)
+            refs.append(again)
+            e2e.run([docker_cli, "pull", again])
+            assert cat(docker_cli, again) == expected
+        failed = e2e.run([docker_cli, "pull", f"{reg.host}/gc/gone:1"], check=False)
+        assert failed.returncode != 0
