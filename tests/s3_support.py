@@ -127,18 +127,6 @@ class MotoServer:
 _servers: dict[tuple[bool, bool], MotoServer] = {}
 
 
-def _pdeathsig() -> Callable[[], Any] | None:
-    """A preexec function setting PR_SET_PDEATHSIG (Linux): a killed test run must not
-    leave moto servers behind. Resolved before fork, so the child only makes one C call."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-
-
 def start_moto_process(port: int, *, tls: bool = False) -> subprocess.Popen[bytes]:
     """``python -m moto.server`` on 127.0.0.1:port (no auth until reset-auth); ``tls``:
     HTTPS with a self-signed certificate made at startup."""
@@ -149,7 +137,9 @@ def start_moto_process(port: int, *, tls: bool = False) -> subprocess.Popen[byte
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
-        preexec_fn=_pdeathsig(),  # noqa: PLW1509 -- one prctl call, nothing Python-level
+        # No PR_SET_PDEATHSIG here: it fires when the *thread* that spawned the child ends,
+        # and moto is started from trio worker threads, which the thread cache retires
+        # after ~10 s idle -- moto died mid-suite. atexit (moto_server) stops it instead.
     )
 
 
