@@ -65,7 +65,11 @@ class S3Driver:
         self._root = params.root
         # Part uploads in flight across all writers: 3/4 of the connections, so metadata
         # calls always find one, and memory stays bounded however many clients push.
-        self._part_slots = trio.CapacityLimiter(max(1, params.max_concurrency * 3 // 4))
+        # Each slot is one part buffered or in flight, in any writer: a byte budget per
+        # process (storage.s3.maxbuffermemory), at least 2 parts, and at most 3/4 of the
+        # connections so metadata calls always find one.
+        slots = max(2, params.max_buffer_memory // params.chunksize)
+        self._part_slots = trio.CapacityLimiter(min(slots, max(2, params.max_concurrency * 3 // 4)))
         self.list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
         self.delete_batch = MAX_DELETE_BATCH  # keys per DeleteObjects call
 

@@ -28,6 +28,9 @@ DEFAULT_COPY_CONCURRENCY = 100  # reference: multipartcopymaxconcurrency
 DEFAULT_COPY_THRESHOLD = 32 * MiB  # reference: multipartcopythresholdsize
 DEFAULT_PARALLEL_PARTS = 4  # ours: part uploads in flight per upload (memory: 4 x chunk)
 DEFAULT_MAX_CONCURRENCY = 64  # ours: connections to S3 per process
+# ours: bytes of parts buffered or in flight per process, across all uploads (at least two
+# parts). 32 MiB keeps 16 concurrent pushes inside the container's 256 MB with room left.
+DEFAULT_MAX_BUFFER_MEMORY = 32 * MiB
 
 KNOWN = frozenset(
     {
@@ -50,6 +53,7 @@ KNOWN = frozenset(
         "redirectendpoint",
         "maxconcurrency",
         "parallelparts",
+        "maxbuffermemory",
         # accepted for compatibility with reference configs, without effect here:
         "encrypt",
         "keyid",
@@ -149,6 +153,7 @@ class S3Params:
     copy_threshold: int
     parallel_parts: int
     max_concurrency: int
+    max_buffer_memory: int = DEFAULT_MAX_BUFFER_MEMORY
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> S3Params:
@@ -210,4 +215,7 @@ class S3Params:
             ),
             parallel_parts=_int(params, "parallelparts", DEFAULT_PARALLEL_PARTS, 1, 64),
             max_concurrency=_int(params, "maxconcurrency", DEFAULT_MAX_CONCURRENCY, 1, 1024),
+            max_buffer_memory=_int(
+                params, "maxbuffermemory", DEFAULT_MAX_BUFFER_MEMORY, MIN_CHUNK, 64 * GiB
+            ),
         )

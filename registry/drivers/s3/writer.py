@@ -144,6 +144,10 @@ class S3Writer:
         # Parts in flight across every writer of the driver: with many uploads at once,
         # parts wait here (bounded memory) instead of in the connection pool (timeouts).
         self._shared = shared_slots
+        # The shared slot held for the part being filled in _buffer (None: not yet taken).
+        # Buffering a part counts against the driver's budget, not just uploading it, so
+        # 16 clients pushing at once hold at most `shared slots` parts in memory.
+        self._slot: object | None = None
         self._nursery: trio.Nursery | None = None
         self._upload_id: str | None = None
         self._created_upload = False  # this writer started the multipart upload
@@ -248,16 +252,27 @@ class S3Writer:
         """Accept bytes (copied: the caller may reuse ``data``); full parts go to S3 in the
         background (may wait for a free slot)."""
         self._check_usable()
-        before = len(self._buffer)
-        self._buffer += data
-        added = len(self._buffer) - before  # bytes, whatever the view's item size
-        if not added:
-            return
-        self._size += added
-        self._dirty = True
-        while len(self._buffer) >= self._part_size:
-            await self._submit(bytes(self._buffer[: self._part_size]))
-            del self._buffer[: self._part_size]
+        view = memoryview(data).cast("B")  # bytes, whatever the view's item size
+        while view:
+            if self._slot is None and self._shared is not None:
+                token = object()
+                await self._shared.acquire_on_behalf_of(token)
+                self._slot = token
+            room = max(0, self._part_size - len(self._buffer))
+            take = view[:room]
+            self._buffer += take
+            view = view[len(take) :]
+            self._size += len(take)
+            self._dirty = True
+            while len(self._buffer) >= self._part_size:
+                part = bytes(self._buffer[: self._part_size])
+                del self._buffer[: self._part_size]
+                await self._submit(part)
+
+    def _release_slot(self) -> None:
+        if self._slot is not None and self._shared is not None:
+            self._shared.release_on_behalf_of(self._slot)
+        self._slot = None
 
     async def _submit(self, part: bytes) -> None:
         if self._nursery is None:
@@ -272,12 +287,17 @@ class S3Writer:
             self._upload_id = await self._api.create_multipart(self._key)
             self._created_upload = True
         await self._limiter.acquire_on_behalf_of(number)
+        token: object | None = None
         if self._shared is not None:
-            try:
-                await self._shared.acquire_on_behalf_of((self, number))
-            except BaseException:
-                self._limiter.release_on_behalf_of(number)
-                raise
+            if self._slot is not None:  # the slot that held this part while it filled
+                token, self._slot = self._slot, None
+            else:
+                token = object()
+                try:
+                    await self._shared.acquire_on_behalf_of(token)
+                except BaseException:
+                    self._limiter.release_on_behalf_of(number)
+                    raise
         # No checkpoint from here to the end of write's loop step: the part is either
         # in flight (and in _in_flight) or still in the buffer, never both or neither.
         self._next_part += 1
@@ -285,10 +305,15 @@ class S3Writer:
         self._running += 1
         self._idle = trio.Event()
         scope = self._scopes[number] = trio.CancelScope()
-        self._nursery.start_soon(self._upload_part, number, part, self._upload_id, scope)
+        self._nursery.start_soon(self._upload_part, number, part, self._upload_id, scope, token)
 
     async def _upload_part(
-        self, number: int, part: bytes, upload_id: str, scope: trio.CancelScope
+        self,
+        number: int,
+        part: bytes,
+        upload_id: str,
+        scope: trio.CancelScope,
+        token: object | None = None,
     ) -> None:
         try:
             with scope:
@@ -302,8 +327,8 @@ class S3Writer:
         finally:
             self._scopes.pop(number, None)
             self._limiter.release_on_behalf_of(number)
-            if self._shared is not None:
-                self._shared.release_on_behalf_of((self, number))
+            if self._shared is not None and token is not None:
+                self._shared.release_on_behalf_of(token)
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
@@ -331,6 +356,7 @@ class S3Writer:
             raise
         self._finished = True
         self._buffer = bytearray()
+        self._release_slot()
         await self._delete_state()
 
     async def _commit(self) -> None:
@@ -398,6 +424,7 @@ class S3Writer:
             if problem is None:
                 await self._delete_state()
         self._buffer = bytearray()
+        self._release_slot()
         self._in_flight.clear()
         if problem is not None and not quiet:
             raise problem
@@ -468,6 +495,7 @@ class S3Writer:
                 except base.DriverError as exc:
                     problem = exc
                     await self._roll_back()
+        self._release_slot()
         if cs.cancelled_caught and problem is None:
             problem = base.DriverTimeout(
                 f"settling the upload of {self._key} took over {CLEANUP_TIMEOUT:.0f} s"
