@@ -60,7 +60,7 @@ class DockerClientScenario:
                    target=Target("ratio_max", 1.0)),
             Figure("pull_s", f"docker pull {LAYERS} layers ~{mb} MB", "s", "lower",
                    target=Target("ratio_max", 1.25)),
-            Figure("rss", "peak RSS", "MB", "lower"),
+            Figure("rss", "peak memory (PSS)", "MB", "lower"),
         ]  # fmt: skip
 
     def prepare(self, env: Env) -> None:

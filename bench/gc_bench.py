@@ -6,7 +6,7 @@ Generates a registry directly in the reference's filesystem layout (default: 2,0
 repositories, 20,000 manifests, 50,000 layer/config blobs of a few bytes each, plus the
 20,000 manifest blobs), copies it, and runs each collector as a separate process on its own
 copy: ours (``python -m registry garbage-collect``) and Debian's ``docker-registry
-garbage-collect`` (distribution 2.8). Reported per tool: wall seconds and peak RSS (the
+garbage-collect`` (distribution 2.8). Reported per tool: wall seconds and peak memory (PSS) (the
 child's ``ru_maxrss`` from wait4) of ``--repeat`` dry runs (alternating which tool goes
 first; median and min) and of one real run. Then the two resulting
 trees are compared: they must be identical except for the stale ``_layers`` links we also
@@ -173,7 +173,7 @@ class Timing:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], tool: str, mode: str) -> Timing:
-    """Run to completion with output discarded; wall time and the child's peak RSS."""
+    """Run to completion with output discarded; wall time and the child's peak memory (PSS)."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here as JSON")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--repeat", type=int, default=3, help="dry runs per tool (default 3)")
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse WORKDIR/base from an earlier --keep run"
+    )
     args = p.parse_args(argv)
     shape = SMALL if args.small else FULL
 
@@ -251,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = work / "base"
         t0 = time.perf_counter()
-        gen = generate(base, shape)
+        meta = work / "generated.json"
+        if args.reuse and meta.exists():
+            gen = Generated(**json.loads(meta.read_text()))
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+            gen = generate(base, shape)
+            meta.write_text(json.dumps(asdict(gen)))
+        for tool in ("ours", "reference"):
+            shutil.rmtree(work / tool, ignore_errors=True)
         print(
             f"generated {gen.repos} repositories, {gen.manifests} manifests, {gen.blobs} blobs "
             f"({gen.garbage} unreferenced), {gen.files} files in {time.perf_counter() - t0:.1f}s",

@@ -16,7 +16,7 @@ Per round and side (three server processes, the same bucket):
    blob, a streamed push (one chunked PATCH, docker's way) of another window of the data
    file, a monolithic push of a 64 MiB window, a small image (config + layer, then the
    manifest PUT), and a GET of the first blob streamed through the registry. Each timed
-   part records MB/s, the server's CPU time and peak RSS, moto's CPU time (moto is one
+   part records MB/s, the server's CPU time and peak memory (PSS), moto's CPU time (moto is one
    Python process under the GIL: its CPU seconds per push bound the push rate) and the S3
    requests the registry sent (the notes add moto's cores = CPU s per wall s, this
    process's CPU, the requests by operation, and the streamed push's final PUT alone).
@@ -24,7 +24,7 @@ Per round and side (three server processes, the same bucket):
 2. Redirects on (the default): GET of the first blob answers 307 to a presigned URL on the
    proxy; the client follows it. MB/s of the whole exchange; the registry's own S3
    requests for the 307 go to the notes.
-3. 16 clients push distinct blobs at once (fresh server): aggregate MB/s, errors, peak RSS.
+3. 16 clients push distinct blobs at once (fresh server): aggregate MB/s, errors, peak memory (PSS).
 
 ``prepare`` also calibrates moto itself (once per run, printed and kept in every round's
 notes): one PutObject and one GetObject of the blob straight from this client, then the
@@ -530,7 +530,7 @@ def bench_cpu_seconds() -> float:
 
 @dataclass
 class Timed:
-    """Wall time, CPU of server / moto / this process, peak RSS and S3 requests of a block."""
+    """Wall time, CPU of server / moto / this process, peak memory (PSS) and S3 requests of a block."""
 
     elapsed: float = 0.0
     server_cpu: float = 0.0
@@ -595,7 +595,7 @@ class S3Scenario:
             out += [
                 Figure(f"{key}_mbps", f"{what} {mib} MiB", "MB/s", target=Target("ratio", 1.5)),
                 Figure(f"{key}_cpu", f"{what} server CPU time", "s", "lower"),
-                Figure(f"{key}_rss", f"{what} peak RSS", "MB", "lower"),
+                Figure(f"{key}_rss", f"{what} peak memory (PSS)", "MB", "lower"),
                 Figure(f"{key}_moto", f"{what} moto CPU time", "s", "lower"),
                 Figure(f"{key}_req", f"{what} S3 requests", "count", "lower"),
             ]
@@ -612,13 +612,13 @@ class S3Scenario:
             Figure("pull_mbps", f"pull {mib} MiB, redirect off", "MB/s",
                    target=Target("ratio", 1.0)),
             Figure("pull_cpu", "pull server CPU time", "s", "lower"),
-            Figure("pull_rss", "pull peak RSS", "MB", "lower"),
+            Figure("pull_rss", "pull peak memory (PSS)", "MB", "lower"),
             Figure("pull_moto", "pull moto CPU time", "s", "lower"),
             Figure("redirect_mbps", f"pull {mib} MiB via 307 + GET from moto", "MB/s"),
             Figure(f"c{n}_mbps", f"{n} clients x {cmib} MiB push", "MB/s",
                    target=Target("ratio", 1.0)),
             Figure(f"c{n}_errors", f"{n} clients errors", "count", "lower", zero_ok=True),
-            Figure(f"c{n}_rss", f"{n} clients peak RSS", "MB", "lower",
+            Figure(f"c{n}_rss", f"{n} clients peak memory (PSS)", "MB", "lower",
                    target=Target("max", 150.0)),
         ]  # fmt: skip
         return out

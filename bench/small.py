@@ -77,7 +77,7 @@ class SmallRequestsScenario:
                 ]
         out.append(Figure("cpu_us", "server CPU per request", "us", "lower"))
         out.append(Figure("errors", "socket errors + timeouts", "count", "lower", zero_ok=True))
-        out.append(Figure("rss", "peak RSS", "MB", "lower"))
+        out.append(Figure("rss", "peak memory (PSS)", "MB", "lower"))
         return out
 
     def prepare(self, env: Env) -> None:

@@ -38,7 +38,7 @@ class PushScenario:
         return [
             Figure("mbps", f"{self.title} {mib} MiB", "MB/s", target=Target("ratio", 1.0)),
             Figure("cpu", "server CPU time", "s", better="lower"),
-            Figure("rss", "peak RSS", "MB", better="lower"),
+            Figure("rss", "peak memory (PSS)", "MB", better="lower"),
         ]
 
     def prepare(self, env: Env) -> None:
@@ -90,7 +90,7 @@ class PullScenario:
             Figure("mbps", f"pull {mib} MiB", "MB/s", target=Target("ratio", 0.8)),
             Figure("cpu", "server CPU time of the pull", "s", "lower"),
             Figure("range_rps", f"ranged GET {rmib} MiB, 1 conn", "req/s"),
-            Figure("rss", "peak RSS", "MB", better="lower"),
+            Figure("rss", "peak memory (PSS)", "MB", better="lower"),
         ]
 
     def prepare(self, env: Env) -> None:
@@ -157,7 +157,7 @@ class ConcurrentPushScenario:
                 ),
                 Figure(f"c{n}_errors", f"{n} clients errors", "count", "lower", zero_ok=True),
                 Figure(f"c{n}_cpu", f"{n} clients server CPU time", "s", "lower"),
-                Figure(f"c{n}_rss", f"{n} clients peak RSS", "MB", "lower", target=target),
+                Figure(f"c{n}_rss", f"{n} clients peak memory (PSS)", "MB", "lower", target=target),
             ]
         return out
 

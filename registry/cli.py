@@ -46,7 +46,29 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
     return config, warnings
 
 
+M_MMAP_THRESHOLD = -3  # <malloc.h> mallopt parameter
+MMAP_THRESHOLD = 256 * 1024  # allocations this big get their own mapping, freed at once
+
+
+def _pin_mmap_threshold() -> None:
+    """Keep big buffers (upload pieces, S3 parts) out of the malloc heap.
+
+    glibc raises its mmap threshold after the first large free (up to 32 MiB), so later
+    part-sized buffers come from the heap and are never returned to the OS: resident
+    memory ratchets up to the peak of all uploads ever. Setting the threshold explicitly
+    turns that adjustment off. A no-op where mallopt is missing (musl, macOS).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _pin_mmap_threshold()
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
