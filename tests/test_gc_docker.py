@@ -105,8 +105,20 @@ def test_after_offline_gc_every_remaining_image_pulls_and_runs(
 
     assert not any(blob_on_disk(root, d) for d in [*gone_own, gone_digest])
     assert blob_on_disk(root, shared_base)
+    with e2e.run_ours(root) as reg:  # a new port: use the new host name
+        # Pushing the collected image again uploads its layers: nothing claims they exist
+        # (the reference's blob descriptor cache does, "layer already exists" after GC).
+        again = f"{reg.host}/gc/gone:1"
+        refs.append(again)
+        e2e.run([docker_cli, "tag", gone, again])
+        out = e2e.run([docker_cli, "push", again]).stdout
+        assert out.count("Pushed") >= 2, out  # its RUN and COPY layers
+        with reg.client() as http:
+            assert (
+                http.delete(f"/v2/gc/gone/manifests/{push(docker_cli, again)}").status_code == 202
+            )
     e2e.docker_remove_images(docker_cli, *refs, e2e.BASE_IMAGE)
-    with e2e.run_ours(root) as reg:  # a new port: pull by the new host name
+    with e2e.run_ours(root) as reg:
         for ref, expected in ((keep, expected_keep), (also, expected_also)):
             again = ref.replace(ref.split("/", 1)[0], reg.host, 1)
             refs.append(again)

@@ -241,6 +241,9 @@ class GCReport:
         }
 
 
+_MARKED = Refs()  # stands for "read and marked already" (offline, everything kept)
+
+
 class Progress:
     """Where the engine reports how far it got; the default ignores everything.
 
@@ -403,6 +406,9 @@ class Collector:
         self._refs: dict[str, Refs] = {}  # manifest digest -> refs (content never changes)
         self._reading: dict[str, trio.Event] = {}
         self._strings: dict[str, str] = {}
+        # Offline without --delete-untagged every readable revision is kept: mark its
+        # references as they are read and keep nothing per manifest (memory at 10^5).
+        self._mark_on_read = not (options.online or options.delete_untagged)
         self.marked: set[str] = set()
         self._reads = trio.CapacityLimiter(READS_IN_FLIGHT)
 
@@ -417,6 +423,8 @@ class Collector:
             await self._check_lock()
 
     def _intern(self, d: str) -> str:
+        if self._mark_on_read:
+            return d  # the mark set holds the one copy that matters
         return self._strings.setdefault(d, d)
 
     def _warn(self, message: str) -> None:
@@ -453,6 +461,11 @@ class Collector:
             refs = parse_references(body)
             if not refs.ok:
                 self._warn(f"manifest {d} is not JSON; keeping it, marking nothing else")
+            if self._mark_on_read:
+                self.marked.update(refs.blobs)
+                self.marked.update(refs.children)
+                self._refs[d] = _MARKED
+                return _MARKED
             intern = self._intern
             refs = Refs(
                 tuple(map(intern, refs.blobs)),
@@ -550,6 +563,8 @@ class Collector:
             for d in repo.kept:
                 self._mark(d)
             repo.tags = {}  # only needed while planning
+            # Only links to digests nobody marked yet can be stale: keep just those.
+            repo.layers = [x for x in repo.layers if x not in self.marked]
             repos.append(repo)
             self.report.manifests += len(repo.revisions)
             self.progress.count("manifests", self.report.manifests)
