@@ -168,6 +168,7 @@ async def test_admin_gc_collects_on_request(nursery, tmp_path):
                 await trio.sleep(0.05)
         assert status["last"]["outcome"] == "done"
         assert status["last"]["blobs_deleted"] == 1
+        assert status["last_finished"] > 0 and status["lock_holder"] is None
         assert (await c.get(f"/v2/app/blobs/{orphan}")).status_code == 404
         assert (await c.get("/v2/app/manifests/v1")).status_code == 200
     assert "admin_gc" in app.seen

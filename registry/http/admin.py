@@ -4,7 +4,9 @@
   (``storage.gc_service.OnlineGC``, owned by the lifespan nursery) runs now; 409
   ``{"status": "running"}`` when this process is already collecting. Across processes and
   replicas the storage lock decides; a run that finds it held reports ``busy``.
-- ``GET /admin/gc`` -> 200 with the collector's status and the last run's summary.
+- ``GET /admin/gc`` -> 200 with this process's collector status and last run's summary,
+  and from storage (so any worker or replica answers alike) when a collection last
+  finished and who holds the lock.
 
 The route goes through dispatch like every other one, so the app's ``authenticate`` hook
 sees it (route ``admin_gc``) when auth is on, and read-only mode refuses the POST.
@@ -32,7 +34,7 @@ async def admin_gc(app: RegistryApp, req: Request) -> Response:
         if not service.request():
             return json_response(409, {"status": "running", **service.status()})
         return json_response(202, {"status": "started"})
-    return json_response(200, service.status())
+    return json_response(200, await service.describe())
 
 
 HANDLERS = {"admin_gc": admin_gc}

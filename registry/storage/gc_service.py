@@ -214,6 +214,23 @@ class OnlineGC:
             "last": self.last,
         }
 
+    async def describe(self) -> dict[str, Any]:
+        """:meth:`status` of this process, plus what storage says about every process: when
+        a collection last finished, and who holds the lock now (None if nobody)."""
+        out = self.status()
+        try:
+            last = await _read_json(self.driver, paths.GC_LAST_RUN)
+            lock = await _read_json(self.driver, paths.GC_LOCK)
+        except DriverError as exc:
+            out["storage_error"] = str(exc)
+            return out
+        out["last_finished"] = (last or {}).get("finished")
+        holder = lock if lock and float(lock.get("expires", 0) or 0) > self.clock() else None
+        out["lock_holder"] = (
+            {k: holder.get(k) for k in ("host", "pid", "expires")} if holder else None
+        )
+        return out
+
     async def _next_delay(self) -> float:
         try:
             doc = await _read_json(self.driver, paths.GC_LAST_RUN)
