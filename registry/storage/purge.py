@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from ..drivers.base import Driver, DriverError
-from ..errors import RegistryError
+from ..errors import RegistryError, unwrap
 from .gc import enumerate_repositories
 from .uploads import Uploads
 
@@ -38,6 +38,7 @@ CANCEL_TIMEOUT = 120.0  # seconds one session's cancel may take (an S3 abort wit
 class PurgeReport:
     purged: list[tuple[str, str]] = field(default_factory=list)  # (repository, upload id)
     kept: int = 0
+    backend_aborted: int = 0  # multipart uploads the driver aborted by age
     errors: list[str] = field(default_factory=list)
 
 
@@ -65,6 +66,15 @@ async def purge_uploads(
                 log.warning("purge: cannot remove upload %s/%s: %r", name, upload_id, exc)
                 continue
             report.purged.append((name, upload_id))
+    # Multipart uploads no session names any more (a crash between create and persist, a
+    # retried create): drivers that keep such backend state sweep it by age (S3 aborts them).
+    sweep = getattr(driver, "purge_multipart_uploads", None)
+    if sweep is not None and not dry_run:
+        try:
+            with trio.fail_after(CANCEL_TIMEOUT * 10):
+                report.backend_aborted = await sweep(max(0.0, time.time() - older_than))  # an age
+        except (DriverError, trio.TooSlowError) as exc:
+            report.errors.append(f"multipart sweep: {exc!r}")
     return report
 
 
@@ -115,7 +125,11 @@ class UploadPurger:
                     report.kept,
                     len(report.errors),
                 )
-            except Exception:
-                log.exception("upload purge failed")
+            except Exception as exc:
+                exc = unwrap(exc)
+                if isinstance(exc, DriverError):  # storage down: one line, try next time
+                    log.warning("upload purge skipped: %s", exc)
+                else:
+                    log.error("upload purge failed", exc_info=exc)
             self.runs += 1
             await trio.sleep(self.interval)
