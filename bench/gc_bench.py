@@ -264,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         for tool in ("ours", "reference"):
             shutil.rmtree(work / tool, ignore_errors=True)
         print(
-            f"generated {gen.repos} repositories, {gen.manifests} manifests, {gen.blobs} blobs "
-            f"({gen.garbage} unreferenced), {gen.files} files in {time.perf_counter() - t0:.1f}s",
+            f"{'reused' if args.reuse and meta.exists() else 'generated'} {gen.repos} "
+            f"repositories, {gen.manifests} manifests, {gen.blobs} blobs "
+            f"({gen.garbage} unreferenced), {gen.files} files "
+            f"({time.perf_counter() - t0:.1f}s)",
             flush=True,
         )
         tools: list[tuple[str, Any]] = [("ours", ours_command)]
