@@ -174,7 +174,7 @@ async def serve_worker(
 def _check_startup(config: Config) -> None:
     """Everything build_app would refuse, checked once before binding or forking."""
     if config.storage.driver == "s3":
-        from .drivers.s3.params import S3Params, S3ConfigError
+        from .drivers.s3.params import S3ConfigError, S3Params
 
         try:
             S3Params.parse(config.storage.params)
@@ -258,7 +258,7 @@ def _supervise(n: int, target: Any, on_exit: Any = None) -> int:
             code = 0
             try:
                 trio.run(target)
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 log.exception("worker crashed")
                 code = 1
             finally:
@@ -278,8 +278,8 @@ def _supervise(n: int, target: Any, on_exit: Any = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for slot in range(n):
-        spawn(slot)
+    for first in range(n):
+        spawn(first)
     last_restart = 0.0
     failures = 0
     while children:
@@ -289,10 +289,10 @@ def _supervise(n: int, target: Any, on_exit: Any = None) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if on_exit is not None and slot is not None:
+        slot = children.pop(pid, -1)
+        if on_exit is not None and slot >= 0:
             on_exit(pid)
-        if slot is None or stopping:
+        if slot < 0 or stopping:
             continue
         log.error("worker %d exited with status %d; restarting", pid, status)
         if time.monotonic() - last_restart < 5:

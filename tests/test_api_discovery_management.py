@@ -6,9 +6,9 @@ import json
 
 import httpx
 import pytest
-
 from conftest import start_app
 from oci import OCI_INDEX, OCI_MANIFEST, digest, error_codes, push_blob, push_image
+
 from registry.http.app import AppOptions
 
 
@@ -106,7 +106,7 @@ async def test_delete_manifest_by_digest_removes_it_and_its_tags_management_25(c
         headers={"Content-Type": OCI_MANIFEST},
     )
     assert r.status_code == 201
-    other, _ = await push_image(client, "del", "keep", layers=(b"other",))
+    await push_image(client, "del", "keep", layers=(b"other",))
     r = await client.delete(f"/v2/del/manifests/{d}")
     assert r.status_code == 202
     for ref in (d, "one", "two"):

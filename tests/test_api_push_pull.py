@@ -7,7 +7,6 @@ import os
 
 import httpx
 import pytest
-
 from oci import (
     EMPTY_DIGEST,
     digest,
@@ -270,7 +269,7 @@ async def test_unknown_manifest_is_404_manifest_unknown_pull_7(client):
 
 
 async def test_stored_type_is_served_whatever_accept_says_pull_8(client):
-    d, body = await push_image(client, "acc", "v1", media_type="application/vnd.oci.image.manifest.v1+json")
+    _, body = await push_image(client, "acc", "v1", media_type="application/vnd.oci.image.manifest.v1+json")
     r = await client.get(
         "/v2/acc/manifests/v1",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
@@ -383,7 +382,7 @@ async def test_manifest_over_4mib_is_413_push_20(client):
 
 
 async def test_put_by_digest_with_other_bytes_is_digest_invalid_push_17(client):
-    d, body = await push_image(client, "pd", "v1")
+    _, body = await push_image(client, "pd", "v1")
     r = await client.put(
         f"/v2/pd/manifests/{digest(b'something else')}", content=body,
         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},

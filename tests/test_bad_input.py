@@ -10,7 +10,6 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from oci import DOCKER_MANIFEST, OCI_MANIFEST, digest, error_codes, push_blob, push_image
 
 GOOD = digest(b"x")
@@ -203,7 +202,6 @@ _segment = st.sampled_from(
 )
 def test_fuzzed_requests_never_500_and_never_write_outside_root(tmp_path_factory, method, segments, query, headers):
     import httpx
-
     from conftest import start_app
 
     root = str(tmp_path_factory.mktemp("fuzzroot"))
@@ -226,7 +224,7 @@ def test_fuzzed_requests_never_500_and_never_write_outside_root(tmp_path_factory
 
 
 async def test_wrong_media_type_against_body_is_manifest_invalid_push_17(client):
-    d, body = await push_image(client, "mt", "v1")
+    _, body = await push_image(client, "mt", "v1")
     r = await client.put("/v2/mt/manifests/v2", content=body, headers={"Content-Type": DOCKER_MANIFEST})
     assert r.status_code == 400 and error_codes(r) == ["MANIFEST_INVALID"]
     doc = json.loads(body)

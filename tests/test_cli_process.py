@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_support import free_port
 
 
@@ -42,9 +41,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 
 
 def test_version_and_help():
-    out = subprocess.run([sys.executable, "-m", "registry", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "registry", "--version"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.startswith("registry ")
-    out = subprocess.run([sys.executable, "-m", "registry", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "registry", "--help"], capture_output=True, text=True, check=False)
     assert out.returncode == 0
     assert "serve" in out.stdout and "garbage-collect" in out.stdout
 
@@ -123,7 +122,7 @@ def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, env, text, mes
     cfg = tmp_path / "config.yml"
     cfg.write_text(text)
     out = subprocess.run(
-        [sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(**env), capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(**env), capture_output=True, text=True, check=False, timeout=30
     )
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -135,7 +134,7 @@ def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, env, text, mes
 def test_two_drivers_from_file_and_env_fail_with_the_reference_message(tmp_path: Path):
     cfg = tmp_path / "config.yml"
     cfg.write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\n  s3:\n    bucket: b\n")
-    out = subprocess.run([sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), capture_output=True, text=True, check=False, timeout=30)
     assert out.returncode == 2
     assert "multiple storage drivers specified: filesystem, s3" in out.stderr
 
@@ -175,7 +174,7 @@ def test_unwritable_storage_is_one_line_at_startup(tmp_path: Path):
         cfg.chmod(0o644)
         out = subprocess.run(
             cmd_prefix + [sys.executable, "-m", "registry", "serve", str(cfg)],
-            env=_env(), capture_output=True, text=True, timeout=30, cwd=base,
+            env=_env(), capture_output=True, text=True, check=False, timeout=30, cwd=base,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -202,7 +201,7 @@ def test_sigterm_right_after_startup_stops_every_worker(tmp_path: Path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError("registry did not exit after SIGTERM") from None
-        leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+        leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True, check=False)
         assert leftover.stdout.strip() == "", "worker processes left behind"
 
 
@@ -219,7 +218,7 @@ def test_sigterm_right_after_startup_stops_every_worker(tmp_path: Path):
 def test_bad_s3_options_are_one_line_and_exit_2(tmp_path: Path, env, key):
     out = subprocess.run(
         [sys.executable, "-m", "registry", "serve"], cwd=tmp_path, env=_env(**env),
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, check=False, timeout=30,
     )
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]

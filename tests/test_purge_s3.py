@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from s3_support import open_s3_driver
+
 from registry.storage.purge import purge_uploads
 from registry.storage.store import Storage
-from s3_support import open_s3_driver
 
 
 async def test_purge_aborts_orphaned_multipart_uploads():

@@ -7,8 +7,8 @@ from collections import Counter
 from typing import Any
 
 import trio
-
 from oci import OCI_MANIFEST, descriptor, digest
+
 from registry.digest import Digest
 from registry.drivers.memory import MemoryDriver
 from registry.storage import paths

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncContextManager, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 class DriverError(Exception):

@@ -175,8 +175,8 @@ class RegistryApp:
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()  # lifespan.shutdown
                 nursery.cancel_scope.cancel()
-        except Exception as exc:
-            log.exception("lifespan failed: %s", exc)
+        except Exception:
+            log.exception("lifespan failed")
             raise
         finally:
             with trio.CancelScope(shield=True):

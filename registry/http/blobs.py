@@ -108,9 +108,13 @@ async def start_upload(app: RegistryApp, req: Request) -> Response:
     if mount is not None:
         d = parse_digest(mount)
         source = req.q("from")
-        if source and source != name and await app_can_pull(app, req, source):
-            if await st.uploads.mount(name, d, source):
-                return _blob_created(app, req, name, d)
+        if (
+            source
+            and source != name
+            and await app_can_pull(app, req, source)
+            and await st.uploads.mount(name, d, source)
+        ):
+            return _blob_created(app, req, name, d)
     digest_param = req.q("digest")
     if digest_param is not None:
         d = parse_digest(digest_param)

@@ -126,10 +126,10 @@ class UploadPurger:
                     len(report.errors),
                 )
             except Exception as exc:
-                exc = unwrap(exc)
-                if isinstance(exc, DriverError):  # storage down: one line, try next time
-                    log.warning("upload purge skipped: %s", exc)
+                cause = unwrap(exc)
+                if isinstance(cause, DriverError):  # storage down: one line, try next time
+                    log.warning("upload purge skipped: %s", cause)
                 else:
-                    log.error("upload purge failed", exc_info=exc)
+                    log.error("upload purge failed", exc_info=cause)
             self.runs += 1
             await trio.sleep(self.interval)
