@@ -32,8 +32,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import trio
+from e2e_support import in_ci
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = in_ci()  # the same rule as every other e2e check
 MOTO_REGION = "us-east-1"
 # The first actions after reset-auth run without authentication: create_user,
 # put_user_policy, create_access_key. From the 4th on, signatures are checked.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,16 +22,10 @@ from bench.http1 import Connection
 from bench.report import aggregate
 
 REPO = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from e2e_support import in_ci, require_tool  # one rule for missing tools: fail in CI
+
+IN_CI = in_ci()
 QUICK_RUN_TIMEOUT = 900  # seconds; the quick profile takes about a minute
-
-
-def require_tool(tool: str, how: str) -> None:
-    if shutil.which(tool) is None:
-        message = f"{tool} is not installed; {how}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def docker_reachable() -> bool:

@@ -195,7 +195,7 @@ def test_session_token_is_signed() -> None:
 
 # --- botocore as an oracle -------------------------------------------------------------
 
-botocore_auth = pytest.importorskip("botocore.auth")
+import botocore.auth as botocore_auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode
