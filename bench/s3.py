@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -59,16 +58,15 @@ from urllib.parse import parse_qsl, urlsplit
 from . import oci
 from .core import Env, Figure, Profile, RoundResult, Skip, Target
 from .http1 import Chunked, Connection, FileSlice, HTTPError
-from .procmem import RssSampler, tree_cpu_seconds
+from .procmem import tree_cpu_seconds
 from .servers import (
-    READY_TIMEOUT,
     REPO_ROOT,
     RunningServer,
     ServerSpec,
-    ServerStartError,
     _stop,
-    _wait_ready,
     free_port,
+    run_server,
+    server_env,
 )
 
 MiB = 1024 * 1024
@@ -468,58 +466,24 @@ def open_s3_server(
     """Like ``servers.open_server``, with ``storage.s3`` on ``side``'s bucket instead of a
     filesystem directory. Stops the process group on exit."""
     base = Path(tempfile.mkdtemp(prefix=f"{spec.side}-s3-", dir=workdir))
-    log_path = base / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
-    proc = None
-    sampler = None
-    try:
-        for attempt in range(3):  # the free port may be taken between probe and bind
-            port = free_port()
-            config = base / "config.yml"
-            config.write_text(
-                CONFIG_TEMPLATE.format(
-                    log_level=spec.log_level,
-                    region=REGION,
-                    endpoint=side.proxy.endpoint,
-                    bucket=side.bucket,
-                    access_key=ACCESS_KEY,
-                    secret_key=SECRET_KEY,
-                    chunk_size=CHUNK_SIZE,
-                    redirect_disable=str(not redirect).lower(),
-                    host=HOST,
-                    port=port,
-                )
-            )
-            try:
-                with open(log_path, "ab") as log:
-                    proc = subprocess.Popen(
-                        spec.argv(config),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        cwd=REPO_ROOT,
-                        env=env,
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                raise ServerStartError(f"{spec.side} server command failed: {exc}") from exc
-            sampler = RssSampler(proc.pid).start()
-            server = RunningServer(spec, proc, port, base, log_path, sampler)
-            try:
-                _wait_ready(server, time.monotonic() + READY_TIMEOUT)
-                break
-            except ServerStartError as exc:
-                sampler.stop()
-                _stop(proc)
-                if attempt == 2 or "address already in use" not in str(exc).lower():
-                    raise
+    env = {k: v for k, v in server_env().items() if not k.startswith("AWS_")}
+
+    def config(port: int) -> str:
+        return CONFIG_TEMPLATE.format(
+            log_level=spec.log_level,
+            region=REGION,
+            endpoint=side.proxy.endpoint,
+            bucket=side.bucket,
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+            chunk_size=CHUNK_SIZE,
+            redirect_disable=str(not redirect).lower(),
+            host=HOST,
+            port=port,
+        )
+
+    with run_server(spec, base, base, config, env) as server:
         yield server
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        if proc is not None:
-            _stop(proc)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def bench_cpu_seconds() -> float:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +156,24 @@ def open_server(spec: ServerSpec, workdir: Path) -> Iterator[RunningServer]:
     base = Path(tempfile.mkdtemp(prefix=f"{spec.side}-", dir=workdir))
     root = base / "storage"
     root.mkdir()
+
+    def config(port: int) -> str:
+        return CONFIG_TEMPLATE.format(log_level=spec.log_level, root=root, port=port)
+
+    with run_server(spec, base, root, config, server_env()) as server:
+        yield server
+
+
+@contextmanager
+def run_server(
+    spec: ServerSpec,
+    base: Path,
+    root: Path,
+    config_text: Callable[[int], str],
+    env: dict[str, str],
+) -> Iterator[RunningServer]:
+    """Start ``spec`` with the config ``config_text(port)`` written under ``base``, wait
+    until it answers, and on exit stop its process group and delete ``base``."""
     log_path = base / "server.log"
     proc = None
     sampler = None
@@ -163,9 +181,7 @@ def open_server(spec: ServerSpec, workdir: Path) -> Iterator[RunningServer]:
         for attempt in range(3):  # the free port may be taken between probe and bind
             port = free_port()
             config = base / "config.yml"
-            config.write_text(
-                CONFIG_TEMPLATE.format(log_level=spec.log_level, root=root, port=port)
-            )
+            config.write_text(config_text(port))
             try:
                 with open(log_path, "ab") as log:
                     proc = subprocess.Popen(
@@ -174,7 +190,7 @@ def open_server(spec: ServerSpec, workdir: Path) -> Iterator[RunningServer]:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         cwd=REPO_ROOT,
-                        env=server_env(),
+                        env=env,
                         start_new_session=True,  # own process group: stop the whole tree
                     )
             except OSError as exc:
