@@ -213,6 +213,16 @@ class Client:
                         await s.push_blob(self.storage, name, by_digest[m])
         raise AssertionError("push kept failing")
 
+    async def push_image(
+        self, name: str, tag: str, cfg: bytes, layers: list[bytes]
+    ) -> tuple[str, str, bytes]:
+        """docker push of an image: HEAD/upload each blob, then PUT the manifest by tag."""
+        for b in [cfg, *layers]:
+            await self.ensure_blob(name, b)
+        body = s.image_manifest(cfg, layers)
+        await self.put_manifest(name, tag, body, s.OCI_MANIFEST, [cfg, *layers])
+        return (name, tag, body)
+
 
 @dataclass
 class Push:
@@ -226,24 +236,12 @@ class Push:
 
 async def reuse_linked(c: Client, seeded: Seeded) -> list[tuple[str, str, bytes]]:
     """docker push of an image whose layers 'already exist' in the repo (no upload)."""
-    layers = [BASE, G_APP]
-    cfg = b'{"v":2}'
-    for b in [cfg, *layers]:
-        await c.ensure_blob("app", b)
-    body = s.image_manifest(cfg, layers)
-    await c.put_manifest("app", "v2", body, s.OCI_MANIFEST, [cfg, *layers])
-    return [("app", "v2", body)]
+    return [await c.push_image("app", "v2", b'{"v":2}', [BASE, G_APP])]
 
 
 async def reupload(c: Client, seeded: Seeded) -> list[tuple[str, str, bytes]]:
     """An upload of a blob that exists globally (linked only elsewhere) into a new repo."""
-    layers = [G_OTHER, NEW1]
-    cfg = b'{"app2":1}'
-    for b in [cfg, *layers]:
-        await c.ensure_blob("app2", b)
-    body = s.image_manifest(cfg, layers)
-    await c.put_manifest("app2", "v1", body, s.OCI_MANIFEST, [cfg, *layers])
-    return [("app2", "v1", body)]
+    return [await c.push_image("app2", "v1", b'{"app2":1}', [G_OTHER, NEW1])]
 
 
 async def mount(c: Client, seeded: Seeded) -> list[tuple[str, str, bytes]]:
