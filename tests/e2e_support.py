@@ -35,6 +35,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -420,6 +421,36 @@ def docker_remove_images(docker: str, *refs: str) -> None:
     for ref in refs:
         if run([docker, "image", "inspect", ref], check=False).returncode == 0:
             run([docker, "rmi", "-f", ref])
+
+
+def build_app(docker: str, context: Path, ref: str) -> str:
+    """Build `ref` FROM the offline base with a RUN and a COPY layer; returns what
+    `cat /data/run.txt /data/copied.txt` prints inside it (see :func:`run_cat`)."""
+    nonce = secrets.token_hex(8)
+    context.mkdir(parents=True, exist_ok=True)
+    (context / "copied.txt").write_text(f"copied {nonce}\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {ensure_base_image(docker)}\n"
+        f"RUN mkdir -p /data && echo 'ran {nonce}' > /data/run.txt\n"
+        "COPY copied.txt /data/copied.txt\n"
+    )
+    run([docker, "build", "--network", "host", "-t", ref, str(context)], env=docker_env())
+    return f"ran {nonce}\ncopied {nonce}\n"
+
+
+def docker_push(docker: str, ref: str) -> tuple[str, str]:
+    """`docker push ref`; returns (manifest digest it reports, its full output)."""
+    out = run([docker, "push", ref]).stdout
+    match = re.search(r"digest: (sha256:[0-9a-f]{64}) size: \d+", out)
+    assert match, f"no digest in docker push output:\n{out}"
+    return match.group(1), out
+
+
+def run_cat(docker: str, ref: str) -> str:
+    """What `cat /data/run.txt /data/copied.txt` prints in a container of `ref`."""
+    cmd = [docker, "run", "--rm", "--network", "host", ref, "cat", "/data/run.txt",
+           "/data/copied.txt"]
+    return run(cmd).stdout
 
 
 # --------------------------------------------------------------------------- skopeo

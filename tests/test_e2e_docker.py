@@ -6,8 +6,6 @@ RUN layer and a COPY layer. Every test pushes to a fresh instance of our registr
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,43 +49,8 @@ def local_images(docker_cli: str) -> Iterator[LocalImages]:
     e2e.docker_remove_images(docker_cli, *images.refs)
 
 
-def build_app(docker: str, context: Path, ref: str) -> str:
-    """Build `ref` FROM the offline base with a RUN and a COPY layer; returns what
-    `cat /data/run.txt /data/copied.txt` prints inside it."""
-    nonce = secrets.token_hex(8)
-    context.mkdir(parents=True, exist_ok=True)
-    (context / "copied.txt").write_text(f"copied {nonce}\n")
-    (context / "Dockerfile").write_text(
-        f"FROM {e2e.ensure_base_image(docker)}\n"
-        f"RUN mkdir -p /data && echo 'ran {nonce}' > /data/run.txt\n"
-        "COPY copied.txt /data/copied.txt\n"
-    )
-    e2e.run([docker, "build", "--network", "host", "-t", ref, str(context)], env=e2e.docker_env())
-    return f"ran {nonce}\ncopied {nonce}\n"
-
-
-def docker_push(docker: str, ref: str) -> tuple[str, str]:
-    """`docker push ref`; returns (manifest digest it reports, its full output)."""
-    out = e2e.run([docker, "push", ref]).stdout
-    match = re.search(r"digest: (sha256:[0-9a-f]{64}) size: \d+", out)
-    assert match, f"no digest in docker push output:\n{out}"
-    return match.group(1), out
-
-
-def run_cat(docker: str, ref: str) -> str:
-    return e2e.run(
-        [
-            docker,
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            ref,
-            "cat",
-            "/data/run.txt",
-            "/data/copied.txt",
-        ]
-    ).stdout
+# Shared with test_gc_docker.py and test_s3_e2e.py (which imports them from here).
+build_app, docker_push, run_cat = e2e.build_app, e2e.docker_push, e2e.run_cat
 
 
 def test_docker_push_pull_run_roundtrip_of_image_with_run_and_copy_layers(

@@ -4,8 +4,6 @@ and the deleted one is gone from disk (issue 5, Tests)."""
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,43 +28,6 @@ def refs(docker_cli: str) -> Iterator[list[str]]:
     e2e.docker_remove_images(docker_cli, *made)
 
 
-def build(docker: str, context: Path, ref: str) -> str:
-    """An image FROM the offline base with a RUN and a COPY layer of its own; returns
-    what ``cat /data/*.txt`` prints in it."""
-    nonce = secrets.token_hex(8)
-    context.mkdir(parents=True)
-    (context / "copied.txt").write_text(f"copied {nonce}\n")
-    (context / "Dockerfile").write_text(
-        f"FROM {e2e.ensure_base_image(docker)}\n"
-        f"RUN mkdir -p /data && echo 'ran {nonce}' > /data/run.txt\n"
-        "COPY copied.txt /data/copied.txt\n"
-    )
-    e2e.run([docker, "build", "--network", "host", "-t", ref, str(context)], env=e2e.docker_env())
-    return f"ran {nonce}\ncopied {nonce}\n"
-
-
-def push(docker: str, ref: str) -> str:
-    out = e2e.run([docker, "push", ref]).stdout
-    match = re.search(r"digest: (sha256:[0-9a-f]{64}) size: \d+", out)
-    assert match, out
-    return match.group(1)
-
-
-def cat(docker: str, ref: str) -> str:
-    cmd = [
-        docker,
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        ref,
-        "cat",
-        "/data/run.txt",
-        "/data/copied.txt",
-    ]
-    return e2e.run(cmd).stdout
-
-
 def blob_on_disk(root: Path, digest: str) -> bool:
     h = digest.split(":", 1)[1]
     return (root / V2 / "blobs" / "sha256" / h[:2] / h / "data").exists()
@@ -81,12 +42,12 @@ def test_after_offline_gc_every_remaining_image_pulls_and_runs(
         also = f"{reg.host}/gc/other:1"
         gone = f"{reg.host}/gc/gone:1"
         refs.extend([keep, also, gone])
-        expected_keep = build(docker_cli, tmp_path / "keep", keep)
-        expected_also = build(docker_cli, tmp_path / "also", also)
-        build(docker_cli, tmp_path / "gone", gone)
-        push(docker_cli, keep)
-        push(docker_cli, also)
-        gone_digest = push(docker_cli, gone)
+        expected_keep = e2e.build_app(docker_cli, tmp_path / "keep", keep)
+        expected_also = e2e.build_app(docker_cli, tmp_path / "also", also)
+        e2e.build_app(docker_cli, tmp_path / "gone", gone)
+        e2e.docker_push(docker_cli, keep)
+        e2e.docker_push(docker_cli, also)
+        gone_digest, _ = e2e.docker_push(docker_cli, gone)
         with reg.client() as http:
             manifest = e2e.get_manifest(http, "gc/gone", "1").json()
             assert http.delete(f"/v2/gc/gone/manifests/{gone_digest}").status_code == 202
@@ -113,16 +74,15 @@ def test_after_offline_gc_every_remaining_image_pulls_and_runs(
         e2e.run([docker_cli, "tag", gone, again])
         out = e2e.run([docker_cli, "push", again]).stdout
         assert out.count("Pushed") >= 2, out  # its RUN and COPY layers
+        digest, _ = e2e.docker_push(docker_cli, again)
         with reg.client() as http:
-            assert (
-                http.delete(f"/v2/gc/gone/manifests/{push(docker_cli, again)}").status_code == 202
-            )
+            assert http.delete(f"/v2/gc/gone/manifests/{digest}").status_code == 202
     e2e.docker_remove_images(docker_cli, *refs, e2e.BASE_IMAGE)
     with e2e.run_ours(root) as reg:
         for ref, expected in ((keep, expected_keep), (also, expected_also)):
             again = ref.replace(ref.split("/", 1)[0], reg.host, 1)
             refs.append(again)
             e2e.run([docker_cli, "pull", again])
-            assert cat(docker_cli, again) == expected
+            assert e2e.run_cat(docker_cli, again) == expected
         failed = e2e.run([docker_cli, "pull", f"{reg.host}/gc/gone:1"], check=False)
         assert failed.returncode != 0
