@@ -62,7 +62,7 @@ class BlobStore:
     async def unlink(self, name: str, d: Digest) -> None:
         """Remove the repo's layer link; BLOB_UNKNOWN if it was not there."""
         try:
-            await self.driver.delete(paths.layer_link(name, d).rsplit("/", 1)[0])
+            await self.driver.delete(paths.layer_dir(name, d))
         except PathNotFound:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)}) from None
 

@@ -21,13 +21,14 @@ from ..drivers.base import Driver, DriverError, InvalidPath, PathNotFound, Unava
 from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore, link_content, parse_link
+from .gc import enumerate_repositories
 from .manifests import (
     INDEX_TYPES,
     ParsedManifest,
     parse_manifest,
     sniff_media_type,
 )
-from .tags import TagStore, list_repositories
+from .tags import TagStore
 from .uploads import Uploads
 
 log = logging.getLogger("registry.storage")
@@ -113,28 +114,28 @@ class Storage:
             return False
         return parse_link(content) == d
 
-    async def _manifest_bytes_of(self, d: Digest) -> bytes | None:
+    async def _manifest_of(self, d: Digest) -> tuple[bytes, str] | None:
+        """(bytes, media type) of manifest blob ``d``, from the cache or storage."""
         cached = self._manifest_bytes.get(d)
         if cached is not None:
-            return cached[0]
+            return cached
         try:
             body = await self.driver.get_content(paths.blob_data(d))
         except PathNotFound:
             return None
-        self._manifest_bytes.put(d, (body, sniff_media_type(body)))
-        return body
+        entry = (body, sniff_media_type(body))
+        self._manifest_bytes.put(d, entry)
+        return entry
 
     async def get_manifest(self, name: str, reference: str | Digest) -> Manifest:
         """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
         if not await self._has_revision(name, d):
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
-        body = await self._manifest_bytes_of(d)
-        if body is None:
+        found = await self._manifest_of(d)
+        if found is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
-        cached = self._manifest_bytes.get(d)
-        media_type = cached[1] if cached is not None else sniff_media_type(body)
-        return Manifest(d, media_type, body)
+        return Manifest(d, found[1], found[0])
 
     async def put_manifest(
         self, name: str, reference: str | Digest, content_type: str | None, body: bytes
@@ -205,10 +206,10 @@ class Storage:
         s = self._summaries.get(d)
         if s is not None:
             return s
-        body = await self._manifest_bytes_of(d)
-        if body is None:
+        found = await self._manifest_of(d)
+        if found is None:
             return None
-        s = summarize(body)
+        s = summarize(found[0])
         self._summaries[d] = s
         while len(self._summaries) > 100_000:
             self._summaries.popitem(last=False)
@@ -258,7 +259,9 @@ class Storage:
     # --- catalog -------------------------------------------------------------------------
 
     async def catalog(self) -> list[str]:
-        return await list_repositories(self.driver)
+        """Repositories with manifests, sorted, as the reference lists them. One ``list``
+        per directory (delimiter listing on S3), never a walk of every object."""
+        return await enumerate_repositories(self.driver, markers=("_manifests",))
 
 
 def summarize(body: bytes) -> ManifestSummary:

@@ -9,7 +9,6 @@ import trio
 from ..digest import Digest
 from ..drivers.base import Driver, PathNotFound
 from ..errors import ErrorCode, RegistryError
-from ..reference import is_valid_name
 from . import paths
 from .blobs import link_content, parse_link
 
@@ -79,32 +78,6 @@ class TagStore:
                 await self.driver.delete(paths.tag_dir(name, t))
             except PathNotFound:
                 pass
-
-
-async def list_repositories(driver: Driver) -> list[str]:
-    """Every repository name with a ``_manifests`` directory, sorted, as the reference lists.
-
-    Walks directories only (one ``list`` call per directory, delimiter listing on S3),
-    never every object.
-    """
-    found: list[str] = []
-
-    async def visit(path: str) -> None:
-        try:
-            children = await driver.list(path)
-        except PathNotFound:
-            return
-        names = [c.rsplit("/", 1)[1] for c in children]
-        if "_manifests" in names:
-            name = paths.repo_name_from_path(path)
-            if name and is_valid_name(name):
-                found.append(name)
-        for child, base in zip(children, names):
-            if not base.startswith("_") and not base.startswith("."):
-                await visit(child)
-
-    await visit(paths.REPOSITORIES)
-    return sorted(found)
 
 
 def paginate(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
