@@ -87,8 +87,8 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
         authenticate=_gate(build_ratelimiter(config.raw), authenticate),
     )
     if authenticate is not None:
-        app.can_pull = authenticate.can_pull  # type: ignore[attr-defined]  # blobs.app_can_pull
-    app.ops = ops  # type: ignore[attr-defined]  # serve_worker wraps and serves it
+        app.can_pull = authenticate.can_pull
+    app.ops = ops  # serve_worker wraps and serves it
     app.gc = collector  # POST /admin/gc (http/admin.py)
     return app
 
@@ -158,7 +158,7 @@ async def serve_worker(
     multiprocess_dir: str | None = None,
 ) -> None:
     app = build_app(config, multiprocess_dir=multiprocess_dir)
-    ops = app.ops  # type: ignore[attr-defined]
+    ops = app.ops
     async with trio.open_nursery() as nursery:
         if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
             await nursery.start(partial(serve_debug, ops.debug_app(), debug_sockets))

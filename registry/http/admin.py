@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ErrorCode, RegistryError
+from .responses import Response, json_response
 
 if TYPE_CHECKING:
-    from .app import RegistryApp, Request, Response
+    from .app import RegistryApp, Request
 
 
 async def admin_gc(app: RegistryApp, req: Request) -> Response:
-    from .app import json_response
-
     service = app.gc
     if service is None:
         raise RegistryError(

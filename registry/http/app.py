@@ -8,10 +8,9 @@ loops (upload purging, online GC) started by ``background`` callables. Handlers 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from ..reference import is_valid_name
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
+from .responses import Response, error_response
 from .urls import base_url
 
 log = logging.getLogger("registry.http")
@@ -100,30 +100,6 @@ class Request:
         return b"".join(parts)
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes | AsyncIterator[bytes] = b""
-    length: int | None = None  # Content-Length when body is an iterator (or HEAD)
-    head: bool = False  # send headers only
-
-
-def json_response(status: int, obj: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    hdrs = [(b"content-type", b"application/json")]
-    hdrs.extend(headers)
-    return Response(status, hdrs, body)
-
-
-def error_response(err: RegistryError, head: bool) -> Response:
-    """The one place the OCI error envelope is written (SPEC General 2)."""
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()]
-    if head:  # HEAD errors carry no body
-        return Response(err.status, headers, b"", length=0, head=True)
-    return json_response(err.status, err.to_json(), headers)
-
-
 Handler = Callable[["RegistryApp", Request], Awaitable[Response]]
 
 
@@ -148,6 +124,11 @@ class RegistryApp:
         # The online collector (storage/gc_service.py) behind /admin/gc (http/admin.py);
         # build_app sets it, None answers 404 there.
         self.gc: OnlineGC | None = None
+        # May the caller pull another repository (cross-repo mounts)? Set by build_app from
+        # the access policy; None allows it, as the reference does.
+        self.can_pull: Callable[[Request, str], Awaitable[bool]] | None = None
+        # Metrics, health check and debug listener (http/debug.py), set by build_app.
+        self.ops: Any = None
         # http.headers from the config win over our defaults (no header sent twice).
         configured = {k for k, _ in self.options.extra_headers}
         defaults = (API_VERSION_HEADER, (b"x-content-type-options", b"nosniff"))
@@ -239,7 +220,7 @@ class RegistryApp:
         return error_response(err, head)
 
     async def _dispatch(self, req: Request) -> Response:
-        m = router.match(req.path, req.method if req.method != "HEAD" else "HEAD")
+        m = router.match(req.path, req.method)
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
@@ -334,7 +315,3 @@ def _only_cancellation(exc: BaseException) -> bool:
         _, rest = exc.split(trio.Cancelled)
         return rest is None
     return False
-
-
-def header_pairs(mapping: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in mapping.items()]

@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
+from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
+from .responses import Response, json_response
 
 if TYPE_CHECKING:
-    from .app import RegistryApp, Request, Response
+    from .app import RegistryApp, Request
 
 
 def parse_digest(value: str | None) -> Digest:
@@ -22,14 +24,10 @@ def parse_digest(value: str | None) -> Digest:
 
 
 async def base(app: RegistryApp, req: Request) -> Response:
-    from .app import json_response
-
     return json_response(200, {})
 
 
 async def blob(app: RegistryApp, req: Request) -> Response:
-    from .app import Response
-
     name = req.params["name"]
     d = parse_digest(req.params["digest"])
     st = app.storage
@@ -88,8 +86,6 @@ def _upload_headers(app: RegistryApp, req: Request, name: str, upload_id: str, s
 
 
 def _blob_created(app: RegistryApp, req: Request, name: str, d: Digest) -> Response:
-    from .app import Response
-
     return Response(
         201,
         [
@@ -100,8 +96,6 @@ def _blob_created(app: RegistryApp, req: Request, name: str, d: Digest) -> Respo
 
 
 async def start_upload(app: RegistryApp, req: Request) -> Response:
-    from .app import Response
-
     name = req.params["name"]
     st = app.storage
     mount = req.q("mount")
@@ -129,17 +123,12 @@ async def start_upload(app: RegistryApp, req: Request) -> Response:
 
 async def app_can_pull(app: RegistryApp, req: Request, source: str) -> bool:
     """May the caller read ``source``? (An access policy may say no; then no mount.)"""
-    from ..reference import is_valid_name
-
     if not is_valid_name(source):
         return False
-    check = getattr(app, "can_pull", None)
-    return True if check is None else bool(await check(req, source))
+    return app.can_pull is None or bool(await app.can_pull(req, source))
 
 
 async def upload(app: RegistryApp, req: Request) -> Response:
-    from .app import Response
-
     name = req.params["name"]
     upload_id = req.params["uuid"]
     st = app.storage

@@ -13,9 +13,10 @@ from ..storage.manifests import MAX_MANIFEST_BYTES, OCI_INDEX
 from ..storage.tags import paginate
 from .blobs import parse_digest
 from .ranges import parse_content_length
+from .responses import Response, json_response
 
 if TYPE_CHECKING:
-    from .app import RegistryApp, Request, Response
+    from .app import RegistryApp, Request
 
 MAX_PAGE = 10_000  # largest n a client may ask for in one page
 
@@ -29,8 +30,6 @@ def parse_reference(value: str) -> str | Digest:
 
 
 async def manifest(app: RegistryApp, req: Request) -> Response:
-    from .app import Response
-
     name = req.params["name"]
     ref = parse_reference(req.params["reference"])
     st = app.storage
@@ -94,8 +93,6 @@ def _link(app: RegistryApp, req: Request, path: str, last: str, n: int) -> tuple
 
 
 async def tags(app: RegistryApp, req: Request) -> Response:
-    from .app import json_response
-
     name = req.params["name"]
     n, last = _page_params(req)
     all_tags = await app.storage.tags.list(name)
@@ -107,8 +104,6 @@ async def tags(app: RegistryApp, req: Request) -> Response:
 
 
 async def catalog(app: RegistryApp, req: Request) -> Response:
-    from .app import json_response
-
     n, last = _page_params(req)
     repos = await app.storage.catalog()
     page, more = paginate(repos, n, last)
@@ -119,8 +114,6 @@ async def catalog(app: RegistryApp, req: Request) -> Response:
 
 
 async def referrers(app: RegistryApp, req: Request) -> Response:
-    from .app import json_response
-
     name = req.params["name"]
     subject = parse_digest(req.params["digest"])
     artifact_type = req.q("artifactType")

@@ -1,0 +1,37 @@
+"""Responses and the OCI error envelope (SPEC.md General 2).
+
+A leaf of the HTTP layer: handlers and the app both import it, so it imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RegistryError
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | AsyncIterator[bytes] = b""
+    length: int | None = None  # Content-Length when body is an iterator (or HEAD)
+    head: bool = False  # send headers only
+
+
+def json_response(status: int, obj: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    hdrs = [(b"content-type", b"application/json")]
+    hdrs.extend(headers)
+    return Response(status, hdrs, body)
+
+
+def error_response(err: RegistryError, head: bool) -> Response:
+    """The one place the OCI error envelope is written (SPEC General 2)."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()]
+    if head:  # HEAD errors carry no body
+        return Response(err.status, headers, b"", length=0, head=True)
+    return json_response(err.status, err.to_json(), headers)
