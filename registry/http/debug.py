@@ -159,6 +159,7 @@ class InstrumentedDriver:
         self._driver = driver
         self._metrics = metrics
         self.name = getattr(driver, "name", type(driver).__name__)
+        self._seconds: dict[str, Any] = {}  # action -> histogram child, on first use
         for action in self._TIMED:
             if hasattr(driver, action):
                 setattr(self, action, self._timed(action, getattr(driver, action)))
@@ -167,8 +168,11 @@ class InstrumentedDriver:
         return getattr(self._driver, name)
 
     def _record(self, action: str, started: float, exc: BaseException | None) -> None:
-        self._metrics.storage_seconds.labels(self.name, action).observe(
-            time.perf_counter() - started)
+        child = self._seconds.get(action)
+        if child is None:  # labels() takes a lock and builds a key: once per action
+            child = self._seconds[action] = self._metrics.storage_seconds.labels(
+                self.name, action)
+        child.observe(time.perf_counter() - started)
         if exc is not None and not isinstance(exc, (PathNotFound, trio.Cancelled)):
             self._metrics.storage_errors.labels(self.name, action, type(exc).__name__).inc()
 
