@@ -68,6 +68,7 @@ from .servers import (
     run_server,
     server_env,
 )
+from .transfer import ConcurrentPushes
 
 MiB = 1024 * 1024
 HOST = "127.0.0.1"
@@ -898,29 +899,16 @@ class S3Scenario:
         wins = self._windows(env)
         windows = [wins[f"c{i}"] for i in range(n)]
         digests = [env.data.digest(*w) for w in windows]
-        outcome: list[str | None] = ["did not finish"] * n
         with open_s3_server(spec, env.workdir, side, redirect=False) as srv:
-            barrier = threading.Barrier(n + 1)
-
-            def client(i: int) -> None:
-                try:
-                    barrier.wait(timeout=30)
-                    with srv.connect(p.request_timeout) as conn:
-                        oci.push_monolithic(conn, REPO, env.data.slice(*windows[i]), digests[i])
-                    outcome[i] = None
-                except Exception as exc:  # noqa: BLE001 - every failure is one error
-                    outcome[i] = f"{type(exc).__name__}: {exc}"
-
-            threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
-            for th in threads:
-                th.start()
+            pushes = ConcurrentPushes(
+                lambda: srv.connect(p.request_timeout),
+                REPO,
+                [env.data.slice(*w) for w in windows],
+                digests,
+            )
             with timed(srv, side) as t:
-                barrier.wait(timeout=30)
-                deadline = time.perf_counter() + CONC_DEADLINE
-                for th in threads:
-                    th.join(timeout=max(0.0, deadline - time.perf_counter()))
-            ok = [i for i in range(n) if outcome[i] is None]
-            errors = [e for e in outcome if e is not None]
+                pushes.go(CONC_DEADLINE)
+            ok, errors = pushes.ok, pushes.errors
             with srv.connect(p.request_timeout) as conn:
                 for i in ok:
                     oci.verify_blob(conn, REPO, digests[i], windows[i][1])

@@ -26,6 +26,48 @@ CONCURRENT_DEADLINE = 600.0  # seconds: bound on one concurrent phase
 PushFn = Callable[[Connection, str, FileSlice, str, Profile], object]
 
 
+class ConcurrentPushes:
+    """One thread per blob, each pushing it monolithically once :meth:`go` releases them
+    all at once; ``outcome[i]`` is None for a push that succeeded, else its error."""
+
+    def __init__(self, connect: Callable[[], Connection], repo: str, bodies: list[FileSlice],
+                 digests: list[str]) -> None:  # fmt: skip
+        n = len(bodies)
+        self.outcome: list[str | None] = ["did not finish"] * n
+        self._barrier = threading.Barrier(n + 1)
+
+        def client(i: int) -> None:
+            try:
+                self._barrier.wait(timeout=30)
+                with connect() as conn:
+                    oci.push_monolithic(conn, repo, bodies[i], digests[i])
+                self.outcome[i] = None
+            except Exception as exc:  # noqa: BLE001 - every failure is one error
+                self.outcome[i] = f"{type(exc).__name__}: {exc}"
+
+        self._threads = [threading.Thread(target=client, args=(i,), daemon=True)
+                         for i in range(n)]  # fmt: skip
+        for t in self._threads:
+            t.start()
+
+    def go(self, deadline: float) -> float:
+        """Release every client and wait for them, at most ``deadline`` seconds; return the
+        seconds from the release until the last one finished (or the deadline)."""
+        self._barrier.wait(timeout=30)
+        t0 = time.perf_counter()
+        for t in self._threads:
+            t.join(timeout=max(0.0, t0 + deadline - time.perf_counter()))
+        return time.perf_counter() - t0
+
+    @property
+    def ok(self) -> list[int]:
+        return [i for i, e in enumerate(self.outcome) if e is None]
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for e in self.outcome if e is not None]
+
+
 @dataclass
 class PushScenario:
     name: str
@@ -179,35 +221,19 @@ class ConcurrentPushScenario:
         p = env.profile
         windows = [self._window(p, i) for i in range(n)]
         digests = [env.data.digest(*w) for w in windows]
-        outcome: list[str | None] = ["did not finish"] * n
         with open_server(spec, env.workdir) as srv:
-            barrier = threading.Barrier(n + 1)
-
-            def client(i: int) -> None:
-                try:
-                    barrier.wait(timeout=30)
-                    with srv.connect(p.request_timeout) as conn:
-                        body = env.data.slice(*windows[i])
-                        oci.push_monolithic(conn, REPO, body, digests[i])
-                    outcome[i] = None
-                except Exception as exc:  # noqa: BLE001 - every failure is one error
-                    outcome[i] = f"{type(exc).__name__}: {exc}"
-
-            threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
-            for t in threads:
-                t.start()
+            pushes = ConcurrentPushes(
+                lambda: srv.connect(p.request_timeout),
+                REPO,
+                [env.data.slice(*w) for w in windows],
+                digests,
+            )
             srv.rss.reset()
             cpu0 = srv.cpu_seconds()
-            barrier.wait(timeout=30)
-            t0 = time.perf_counter()
-            deadline = t0 + CONCURRENT_DEADLINE
-            for t in threads:
-                t.join(timeout=max(0.0, deadline - time.perf_counter()))
-            elapsed = time.perf_counter() - t0
+            elapsed = pushes.go(CONCURRENT_DEADLINE)
             cpu = srv.cpu_seconds() - cpu0
             peak = srv.rss.peak_mb
-            ok = [i for i in range(n) if outcome[i] is None]
-            errors = [e for e in outcome if e is not None]
+            ok, errors = pushes.ok, pushes.errors
 
             def verify(i: int) -> None:
                 with srv.connect(p.request_timeout) as conn:
