@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -40,6 +41,33 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode()
 
 
+class _Serving:
+    """A ``registry serve`` process on a free port: ``url`` while running, ``log`` (its
+    stderr) after the ``with`` block, which stops it with SIGTERM."""
+
+    def __init__(self, cwd: Path, *args: str, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        if port is None:
+            env.setdefault("REGISTRY_HTTP_ADDR", f"127.0.0.1:{self.port}")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", "serve", *args],
+            cwd=cwd, env=_env(**env), stderr=subprocess.PIPE,
+        )
+        self.log = ""
+
+    def __enter__(self) -> Self:
+        try:
+            _wait(self.url, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.log = _stop(self.proc)
+
+
 def test_version_and_help():
     out = subprocess.run([sys.executable, "-m", "registry", "--version"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.startswith("registry ")
@@ -49,22 +77,13 @@ def test_version_and_help():
 
 
 def test_serve_with_no_config_uses_filesystem_under_data(tmp_path: Path):
-    port = free_port()
     # No CONFIG and no REGISTRY_* environment except the listen address, which we must move
     # off :5000 to run beside other tests.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve"],
-        cwd=tmp_path,
-        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}"),
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-        r = httpx.post(f"http://127.0.0.1:{port}/v2/x/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    with _Serving(tmp_path) as srv:
+        r = httpx.post(f"{srv.url}/v2/x/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         assert r.status_code == 201
-    finally:
-        err = _stop(proc)
-    assert proc.returncode in (0, -signal.SIGTERM), err
+    err = srv.log
+    assert srv.proc.returncode in (0, -signal.SIGTERM), err
     assert (tmp_path / "data/docker/registry/v2/repositories/x/_layers").is_dir()
     assert "Traceback" not in err
 
@@ -77,14 +96,9 @@ def test_json_log_format_writes_one_access_line_per_request(tmp_path: Path):
         f"storage:\n  filesystem:\n    rootdirectory: {tmp_path}/root\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  workers: 1\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), stderr=subprocess.PIPE
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-        httpx.get(f"http://127.0.0.1:{port}/v2/a/tags/list", headers={"User-Agent": "probe/1"})
-    finally:
-        err = _stop(proc)
+    with _Serving(tmp_path, str(cfg), port=port) as srv:
+        httpx.get(f"{srv.url}/v2/a/tags/list", headers={"User-Agent": "probe/1"})
+    err = srv.log
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert lines, err
     access = [rec for rec in lines if rec.get("logger") == "registry.access"]
@@ -95,19 +109,9 @@ def test_json_log_format_writes_one_access_line_per_request(tmp_path: Path):
 
 
 def test_warn_level_silences_the_access_log(tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve"],
-        cwd=tmp_path,
-        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_LOG_LEVEL="warn", REGISTRY_HTTP_WORKERS="1"),
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-        httpx.get(f"http://127.0.0.1:{port}/v2/")
-    finally:
-        err = _stop(proc)
-    assert '"GET /v2/"' not in err
+    with _Serving(tmp_path, REGISTRY_LOG_LEVEL="warn", REGISTRY_HTTP_WORKERS="1") as srv:
+        httpx.get(f"{srv.url}/v2/")
+    assert '"GET /v2/"' not in srv.log
 
 
 @pytest.mark.parametrize(
@@ -140,18 +144,9 @@ def test_two_drivers_from_file_and_env_fail_with_the_reference_message(tmp_path:
 
 
 def test_s3_variables_without_selecting_s3_warn(tmp_path: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve"],
-        cwd=tmp_path,
-        env=_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_STORAGE_S3_BUCKET="forgot", REGISTRY_HTTP_WORKERS="1"),
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-    finally:
-        err = _stop(proc)
-    assert "REGISTRY_STORAGE=s3" in err
+    with _Serving(tmp_path, REGISTRY_STORAGE_S3_BUCKET="forgot", REGISTRY_HTTP_WORKERS="1") as srv:
+        pass
+    assert "REGISTRY_STORAGE=s3" in srv.log
 
 
 def test_unwritable_storage_is_one_line_at_startup(tmp_path: Path):
