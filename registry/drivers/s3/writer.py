@@ -265,7 +265,8 @@ class S3Writer:
             self._size += len(take)
             self._dirty = True
             while len(self._buffer) >= self._part_size:
-                part = bytes(self._buffer[: self._part_size])
+                with memoryview(self._buffer) as buffered:  # one copy, not slice + bytes()
+                    part = bytes(buffered[: self._part_size])
                 del self._buffer[: self._part_size]
                 await self._submit(part)
 
