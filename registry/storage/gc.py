@@ -277,7 +277,7 @@ async def list_children(driver: Driver, path: str) -> list[str]:
 
 async def enumerate_repositories(
     driver: Driver,
-    markers: Collection[str] = ("_layers", "_manifests"),
+    markers: Collection[str] = (paths.LAYERS, paths.MANIFESTS),
     concurrency: int = CONCURRENCY,
 ) -> list[str]:
     """Every repository with one of ``markers`` below it, sorted. One ``list`` per

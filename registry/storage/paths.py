@@ -34,7 +34,10 @@ BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
 
 # Directory names inside a repository that end a repository name when walking the tree.
-REPO_MARKERS = ("_layers", "_manifests", "_uploads")
+LAYERS = "_layers"
+MANIFESTS = "_manifests"
+UPLOADS = "_uploads"
+REPO_MARKERS = (LAYERS, MANIFESTS, UPLOADS)
 
 
 def _repo(name: str) -> str:

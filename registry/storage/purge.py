@@ -25,6 +25,7 @@ import trio
 
 from ..drivers.base import Driver, DriverError
 from ..errors import RegistryError, unwrap
+from . import paths
 from .gc import enumerate_repositories
 from .uploads import Uploads
 
@@ -47,7 +48,7 @@ async def purge_uploads(
 ) -> PurgeReport:
     """Cancel every session started before ``older_than`` (epoch seconds)."""
     report = PurgeReport()
-    for name in await enumerate_repositories(driver, markers=("_uploads",)):
+    for name in await enumerate_repositories(driver, markers=(paths.UPLOADS,)):
         for upload_id, started in await uploads.list_sessions(name):
             if started >= older_than:
                 report.kept += 1

@@ -261,7 +261,7 @@ class Storage:
     async def catalog(self) -> list[str]:
         """Repositories with manifests, sorted, as the reference lists them. One ``list``
         per directory (delimiter listing on S3), never a walk of every object."""
-        return await enumerate_repositories(self.driver, markers=("_manifests",))
+        return await enumerate_repositories(self.driver, markers=(paths.MANIFESTS,))
 
 
 def summarize(body: bytes) -> ManifestSummary:
