@@ -190,7 +190,7 @@ class RegistryApp:
         sent = 0
         status = 500
         try:
-            resp = await self._dispatch(req)
+            resp = await self._dispatch(req, scope)
         except BaseException as exc:
             maybe = self._error(exc, req, head)
             if maybe is None:
@@ -219,8 +219,13 @@ class RegistryApp:
             log.warning("%s %s: %s", req.method, req.path, exc)
         return error_response(err, head)
 
-    async def _dispatch(self, req: Request) -> Response:
-        m = router.match(req.path, req.method)
+    async def _dispatch(self, req: Request, scope: dict[str, Any]) -> Response:
+        # A wrapper that already routed this request (http/debug.py's metrics) leaves its
+        # match in the scope; routing is pure, so it is the same answer.
+        if "registry.route" in scope:
+            m = scope["registry.route"]
+        else:
+            m = router.match(req.path, req.method)
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:

@@ -356,6 +356,8 @@ class Observed:
         path = raw_path.decode("latin-1").split("?", 1)[0]
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         m = router.match(path, method)
+        if method == scope["method"]:  # the app reuses the match: route once per request
+            scope["registry.route"] = m
         route = m.route if m is not None and m.method_ok else "unknown"
         client = scope.get("client")
         ex = Exchange(
