@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run(config)
         except OSError as e:
-            print(f"registry: cannot listen on {config.http.addr}: {e.strerror or e}", file=sys.stderr)
+            where = config.http.addr + (f" or {config.http.debug_addr}" if config.http.debug_addr else "")
+            print(f"registry: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)
             return 1
     if args.command == "garbage-collect":
         from .gc_cli import run_gc

@@ -137,11 +137,19 @@ def _text(data: bytes | str | None) -> str:
     return data
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback port, never one this process handed out before: the kernel may give
+    the same ephemeral port to two back-to-back probes (an API and a debug listener)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def clean_env(*, drop: Sequence[str] = ()) -> dict[str, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import trio
-from e2e_support import in_ci
+from e2e_support import free_port, in_ci
 
 IN_CI = in_ci()  # the same rule as every other e2e check
 MOTO_REGION = "us-east-1"
@@ -52,12 +51,6 @@ def require(module: str) -> None:
         if IN_CI:
             pytest.fail(f"{module} is required in CI (pip install -e .[test])")
         pytest.skip(f"{module} not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
