@@ -25,7 +25,10 @@ from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
 
 T = TypeVar("T")
 
-CHUNK = 1024 * 1024  # 1 MiB reads: big enough that a thread hop costs <5% at 1 GB/s
+# Blob reads: 512 KiB measured fastest for pulls (2.6-2.9 GB/s vs ~2.0 at 1 MiB, 1.7 at
+# 256 KiB): big enough that per-chunk Python is small, small enough to stay in cache and
+# under the malloc mmap threshold (cli.MMAP_THRESHOLD), so buffers are reused, not faulted in.
+CHUNK = 512 * 1024
 DEFAULT_MAX_THREADS = 100  # the reference's filesystem.maxthreads default
 
 
@@ -84,9 +87,28 @@ class FilesystemDriver:
             os.close(fd)  # close(2) on a regular file does not block: safe under cancel
 
     async def _chunks(self, fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
+        """Read [offset, end) in CHUNK pieces. Cached pages are copied right here with
+        preadv(RWF_NOWAIT) (a thread hop per chunk cost more than the copy and halved pull
+        throughput); anything that would wait for the disk is read in a thread."""
         pos = offset
+        buf = memoryview(bytearray(min(CHUNK, end - offset)))
+        flags = _RWF_NOWAIT or 0
+        nowait = flags != 0
         while pos < end:
-            data = await self._run(os.pread, fd, min(CHUNK, end - pos), pos)
+            want = min(CHUNK, end - pos)
+            data: bytes | None = None
+            if nowait:
+                try:
+                    n = os.preadv(fd, [buf[:want]], pos, flags)
+                    data = buf[:n].tobytes()
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    nowait = False  # EOPNOTSUPP: this filesystem has no RWF_NOWAIT
+            if data is None:
+                data = await self._run(os.pread, fd, want, pos)
+            else:
+                await trio.lowlevel.checkpoint()
             if not data:
                 return
             pos += len(data)
