@@ -118,7 +118,8 @@ class S3Driver:
     async def reader(
         self, path: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Ranged GET, streamed in ~1 MiB pieces; a broken stream resumes where it broke."""
+        """Ranged GET, streamed as the socket delivers it (pieces up to 512 KiB); a broken
+        stream resumes where it broke."""
         key = self._key(path)
         if offset < 0 or (length is not None and length < 0):
             raise base.InvalidOffset(path, offset)

@@ -1,7 +1,8 @@
 """Streaming reads for S3Driver.reader: one ranged GET, resumed after a broken connection.
 
 Contract: ``start()`` raises PathNotFound, or InvalidOffset when offset > size (offset ==
-size is an empty read); iteration yields ~1 MiB pieces and never holds the object; a body
+size is an empty read); iteration yields the pieces the socket gives (at most
+streams.READ_BYTES) and never holds the object; a body
 that breaks mid-way is re-requested from the byte it broke at, ``If-Match`` the first
 answer's ETag (a replaced object raises Unavailable instead of mixing two versions), at most
 MAX_RESUMES times. ``aclose()`` is idempotent.
@@ -10,18 +11,16 @@ MAX_RESUMES times. ``aclose()`` is idempotent.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import httpx
 
 from registry.drivers import base
 from registry.drivers.s3 import errors
 from registry.drivers.s3.api import ObjectInfo, S3Api
+from registry.drivers.s3.client import StreamedResponse
 
 log = logging.getLogger("registry.drivers.s3")
 
-MiB = 1024 * 1024
-READ_CHUNK = 1 * MiB  # the reader yields about this much at a time
 MAX_RESUMES = 3  # a GET stream broken mid-body is resumed from where it broke this often
 
 
@@ -38,8 +37,7 @@ class ObjectStream:
         self._pos = offset
         self._end: int | None = None if length is None else offset + length  # exclusive
         self._etag = ""
-        self._response: httpx.Response | None = None
-        self._chunks: AsyncIterator[bytes] | None = None
+        self._response: StreamedResponse | None = None
         self._resumes = 0
         self._offset = offset
 
@@ -85,22 +83,16 @@ class ObjectStream:
             total = self._pos + int(response.headers["content-length"])
         if total is not None:
             self._end = total if self._end is None else min(self._end, total)
-        self._chunks = response.aiter_raw(READ_CHUNK)
 
     def __aiter__(self) -> ObjectStream:
         return self
 
     async def __anext__(self) -> bytes:
         while True:
-            if self._chunks is None:
+            if self._response is None:
                 raise StopAsyncIteration
             try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                await self.aclose()
-                if self._end is not None and self._pos < self._end:
-                    raise base.Unavailable(f"S3 object {self._key} ended early") from None
-                raise
+                chunk = await self._response.receive()
             except httpx.TransportError as exc:
                 await self.aclose()
                 self._resumes += 1
@@ -112,11 +104,15 @@ class ObjectStream:
                 except errors.PreconditionFailed:
                     raise base.Unavailable(f"S3 object {self._key} changed while read") from None
                 continue
+            if not chunk:
+                await self.aclose()
+                if self._end is not None and self._pos < self._end:
+                    raise base.Unavailable(f"S3 object {self._key} ended early")
+                raise StopAsyncIteration
             self._pos += len(chunk)
-            if chunk:
-                return chunk
+            return chunk
 
     async def aclose(self) -> None:
-        response, self._response, self._chunks = self._response, None, None
+        response, self._response = self._response, None
         if response is not None:
             await response.aclose()
