@@ -97,6 +97,39 @@ async def test_stat_does_not_confuse_siblings_sharing_a_prefix() -> None:
         assert await driver.get_content("/repo/library/x") == b"1"
 
 
+async def test_stat_miss_costs_one_listing_after_the_head() -> None:
+    async with s3_support.open_proxied_driver() as (driver, proxy):
+        await driver.put_content(BLOB, b"x")
+        proxy.seen.clear()
+        with pytest.raises(base.PathNotFound):
+            await driver.stat(BLOB.replace("abcdef", "abcdee"))
+        assert [(r.method, "list-type" in r.query) for r in proxy.seen] == [
+            ("HEAD", False),
+            ("GET", True),
+        ]
+        proxy.seen.clear()
+        assert (await driver.stat(BLOB)).size == 1
+        assert [r.method for r in proxy.seen] == ["HEAD"]
+
+
+async def test_stat_finds_state_and_directory_past_pages_of_siblings() -> None:
+    async with open_s3_driver() as driver:
+        driver.list_page_size = 1  # every sibling is a page of its own
+        base_path = "/r/data"
+        for sibling in ("-1", "-2/x", "_z", ".a", ".s3parta", "0"):
+            await driver.put_content(base_path + sibling, b"s")
+        with pytest.raises(base.PathNotFound):
+            await driver.stat(base_path)
+        await driver.put_content(base_path + "/child", b"c")
+        assert (await driver.stat(base_path)).is_dir
+        async with driver.writer(base_path) as w:
+            await w.write(b"123")
+        info = await driver.stat(base_path)
+        assert (info.size, info.is_dir) == (3, False)
+        await driver.delete(base_path + "/child")
+        assert (await driver.stat(base_path)).size == 3
+
+
 async def test_invalid_paths_are_refused_before_any_request() -> None:
     async with open_s3_driver() as driver:
         for bad in ("relative", "/a/../b", "/a//b", "/a/./b", "/a b"):

@@ -163,40 +163,50 @@ class S3Driver:
     # -- metadata ----------------------------------------------------------------------------
 
     async def stat(self, path: str) -> FileInfo:
-        """HeadObject; else an in-progress writer's state; else a prefix (a directory)."""
+        """HeadObject; else an in-progress writer's state; else a prefix (a directory).
+
+        A hit is one HEAD. A miss is one more request: a delimiter listing of the key as
+        a prefix shows both ``<key>.s3part`` (an object) and ``<key>/`` (a common prefix);
+        only a found state object costs a HEAD for its recorded size. A directory has no
+        mtime (0), as in the reference's s3 driver.
+        """
         key = self._key(path)
-        if key and path != "/":
-            try:
-                info = await self.api.head_object(key)
-                return FileInfo(path, info.size, info.mtime, False)
-            except errors.NoSuchKey:
-                pass
-        found: dict[str, Any] = {}
-
-        async def state() -> None:
-            if not key or path == "/":
-                return
-            try:
-                found["state"] = await self.api.head_object(state_key(key))
-            except errors.NoSuchKey:
-                pass
-
-        async def directory() -> None:
+        if not key or path == "/":
             page = await self.api.list_objects(self._dir_prefix(path), max_keys=1)
-            if page.objects:
-                found["dir"] = page.objects[0]
-
+            if page.objects or page.prefixes:
+                return FileInfo(path, 0, 0.0, True)
+            raise base.PathNotFound(path)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(state)
-                nursery.start_soon(directory)
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        if "state" in found:
-            info = found["state"]
-            return FileInfo(path, int(info.metadata.get("size", "0")), info.mtime, False)
-        if "dir" in found:
-            return FileInfo(path, 0, found["dir"].mtime, True)
+            info = await self.api.head_object(key)
+            return FileInfo(path, info.size, info.mtime, False)
+        except errors.NoSuchKey:
+            pass
+        state_name, dir_name = state_key(key), key + "/"
+        has_state = is_dir = False
+        token: str | None = None
+        while True:
+            page = await self.api.list_objects(
+                key, delimiter="/", token=token, max_keys=self.list_page_size
+            )
+            has_state = has_state or any(obj.key == state_name for obj in page.objects)
+            is_dir = is_dir or dir_name in page.prefixes
+            # Keys come in order: once past "<key>/" nothing later can matter.
+            last = max([o.key for o in page.objects] + page.prefixes, default="")
+            token = page.next_token
+            if token is None or last >= dir_name:
+                break
+        if has_state:
+            try:
+                state = await self.api.head_object(state_name)
+                return FileInfo(path, int(state.metadata.get("size", "0")), state.mtime, False)
+            except errors.NoSuchKey:  # committed (or cancelled) since the HEAD above
+                try:
+                    info = await self.api.head_object(key)
+                    return FileInfo(path, info.size, info.mtime, False)
+                except errors.NoSuchKey:
+                    pass
+        if is_dir:
+            return FileInfo(path, 0, 0.0, True)
         raise base.PathNotFound(path)
 
     async def list(self, path: str) -> builtins.list[str]:
