@@ -155,8 +155,10 @@ class Storage:
                 {"expected": str(reference), "actual": str(d)},
             )
         await self._check_references(name, parsed)
-        if await self.blobs.size(d) is None:
-            await self.driver.put_content(paths.blob_data(d), body)
+        # Written unconditionally: the bytes are content-addressed, so rewriting them is
+        # harmless, and one PUT is cheaper than the existence check it replaces (on S3 a
+        # missing key costs a HEAD and a listing before the PUT).
+        await self.driver.put_content(paths.blob_data(d), body)
         await self.driver.put_content(paths.revision_link(name, d), link_content(d))
         if isinstance(reference, str):
             await self.tags.tag(name, reference, d)
