@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import httpx
@@ -564,6 +565,31 @@ async def test_many_writers_share_a_bounded_number_of_parts_in_flight() -> None:
         for n in range(16):
             assert await driver.get_content(f"/many/{n}/data") == data[n]
         assert slots.borrowed_tokens == 0
+
+
+async def test_memory_of_many_writers_stays_within_the_part_budget() -> None:
+    """maxbuffermemory bounds the bytes of parts alive (buffered, in flight, or sent and
+    not yet freed), not just the part uploads running: 8 writers, a 2-part budget."""
+    data = payload(3 * PART)
+    async with open_s3_driver(maxbuffermemory=2 * PART, parallelparts=4) as driver:
+        assert driver._part_slots.total_tokens == 2
+
+        async def push(n: int) -> None:
+            async with driver.writer(f"/budget/{n}/data") as w:
+                await write_all(w, memoryview(data), piece=3 * MiB)  # spans parts
+                await w.commit()
+
+        tracemalloc.start()
+        try:
+            async with trio.open_nursery() as pushers:
+                for n in range(8):
+                    pushers.start_soon(push, n)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # each slot: the part being filled, plus its copy while it is cut off
+        assert peak < 2 * 2 * PART + 4 * MiB, f"peak {peak / MiB:.1f} MiB"
+        assert await driver.get_content("/budget/7/data") == data
 
 
 async def test_writer_copies_data_so_callers_may_reuse_their_buffer() -> None:

@@ -180,11 +180,15 @@ class _Body(httpx.AsyncByteStream):
         self._sent = False
 
     def __aiter__(self) -> _Body:  # type: ignore[override]
-        self._sent = False
         return self
 
     async def __anext__(self) -> bytes:
         if self._sent or not self._body:
+            # Sent: drop the bytes now. httpx's request and response objects form a
+            # reference cycle that only the cyclic GC frees, so a part body kept here
+            # outlived its upload (6 of 12 live parts with 8 writers) and the driver's
+            # part budget (maxbuffermemory) did not bound memory.
+            self._body = b""
             raise StopAsyncIteration
         self._sent = True
         return self._body

@@ -265,10 +265,17 @@ class S3Writer:
             self._size += len(take)
             self._dirty = True
             while len(self._buffer) >= self._part_size:
-                with memoryview(self._buffer) as buffered:  # one copy, not slice + bytes()
-                    part = bytes(buffered[: self._part_size])
-                del self._buffer[: self._part_size]
-                await self._submit(part)
+                # A temporary, not a local: a local would keep this part alive while the
+                # next loop step waits for a slot, one part per waiting writer beyond the
+                # driver's budget (16 writers held 16 parts with 3 slots).
+                await self._submit(self._cut_part())
+
+    def _cut_part(self) -> bytes:
+        """Remove the first full part from the buffer and return it (one copy)."""
+        with memoryview(self._buffer) as buffered:
+            part = bytes(buffered[: self._part_size])
+        del self._buffer[: self._part_size]
+        return part
 
     def _release_slot(self) -> None:
         if self._slot is not None and self._shared is not None:
@@ -377,8 +384,7 @@ class S3Writer:
         assert self._upload_id is not None
         upload_id = self._upload_id
         while len(self._buffer) >= self._part_size:  # a resumed tail may hold full parts
-            await self._submit(bytes(self._buffer[: self._part_size]))
-            del self._buffer[: self._part_size]
+            await self._submit(self._cut_part())
         if self._buffer:  # the final part, the only one allowed to be short
             await self._submit(bytes(self._buffer))
             self._buffer = bytearray()
