@@ -189,3 +189,31 @@ async def test_driver_reads_ranges_through_the_pool_in_bounded_pieces() -> None:
         pool = driver.client._streams
         assert pool is not None
         assert not any(pool._idle.values())
+
+
+async def test_the_reader_reads_ahead_a_bounded_number_of_pieces() -> None:
+    from registry.drivers.s3.reader import PREFETCH_PIECES
+
+    data = bytes(range(256)) * (40 * 4096)  # 40 MiB
+    async with s3_support.open_s3_driver() as driver:
+        await driver.put_content(BLOB, data)
+        async with driver.reader(BLOB) as chunks:
+            first = await chunks.__anext__()
+            await trio.sleep(0.3)  # the read-ahead fills up and waits
+            ahead = chunks._stream._pos - len(first)  # type: ignore[attr-defined]
+            assert 0 < ahead <= (PREFETCH_PIECES + 1) * streams.READ_BYTES
+            rest = b"".join([chunk async for chunk in chunks])
+        assert first + rest == data
+
+
+async def test_an_error_in_the_readers_body_comes_out_as_itself() -> None:
+    async with s3_support.open_s3_driver() as driver:
+        await driver.put_content(BLOB, b"x" * (3 * MiB))
+        with pytest.raises(KeyError):
+            async with driver.reader(BLOB) as chunks:
+                await chunks.__anext__()
+                raise KeyError("consumer failed")
+        with trio.move_on_after(5) as scope:  # walking away early stops the read-ahead
+            async with driver.reader(BLOB) as chunks:
+                await chunks.__anext__()
+        assert not scope.cancelled_caught

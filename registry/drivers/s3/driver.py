@@ -30,7 +30,7 @@ from registry.drivers.s3 import errors
 from registry.drivers.s3.api import MAX_DELETE_BATCH, S3Api
 from registry.drivers.s3.client import S3Client
 from registry.drivers.s3.params import S3Params
-from registry.drivers.s3.reader import ObjectStream
+from registry.drivers.s3.reader import ObjectStream, Prefetched
 from registry.drivers.s3.sigv4 import Signer
 from registry.drivers.s3.writer import (
     MAX_PARTS,
@@ -124,12 +124,21 @@ class S3Driver:
         if offset < 0 or (length is not None and length < 0):
             raise base.InvalidOffset(path, offset)
         stream = ObjectStream(self.api, key, path, offset, length)
+        body_error: BaseException | None = None
         try:
             await stream.start()
-            yield stream
+            async with trio.open_nursery() as nursery:
+                try:
+                    yield Prefetched(stream, nursery)
+                except BaseException as exc:  # noqa: BLE001 -- re-raised below, unwrapped
+                    body_error = exc
+                finally:
+                    nursery.cancel_scope.cancel()  # stop reading ahead
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+        if body_error is not None:
+            raise body_error
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import httpx
+import trio
 
 from registry.drivers import base
 from registry.drivers.s3 import errors
@@ -21,6 +22,7 @@ from registry.drivers.s3.client import StreamedResponse
 
 log = logging.getLogger("registry.drivers.s3")
 
+PREFETCH_PIECES = 4  # pieces read ahead of the consumer: at most 4 x streams.READ_BYTES
 MAX_RESUMES = 3  # a GET stream broken mid-body is resumed from where it broke this often
 
 
@@ -116,3 +118,44 @@ class ObjectStream:
         response, self._response = self._response, None
         if response is not None:
             await response.aclose()
+
+
+class Prefetched:
+    """Reads an :class:`ObjectStream` ahead of its consumer, in a task of ``nursery``.
+
+    Reading from S3 then overlaps the consumer's own waits (sending to a client): a pull
+    through the registry alternated between the two sockets and ran at ~2/3 of what
+    either side could do. At most ``PREFETCH_PIECES`` pieces wait in memory. An error of
+    the stream is raised to the consumer at the point it happened; cancelling the
+    nursery stops the reading.
+    """
+
+    def __init__(self, stream: ObjectStream, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        send, self._receive = trio.open_memory_channel[bytes | Exception](PREFETCH_PIECES)
+        nursery.start_soon(self._pump, send)
+
+    async def _pump(self, send: trio.MemorySendChannel[bytes | Exception]) -> None:
+        async with send:
+            try:
+                async for piece in self._stream:
+                    await send.send(piece)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the consumer is gone
+            except Exception as exc:  # noqa: BLE001 -- handed to the consumer, raised there
+                try:
+                    await send.send(exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    def __aiter__(self) -> Prefetched:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, Exception):
+            raise item
+        return item
