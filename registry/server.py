@@ -26,6 +26,7 @@ from hypercorn.utils import wrap_app
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .drivers import make_driver
+from .http import h11proto
 from .http.app import AppOptions, RegistryApp
 from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
@@ -138,14 +139,20 @@ def hypercorn_config(config: Config) -> HyperConfig:
     # Body pieces (up to RECV_SIZE) queued between hypercorn and the app per request: 2
     # keep the pipe full (we copy them out in microseconds); memory per upload stays small.
     hc.max_app_queue_size = 2
-    # A module constant in hypercorn, not a config option; read at every socket read.
-    hypercorn.trio.tcp_server.MAX_RECV = RECV_SIZE  # type: ignore[attr-defined]
     hc.include_server_header = False
     hc.include_date_header = True
     if config.http.tls_certificate and config.http.tls_key:
         hc.certfile = config.http.tls_certificate
         hc.keyfile = config.http.tls_key
+    tune_hypercorn()
     return hc
+
+
+def tune_hypercorn() -> None:
+    """Process-wide hypercorn settings that are not Config options: the socket read size
+    (a module constant, read at every read) and the HTTP/1.1 protocol class (h11proto)."""
+    hypercorn.trio.tcp_server.MAX_RECV = RECV_SIZE  # type: ignore[attr-defined]
+    h11proto.install()
 
 
 def worker_count(config: Config) -> int:

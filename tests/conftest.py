@@ -13,7 +13,10 @@ from hypercorn.trio import serve
 
 from registry.drivers.filesystem import FilesystemDriver
 from registry.http.app import AppOptions, RegistryApp
+from registry.server import tune_hypercorn
 from registry.storage.store import Storage
+
+tune_hypercorn()  # in-process servers run hypercorn exactly as `registry serve` does
 
 
 class Served:
