@@ -208,7 +208,9 @@ class S3Api:
             raise errors.S3Error(response.status, "MalformedXML", "no UploadId in answer")
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray
+    ) -> str:
         """UploadPart; returns the part's ETag. Idempotent: same number, same bytes."""
         response = await self.client.request(
             "PUT", key, query=[("partNumber", str(number)), ("uploadId", upload_id)], body=body

@@ -141,7 +141,7 @@ def authorization_header(access_key: str, scope: str, signed_headers: str, sig: 
     )
 
 
-def payload_sha256(body: bytes) -> str:
+def payload_sha256(body: bytes | bytearray) -> str:
     """Hex sha256 of a body, for ``x-amz-content-sha256``."""
     return hashlib.sha256(body).hexdigest()
 

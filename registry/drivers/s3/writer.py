@@ -152,7 +152,7 @@ class S3Writer:
         self._upload_id: str | None = None
         self._created_upload = False  # this writer started the multipart upload
         self._done: dict[int, str] = {}  # part number -> etag
-        self._in_flight: dict[int, bytes] = {}  # part number -> bytes, until uploaded
+        self._in_flight: dict[int, bytes | bytearray] = {}  # part number -> bytes, until uploaded
         self._scopes: dict[int, trio.CancelScope] = {}
         self._next_part = 1
         self._buffer = bytearray()
@@ -270,19 +270,28 @@ class S3Writer:
                 # driver's budget (16 writers held 16 parts with 3 slots).
                 await self._submit(self._cut_part())
 
-    def _cut_part(self) -> bytes:
-        """Remove the first full part from the buffer and return it (one copy)."""
+    def _cut_part(self) -> bytes | bytearray:
+        """Remove the first full part from the buffer and return it.
+
+        A buffer holding exactly one part is handed over as it is (the usual case: write
+        fills up to the part size), so a part never exists twice in memory; the upload
+        owns it from then on and nothing writes to it again. A longer buffer (a resumed
+        tail) is cut with one copy.
+        """
+        if len(self._buffer) == self._part_size:
+            part, self._buffer = self._buffer, bytearray()
+            return part
         with memoryview(self._buffer) as buffered:
-            part = bytes(buffered[: self._part_size])
+            cut = bytes(buffered[: self._part_size])
         del self._buffer[: self._part_size]
-        return part
+        return cut
 
     def _release_slot(self) -> None:
         if self._slot is not None and self._shared is not None:
             self._shared.release_on_behalf_of(self._slot)
         self._slot = None
 
-    async def _submit(self, part: bytes) -> None:
+    async def _submit(self, part: bytes | bytearray) -> None:
         if self._nursery is None:
             raise RuntimeError("S3Writer used outside its driver context")
         number = self._next_part
@@ -318,7 +327,7 @@ class S3Writer:
     async def _upload_part(
         self,
         number: int,
-        part: bytes,
+        part: bytes | bytearray,
         upload_id: str,
         scope: trio.CancelScope,
         token: object | None = None,
