@@ -229,3 +229,53 @@ async def test_wrong_media_type_against_body_is_manifest_invalid_push_17(client)
     assert r.status_code == 400 and error_codes(r) == ["MANIFEST_INVALID"]
     doc = json.loads(body)
     assert doc["mediaType"] == OCI_MANIFEST
+
+
+# --- a body the handler never reads ------------------------------------------------------
+
+
+def _early_reject_then_reuse(host: str, port: int, body: bytes, chunked: bool) -> tuple[bytes, bytes]:
+    """PATCH an unknown upload (rejected before its body is read), then reuse the socket."""
+    import socket
+
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
+    payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(
+            b"PATCH /v2/a/b/blobs/uploads/00000000-0000-0000-0000-000000000000 HTTP/1.1\r\n"
+            b"Host: t\r\n" + framing + b"\r\n\r\n"
+        )
+        try:
+            s.sendall(payload)
+        except OSError:
+            pass  # the server may close before the whole body is in
+        first = b""
+        while b"\r\n\r\n" not in first:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            first += chunk
+        try:
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: t\r\n\r\n")
+            second = s.recv(65536)  # a hang raises TimeoutError
+        except (ConnectionResetError, BrokenPipeError):
+            second = b""
+        return first, second
+
+
+@pytest.mark.parametrize("size", [10, 300_000, 4_000_000])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_unread_body_never_hangs_the_connection(served, size, chunked):
+    """Early errors (unknown upload, auth, bad name) answer before reading the body. The
+    connection must then be closed or keep serving; it used to wait forever."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(served.url)
+    first, second = await trio.to_thread.run_sync(
+        _early_reject_then_reuse, u.hostname, u.port, b"x" * size, chunked
+    )
+    assert first.startswith(b"HTTP/1.1 404"), first[:100]
+    assert b"connection: close" in first.lower()
+    assert second == b"" or second.startswith(b"HTTP/1.1 200"), second[:100]
+    r = await served.client.get("/v2/")  # and the server still serves
+    assert r.status_code == 200

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -67,6 +67,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     body_started: bool = False
+    body_done: bool = False  # the last body message (or a disconnect) has been received
 
     def q(self, key: str) -> str | None:
         v = self.query.get(key)
@@ -79,13 +80,33 @@ class Request:
             message = await self.receive()
             kind = message["type"]
             if kind == "http.request":
+                more = message.get("more_body", False)
+                self.body_done = not more
                 chunk = message.get("body", b"")
                 if chunk:
                     yield chunk
-                if not message.get("more_body", False):
+                if not more:
                     return
             elif kind == "http.disconnect":
+                self.body_done = True
                 raise ClientDisconnected()
+
+    @property
+    def unread_body(self) -> bool:
+        """The client sent (or is sending) a body that the handler did not read to the end."""
+        if self.body_done:
+            return False
+        return self.headers.get("content-length", "0") not in ("0", "") or (
+            "transfer-encoding" in self.headers
+        )
+
+    async def discard_body(self) -> None:
+        """Receive and drop what is left of the body, until its end or a disconnect."""
+        while not self.body_done:
+            message = await self.receive()
+            self.body_done = message["type"] != "http.request" or not message.get(
+                "more_body", False
+            )
 
     async def read(self, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes; MANIFEST_TOO_BIG (413) past it."""
@@ -198,7 +219,10 @@ class RegistryApp:
             resp = maybe
         status = resp.status
         try:
-            sent = await self._send(send, resp, head or resp.head)
+            if req.unread_body:
+                sent = await self._send_unread(send, resp, head or resp.head, req)
+            else:
+                sent = await self._send(send, resp, head or resp.head)
         except ClientDisconnected:
             pass
         finally:
@@ -243,6 +267,21 @@ class RegistryApp:
         if self.options.readonly and req.method in WRITE_METHODS:
             raise RegistryError(ErrorCode.UNSUPPORTED, "registry is in read-only mode")
         return await self.handlers[m.route](self, req)
+
+    async def _send_unread(self, send: Any, resp: Response, head: bool, req: Request) -> int:
+        """Answer a request whose body was not read (an early error): drop the rest of the
+        body while the response goes out, and close the connection after it.
+
+        Hypercorn queues body pieces for the app and, when the response ends, queues one
+        more message (a disconnect) in the same bounded queue; nobody receiving would
+        block that forever and hang the connection. Closing it spares reading the rest of
+        a large body just to keep the connection alive."""
+        resp = replace(resp, headers=[*resp.headers, (b"connection", b"close")])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(req.discard_body)
+            sent = await self._send(send, resp, head)
+            nursery.cancel_scope.cancel()
+        return sent
 
     async def _send(self, send: Any, resp: Response, head: bool) -> int:
         headers = list(self._common)
