@@ -39,9 +39,10 @@ log = logging.getLogger("registry")
 
 MAX_AUTO_WORKERS = 2  # the deployment budget is small; more workers cost memory
 # Bytes hypercorn asks the socket for per read (its default is 64 KiB). Each read becomes
-# one h11 event and one ASGI message, so per-byte Python cost of uploads falls with it:
-# server CPU per 512 MiB push 2.2 -> 1.4 s. Below the malloc mmap threshold (cli.py).
-RECV_SIZE = 256 * 1024
+# one h11 event and one ASGI message, so per-byte Python cost of uploads falls with it
+# (server CPU per 512 MiB push 2.2 s at 64 KiB, ~1.4 s at 256 KiB), while buffers held per
+# uploading connection grow with it (+1.4 MiB each at 256 KiB). 128 KiB is the middle.
+RECV_SIZE = 128 * 1024
 
 
 def build_app(config: Config, *, multiprocess_dir: str | None = None) -> RegistryApp:
@@ -136,8 +137,10 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hc.graceful_timeout = config.http.draintimeout or 10.0
     hc.h11_max_incomplete_size = 64 * 1024  # header block limit
     hc.backlog = 1024  # 128 clients connecting at once must not wait for SYN retries
-    # Body pieces (up to RECV_SIZE) queued between hypercorn and the app per request: 2
-    # keep the pipe full (we copy them out in microseconds); memory per upload stays small.
+    # Body pieces queued between hypercorn and the app per request. At least 2: a request
+    # that ends with no body read still holds hypercorn's end-of-body message when the
+    # response ends, and hypercorn then queues a disconnect message too; with room for one
+    # only, that blocks forever (app.py drains bodies it did not read for the same reason).
     hc.max_app_queue_size = 2
     hc.include_server_header = False
     hc.include_date_header = True

@@ -24,7 +24,7 @@ from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 
-MAX_PIECE = 512 * 1024  # joined body bytes per ASGI message (below the mmap threshold)
+MAX_PIECE = 256 * 1024  # joined body bytes per ASGI message
 
 
 class RegistryH11Protocol(H11Protocol):
