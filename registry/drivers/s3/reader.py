@@ -22,6 +22,7 @@ from registry.drivers.s3.client import StreamedResponse
 
 log = logging.getLogger("registry.drivers.s3")
 
+JOIN_BYTES = 256 * 1024  # waiting pieces are joined up to this size (below mmap threshold)
 PREFETCH_PIECES = 4  # pieces read ahead of the consumer: at most 4 x streams.READ_BYTES
 MAX_RESUMES = 3  # a GET stream broken mid-body is resumed from where it broke this often
 
@@ -133,6 +134,7 @@ class Prefetched:
     def __init__(self, stream: ObjectStream, nursery: trio.Nursery) -> None:
         self._stream = stream
         send, self._receive = trio.open_memory_channel[bytes | Exception](PREFETCH_PIECES)
+        self._error: Exception | None = None  # met while joining pieces; raised next
         nursery.start_soon(self._pump, send)
 
     async def _pump(self, send: trio.MemorySendChannel[bytes | Exception]) -> None:
@@ -152,10 +154,26 @@ class Prefetched:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._error is not None:
+            raise self._error
         try:
             item = await self._receive.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if isinstance(item, Exception):
             raise item
-        return item
+        # Pieces that piled up while the consumer was busy go out as one: S3 endpoints
+        # often send small pieces, and each piece costs the consumer a send of its own.
+        pieces = [item]
+        size = len(item)
+        while size < JOIN_BYTES:
+            try:
+                more = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(more, Exception):
+                self._error = more
+                break
+            pieces.append(more)
+            size += len(more)
+        return item if len(pieces) == 1 else b"".join(pieces)
