@@ -93,6 +93,10 @@ class Driver(Protocol):
     """The driver interface (about ten calls)."""
 
     name: str
+    # True when a writer's bytes are unreadable at its path until commit() (an S3
+    # multipart upload): a blob whose digest is known up front can then be written at
+    # its final path and committed once verified, with no copy. False for files.
+    hidden_until_commit: bool
 
     async def get_content(self, path: str) -> bytes:
         """Whole (small) object. Raises PathNotFound."""

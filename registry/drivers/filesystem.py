@@ -34,6 +34,7 @@ DEFAULT_MAX_THREADS = 100  # the reference's filesystem.maxthreads default
 
 class FilesystemDriver:
     name = "filesystem"
+    hidden_until_commit = False
 
     def __init__(self, rootdirectory: str, max_threads: int = DEFAULT_MAX_THREADS) -> None:
         self.root = os.path.abspath(rootdirectory)

@@ -18,6 +18,7 @@ CHUNK = 1024 * 1024
 
 class MemoryDriver:
     name = "inmemory"
+    hidden_until_commit = False
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[bytes, float]] = {}

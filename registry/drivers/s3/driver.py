@@ -51,6 +51,7 @@ class S3Driver:
     """The S3/R2 storage driver. Owns one :class:`S3Client` (connection pool)."""
 
     name = "s3"
+    hidden_until_commit = True
 
     def __init__(self, params: S3Params, *, redirect_disable: bool = False) -> None:
         self.params = params
