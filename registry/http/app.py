@@ -74,7 +74,7 @@ class Request:
         return v[-1] if v else None
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives (~64 KiB pieces). Raises ClientDisconnected."""
+        """The request body as it arrives (pieces up to 256 KiB). Raises ClientDisconnected."""
         self.body_started = True
         while True:
             message = await self.receive()
