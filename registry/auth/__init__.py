@@ -42,7 +42,7 @@ class Authenticator(Protocol):
     async def can_pull(self, req: Request, repo: str) -> bool: ...
 
 
-def _quote(value: str) -> str:
+def quote_param(value: str) -> str:
     """A quoted-string for a challenge parameter (RFC 9110 5.6.4)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -58,7 +58,7 @@ class HtpasswdAuth:
         self.realm = realm
         self.verifier = BasicVerifier(file)
         self.policy = policy
-        self.challenge = f"Basic realm={_quote(realm)}"
+        self.challenge = f"Basic realm={quote_param(realm)}"
 
     async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
         header = req.headers.get("authorization")
@@ -86,7 +86,7 @@ class SillyAuth:
     """The reference's ``silly`` scheme: any Authorization header passes (development only)."""
 
     def __init__(self, realm: str, service: str) -> None:
-        self.challenge = f"Bearer realm={_quote(realm)},service={_quote(service)}"
+        self.challenge = f"Bearer realm={quote_param(realm)},service={quote_param(service)}"
 
     async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
         if not req.headers.get("authorization"):

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..config import ConfigError
-from ..errors import ErrorCode, RegistryError
+from . import quote_param, unauthorized
 from .policy import action_for
 
 if TYPE_CHECKING:
@@ -304,10 +304,6 @@ def needed_access(route: str, method: str, name: str | None) -> list[tuple[str, 
     return [("repository", name, action)]
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class TokenAuth:
     """The authenticate hook for ``auth.token``."""
 
@@ -317,15 +313,15 @@ class TokenAuth:
         self.verifier = verifier
 
     def challenge(self, needed: list[tuple[str, str, str]], error: str | None = None) -> str:
-        parts = [f"realm={_quote(self.realm)}", f"service={_quote(self.service)}"]
+        parts = [f"realm={quote_param(self.realm)}", f"service={quote_param(self.service)}"]
         if needed:
             scopes: dict[tuple[str, str], list[str]] = {}
             for t, n, a in needed:
                 scopes.setdefault((t, n), []).append(a)
             scope = " ".join(f"{t}:{n}:{','.join(a)}" for (t, n), a in scopes.items())
-            parts.append(f"scope={_quote(scope)}")
+            parts.append(f"scope={quote_param(scope)}")
         if error:
-            parts.append(f"error={_quote(error)}")
+            parts.append(f"error={quote_param(error)}")
         return "Bearer " + ",".join(parts)
 
     async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
@@ -333,22 +329,17 @@ class TokenAuth:
         header = req.headers.get("authorization", "")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise self._unauthorized(needed, None, "authentication required")
+            raise unauthorized(self.challenge(needed))
         try:
             claims = self.verifier.verify(token.strip())
         except TokenError as exc:
             log.info("rejected a token from %s: %s", req.client, exc)
-            raise self._unauthorized(needed, "invalid_token", "invalid token") from None
+            raise unauthorized(self.challenge(needed, "invalid_token"), "invalid token") from None
         missing = [n for n in needed if not claims.allows(*n)]
         if missing:
-            raise self._unauthorized(needed, "insufficient_scope", "insufficient scope")
+            raise unauthorized(self.challenge(needed, "insufficient_scope"), "insufficient scope")
         req.user = claims.subject
         req.token_claims = claims  # type: ignore[attr-defined]  # for can_pull
-
-    def _unauthorized(self, needed: list[tuple[str, str, str]], error: str | None,
-                      message: str) -> RegistryError:
-        return RegistryError(ErrorCode.UNAUTHORIZED, message,
-                             headers={"WWW-Authenticate": self.challenge(needed, error)})
 
     async def can_pull(self, req: Request, repo: str) -> bool:
         claims = getattr(req, "token_claims", None)
