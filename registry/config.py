@@ -356,6 +356,22 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a size in bytes, got {_describe(value)}")
 
 
+def duration_setting(value: Any, key: str, default: float, *, positive: bool = False) -> float:
+    """The duration setting `key` in seconds (:func:`parse_duration`); `default` when `value`
+    is None. Raises ConfigError naming `key` for a bad or negative duration, or for zero when
+    `positive`."""
+    if value is None:
+        return default
+    try:
+        seconds = parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if seconds < 0 or (positive and seconds == 0):
+        bound = "greater than zero" if positive else "zero or more"
+        raise ConfigError(f"{key}: must be {bound}, got {_describe(value)}")
+    return seconds
+
+
 # --- the override engine ---------------------------------------------------------------------
 
 
@@ -557,17 +573,7 @@ class _Node:
         return int(value)
 
     def get_duration(self, key: str, default: float, positive: bool = False) -> float:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        try:
-            seconds = parse_duration(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.key(key)}: {exc}") from None
-        if seconds < 0 or (positive and seconds == 0):
-            bound = "greater than zero" if positive else "zero or more"
-            raise ConfigError(f"{self.key(key)}: must be {bound}, got {_describe(value)}")
-        return seconds
+        return duration_setting(self.data.get(key), self.key(key), default, positive=positive)
 
     def get_strs(self, key: str) -> tuple[str, ...]:
         value = self.data.get(key)

@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 import trio
 
-from .config import ConfigError, parse_duration
+from .config import ConfigError, duration_setting
 
 log = logging.getLogger("registry.notifications")
 
@@ -76,18 +76,6 @@ class Endpoint:
     def wants(self, event: dict[str, Any]) -> bool:
         return (event["action"] not in self.ignored_actions
                 and event["target"].get("mediaType") not in self.ignored_media_types)
-
-
-def _duration(value: Any, key: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        seconds = parse_duration(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-    if seconds <= 0:
-        raise ConfigError(f"{key}: must be greater than zero")
-    return seconds
 
 
 def _strs(value: Any, key: str) -> frozenset[str]:
@@ -132,9 +120,11 @@ def parse_endpoints(section: Mapping[str, Any]) -> list[Endpoint]:
             name=str(ep.get("name") or f"endpoint-{i}"),
             url=url,
             headers=tuple(headers),
-            timeout=_duration(ep.get("timeout"), f"{key}.timeout", DEFAULT_TIMEOUT_S),
+            timeout=duration_setting(ep.get("timeout"), f"{key}.timeout", DEFAULT_TIMEOUT_S,
+                                     positive=True),
             threshold=threshold,
-            backoff=_duration(ep.get("backoff"), f"{key}.backoff", DEFAULT_BACKOFF_S),
+            backoff=duration_setting(ep.get("backoff"), f"{key}.backoff", DEFAULT_BACKOFF_S,
+                                     positive=True),
             ignored_media_types=_strs(ep.get("ignoredmediatypes"), f"{key}.ignoredmediatypes")
             | _strs(ignore.get("mediatypes"), f"{key}.ignore.mediatypes"),
             ignored_actions=_strs(ignore.get("actions"), f"{key}.ignore.actions"),
