@@ -16,7 +16,7 @@ import pytest
 import trio
 from conftest import start_app
 
-from registry.auth import HtpasswdAuth, build_authenticator
+from registry.auth import Authenticator, HtpasswdAuth, build_authenticator
 from registry.auth import htpasswd as htpasswd_mod
 from registry.auth.htpasswd import HtpasswdError, HtpasswdFile, parse_basic, parse_htpasswd
 from registry.auth.policy import REFERENCE_POLICY
@@ -42,9 +42,10 @@ def write_htpasswd(path: Path, users: dict[str, str], cost: int = FAST_COST) -> 
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
-async def serve_with_auth(nursery: trio.Nursery, tmp_path: Path, auth: HtpasswdAuth) -> str:
+async def serve_with_auth(nursery: trio.Nursery, tmp_path: Path, auth: Authenticator) -> str:
+    """The app with ``auth`` wired in as the server wires it (authenticate and can_pull)."""
     url, app = await start_app(nursery, str(tmp_path / "storage"), authenticate=auth)
-    app.can_pull = auth.can_pull  # type: ignore[attr-defined]
+    app.can_pull = auth.can_pull
     return url
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from conftest import start_app
 from oci import push_blob, push_image
-from test_auth_htpasswd import write_htpasswd
+from test_auth_htpasswd import serve_with_auth, write_htpasswd
 
 from registry.auth import HtpasswdAuth, access_policy
 from registry.auth.htpasswd import HtpasswdFile
@@ -167,9 +166,9 @@ USERS = {"reader": "r-pw", "ci": "ci-pw", "alice": "a-pw", "admin": "ad-pw", "so
 async def public(nursery: trio.Nursery, tmp_path: Path) -> str:
     path = tmp_path / "htpasswd"
     write_htpasswd(path, USERS)
-    auth = HtpasswdAuth("Policy", HtpasswdFile(str(path)), PUBLIC)
-    url, app = await start_app(nursery, str(tmp_path / "storage"), authenticate=auth)
-    app.can_pull = auth.can_pull  # type: ignore[attr-defined]
+    url = await serve_with_auth(
+        nursery, tmp_path, HtpasswdAuth("Policy", HtpasswdFile(str(path)), PUBLIC)
+    )
     async with httpx.AsyncClient(base_url=url, auth=("admin", "ad-pw")) as c:
         await push_image(c, "library/busybox", "latest", layers=(b"busybox layer",))
         await push_image(c, "bob/private", "v1", layers=(b"bob's layer",))

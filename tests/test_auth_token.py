@@ -16,7 +16,6 @@ import httpx
 import pytest
 import trio
 import trustme
-from conftest import start_app
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -26,6 +25,7 @@ from hypercorn.trio import serve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oci import push_blob, push_image
+from test_auth_htpasswd import serve_with_auth
 from test_auth_process import docker_cli, run_registry
 
 from registry.auth import build_authenticator
@@ -323,9 +323,7 @@ async def token_registry(nursery: trio.Nursery, tmp_path: Path, issuer: Issuer) 
         "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(issuer.bundle),
     })
     auth = build_authenticator(config)
-    url, app = await start_app(nursery, str(tmp_path / "storage"), authenticate=auth)
-    app.can_pull = auth.can_pull  # type: ignore[attr-defined,union-attr]
-    return url
+    return await serve_with_auth(nursery, tmp_path, auth)  # type: ignore[arg-type]
 
 
 def bearer(token: str) -> dict[str, str]:
