@@ -64,6 +64,25 @@ async def test_reads_are_exact_whichever_path_each_chunk_takes(tmp_path, monkeyp
     await d.aclose()
 
 
+async def test_a_filesystem_without_rwf_nowait_is_asked_once(tmp_path, monkeypatch):
+    """tmpfs answers EOPNOTSUPP: the driver learns it once, not on every read."""
+    d = FilesystemDriver(str(tmp_path))
+    await d.put_content("/blob", DATA)
+    await d.put_content("/link", b"sha256:abc")
+    calls = [0]
+
+    def unsupported(fd: int, buffers: list[memoryview], pos: int, flags: int = 0) -> int:
+        calls[0] += 1
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(filesystem.os, "preadv", unsupported)
+    for _ in range(3):
+        assert await d.get_content("/link") == b"sha256:abc"
+        assert (await _read(d, 0, None))[0] == DATA
+    assert calls[0] == 1
+    await d.aclose()
+
+
 async def test_a_file_shrinking_under_the_reader_ends_the_stream(tmp_path):
     d = FilesystemDriver(str(tmp_path))
     await d.put_content("/blob", DATA)

@@ -29,6 +29,8 @@ T = TypeVar("T")
 # 256 KiB): big enough that per-chunk Python is small, small enough to stay in cache and
 # under the malloc mmap threshold (cli.MMAP_THRESHOLD), so buffers are reused, not faulted in.
 CHUNK = 512 * 1024
+SMALL_READ = 64 * 1024  # link files and manifests: read on the event loop if cached
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux >= 4.14, Python >= 3.7
 DEFAULT_MAX_THREADS = 100  # the reference's filesystem.maxthreads default
 
 
@@ -39,6 +41,10 @@ class FilesystemDriver:
     def __init__(self, rootdirectory: str, max_threads: int = DEFAULT_MAX_THREADS) -> None:
         self.root = os.path.abspath(rootdirectory)
         self._limiter = trio.CapacityLimiter(max_threads)
+        # Page-cache reads on the loop (preadv RWF_NOWAIT); off for good once the
+        # filesystem says it has no RWF_NOWAIT (tmpfs: EOPNOTSUPP), so no request pays a
+        # failed attempt before its thread read.
+        self._nowait = _RWF_NOWAIT is not None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FilesystemDriver:
@@ -56,7 +62,7 @@ class FilesystemDriver:
     async def get_content(self, path: str) -> bytes:
         full = self._full(path)
         try:
-            data = _read_small_nowait(full)
+            data = self._read_small_nowait(full) if self._nowait else None
             if data is None:
                 data = await self._run(_read_file, full)
             else:
@@ -93,27 +99,50 @@ class FilesystemDriver:
         throughput); anything that would wait for the disk is read in a thread."""
         pos = offset
         buf = memoryview(bytearray(min(CHUNK, end - offset)))
-        flags = _RWF_NOWAIT or 0
-        nowait = flags != 0
         while pos < end:
             want = min(CHUNK, end - pos)
-            data: bytes | None = None
-            if nowait:
-                try:
-                    n = os.preadv(fd, [buf[:want]], pos, flags)
-                    data = buf[:n].tobytes()
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    nowait = False  # EOPNOTSUPP: this filesystem has no RWF_NOWAIT
-            if data is None:
+            n = self._pread_cached(fd, buf[:want], pos)
+            if n is None:
                 data = await self._run(os.pread, fd, want, pos)
             else:
+                data = buf[:n].tobytes()
                 await trio.lowlevel.checkpoint()
             if not data:
                 return
             pos += len(data)
             yield data
+
+    def _pread_cached(self, fd: int, buf: bytearray | memoryview, pos: int) -> int | None:
+        """Copy bytes at ``pos`` into ``buf`` if they are in the page cache, without
+        blocking (``preadv(RWF_NOWAIT)``); None: read them in a thread instead."""
+        if not self._nowait:
+            return None
+        try:
+            return os.preadv(fd, [buf], pos, _RWF_NOWAIT or 0)
+        except BlockingIOError:
+            return None  # not cached: the read would wait for the disk
+        except OSError as exc:
+            if exc.errno == errno.EOPNOTSUPP:
+                self._nowait = False  # this filesystem has no RWF_NOWAIT
+            return None
+
+    def _read_small_nowait(self, full: str) -> bytes | None:
+        """Read a small file without blocking, or return None to say "use a thread".
+
+        Link files (~71 bytes) and manifests are read on every pull request. Handing each
+        to a worker thread costs ~50-300 us of wake-ups, 10-20x the read itself, so when
+        the data is in the page cache we read it right here (:meth:`_pread_cached`). (Path
+        lookup and open still touch metadata, which is cached for hot paths.)
+        """
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size > SMALL_READ:
+                return None
+            buf = bytearray(size)
+            return bytes(buf) if self._pread_cached(fd, buf, 0) == size else None
+        finally:
+            os.close(fd)
 
     @asynccontextmanager
     async def writer(self, path: str, append: bool = False) -> AsyncIterator[FileWriter]:
@@ -261,40 +290,6 @@ class FileWriter:
 
 
 # --- blocking helpers, run in worker threads -------------------------------------------
-
-
-SMALL_READ = 64 * 1024  # link files and manifests: read on the event loop if cached
-
-
-def _read_small_nowait(full: str) -> bytes | None:
-    """Read a small file without blocking, or return None to say "use a thread".
-
-    Link files (~71 bytes) and manifests are read on every pull request. Handing each to a
-    worker thread costs ~50-300 us of wake-ups, 10-20x the read itself, so when the data
-    is in the page cache we read it right here: ``preadv(RWF_NOWAIT)`` fails with EAGAIN
-    instead of waiting for the disk, and then the caller falls back to a thread. (Path
-    lookup and open still touch metadata, which is cached for hot paths.)
-    """
-    if _RWF_NOWAIT is None:
-        return None
-    fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        if size > SMALL_READ:
-            return None
-        buf = bytearray(size)
-        try:
-            n = os.preadv(fd, [buf], 0, _RWF_NOWAIT)
-        except (BlockingIOError, OSError):
-            return None
-        if n != size:
-            return None
-        return bytes(buf)
-    finally:
-        os.close(fd)
-
-
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _read_file(full: str) -> bytes:
