@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .servers import FILESYSTEM_STORAGE, config_text, server_env
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 V2 = Path("docker/registry/v2")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -155,12 +157,7 @@ def generate(root: Path, shape: Shape) -> Generated:
 
 
 def write_config(path: Path, root: Path) -> None:
-    path.write_text(
-        "version: 0.1\n"
-        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
-        "http:\n  addr: 127.0.0.1:0\n"
-    )
+    path.write_text(config_text("error", FILESYSTEM_STORAGE.format(root=root), 0))
 
 
 @dataclass
@@ -187,7 +184,7 @@ def run_measured(cmd: list[str], env: dict[str, str], tool: str, mode: str) -> T
 
 
 def ours_command(config: Path, dry_run: bool) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = server_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "registry", "garbage-collect", "--quiet", str(config)]
     if dry_run:
@@ -199,7 +196,7 @@ def reference_command(config: Path, dry_run: bool) -> tuple[list[str], dict[str,
     exe = shutil.which("docker-registry")
     if exe is None:
         return None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = server_env()
     env.pop("AWS_CA_BUNDLE", None)  # makes the reference's Go S3 client panic at startup
     cmd = [exe, "garbage-collect", str(config)]
     if dry_run:

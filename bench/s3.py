@@ -64,6 +64,7 @@ from .servers import (
     RunningServer,
     ServerSpec,
     _stop,
+    config_text,
     free_port,
     run_server,
     server_env,
@@ -84,13 +85,7 @@ REPO = "bench/s3"
 RELAY_BUF = 1 * MiB
 HEAD_LIMIT = 64 * 1024
 
-CONFIG_TEMPLATE = """\
-version: 0.1
-log:
-  level: {log_level}
-  accesslog:
-    disabled: true
-storage:
+S3_STORAGE = """\
   s3:
     region: {region}
     regionendpoint: {endpoint}
@@ -111,10 +106,7 @@ storage:
       enabled: false
       age: 168h
       interval: 24h
-      dryrun: false
-http:
-  addr: {host}:{port}
-"""
+      dryrun: false"""
 
 
 def our_s3_driver() -> Path | None:
@@ -469,19 +461,18 @@ def open_s3_server(
     base = Path(tempfile.mkdtemp(prefix=f"{spec.side}-s3-", dir=workdir))
     env = {k: v for k, v in server_env().items() if not k.startswith("AWS_")}
 
+    storage = S3_STORAGE.format(
+        region=REGION,
+        endpoint=side.proxy.endpoint,
+        bucket=side.bucket,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        chunk_size=CHUNK_SIZE,
+        redirect_disable=str(not redirect).lower(),
+    )
+
     def config(port: int) -> str:
-        return CONFIG_TEMPLATE.format(
-            log_level=spec.log_level,
-            region=REGION,
-            endpoint=side.proxy.endpoint,
-            bucket=side.bucket,
-            access_key=ACCESS_KEY,
-            secret_key=SECRET_KEY,
-            chunk_size=CHUNK_SIZE,
-            redirect_disable=str(not redirect).lower(),
-            host=HOST,
-            port=port,
-        )
+        return config_text(spec.log_level, storage, port, HOST)
 
     with run_server(spec, base, base, config, env) as server:
         yield server

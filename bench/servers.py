@@ -37,15 +37,24 @@ log:
   accesslog:
     disabled: true
 storage:
+{storage}
+http:
+  addr: {host}:{port}
+"""
+
+FILESYSTEM_STORAGE = """\
   filesystem:
     rootdirectory: {root}
   delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-"""
+    enabled: true"""
 
 DEFAULT_REF_CMD = "env -u AWS_CA_BUNDLE docker-registry serve {config}"
+
+
+def config_text(log_level: str, storage: str, port: int, host: str = "127.0.0.1") -> str:
+    """A config in the reference's schema: quiet logs, ``storage`` (the YAML lines under
+    ``storage:``, indented two spaces) and ``http.addr`` ``host:port``."""
+    return CONFIG_TEMPLATE.format(log_level=log_level, storage=storage, host=host, port=port)
 
 
 def default_ours_cmd() -> str:
@@ -158,7 +167,7 @@ def open_server(spec: ServerSpec, workdir: Path) -> Iterator[RunningServer]:
     root.mkdir()
 
     def config(port: int) -> str:
-        return CONFIG_TEMPLATE.format(log_level=spec.log_level, root=root, port=port)
+        return config_text(spec.log_level, FILESYSTEM_STORAGE.format(root=root), port)
 
     with run_server(spec, base, root, config, server_env()) as server:
         yield server
