@@ -14,7 +14,7 @@ import shutil
 import stat as stat_mod
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -147,8 +147,8 @@ class FilesystemDriver:
     @asynccontextmanager
     async def writer(self, path: str, append: bool = False) -> AsyncIterator[FileWriter]:
         full = self._full(path)
-        w = await self._run(_open_writer, full, append)
-        w._run = self._run
+        fd, size = await self._run(_open_writer, full, append)
+        w = FileWriter(fd, full, size, self._run)
         try:
             yield w
         finally:
@@ -246,12 +246,14 @@ def check_writable(rootdirectory: str) -> str | None:
 class FileWriter:
     """Appends to one file; see base.FileWriter. Not safe for concurrent use."""
 
-    def __init__(self, fd: int, full: str, size: int) -> None:
+    def __init__(
+        self, fd: int, full: str, size: int, run: Callable[..., Awaitable[Any]]
+    ) -> None:
         self._fd: int | None = fd
         self._full = full
         self._size = size
         self._done = False
-        self._run: Any = None
+        self._run = run  # the driver's thread runner (its CapacityLimiter)
 
     @property
     def size(self) -> int:
@@ -360,12 +362,12 @@ def _write_all(fd: int, data: bytes, start: int = -1) -> None:
         _sync_file_range(fd, upto - WRITEBACK_EVERY, WRITEBACK_EVERY, _SYNC_FILE_RANGE_WRITE)
 
 
-def _open_writer(full: str, append: bool) -> FileWriter:
+def _open_writer(full: str, append: bool) -> tuple[int, int]:
+    """(fd, size) of the file opened for appending (truncated unless ``append``)."""
     os.makedirs(os.path.dirname(full), exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     fd = os.open(full, flags, 0o644)
-    size = os.fstat(fd).st_size
-    return FileWriter(fd, full, size)
+    return fd, os.fstat(fd).st_size
 
 
 def _list_dir(full: str) -> list[str]:
