@@ -12,7 +12,6 @@ from registry.digest import Digest
 from registry.drivers.base import PathNotFound
 from registry.drivers.memory import MemoryDriver
 from registry.storage import paths
-from registry.storage.blobs import parse_link
 from registry.storage.gc import as_digest, enumerate_repositories, parse_references
 from registry.storage.store import Storage
 
@@ -114,7 +113,7 @@ async def problems(storage: Storage) -> list[str]:
             except Exception as exc:  # noqa: BLE001
                 out.append(f"{name}:{tag} does not resolve: {exc!r}")
                 continue
-            if not await _has_revision(storage, name, d):
+            if not await storage.blobs.has_revision(name, d):
                 out.append(f"{name}:{tag} points at {d}, which is not a revision")
         for d in await storage.revisions(name):
             try:
@@ -129,7 +128,7 @@ async def problems(storage: Storage) -> list[str]:
                 elif not await storage.blobs.is_linked(name, b):
                     out.append(f"{name}@{d}: blob {b} is not linked in {name}")
             for c in map(as_digest, refs.children):
-                if not await _has_revision(storage, name, c):
+                if not await storage.blobs.has_revision(name, c):
                     out.append(f"{name}@{d}: child {c} is not a revision of {name}")
                 elif await storage.blobs.size(c) is None:
                     out.append(f"{name}@{d}: child {c} bytes are gone")
@@ -141,14 +140,6 @@ async def _tags(storage: Storage, name: str) -> list[str]:
         return await storage.tags.list(name)
     except Exception:  # noqa: BLE001 - no tags directory
         return []
-
-
-async def _has_revision(storage: Storage, name: str, d: Digest) -> bool:
-    try:
-        content = await storage.driver.get_content(paths.revision_link(name, d))
-    except PathNotFound:
-        return False
-    return parse_link(content) == d
 
 
 def blob_keys(driver: MemoryDriver) -> set[Digest]:

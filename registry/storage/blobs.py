@@ -22,6 +22,15 @@ def parse_link(content: bytes) -> Digest | None:
         return None
 
 
+async def read_link(driver: Driver, path: str) -> Digest | None:
+    """The digest the ``link`` file at ``path`` names; None if it is missing or unreadable."""
+    try:
+        content = await driver.get_content(path)
+    except PathNotFound:
+        return None
+    return parse_link(content)
+
+
 class BlobStore:
     """Blob existence, linking and reading. Owns nothing but the driver reference."""
 
@@ -39,13 +48,13 @@ class BlobStore:
     async def is_linked(self, name: str, d: Digest) -> bool:
         """Is the blob linked into repo ``name`` (as a layer or as a manifest revision)?"""
         for link in (paths.layer_link(name, d), paths.revision_link(name, d)):
-            try:
-                content = await self.driver.get_content(link)
-            except PathNotFound:
-                continue
-            if parse_link(content) == d:
+            if await read_link(self.driver, link) == d:
                 return True
         return False
+
+    async def has_revision(self, name: str, d: Digest) -> bool:
+        """Is manifest ``d`` a revision of repo ``name`` (its revision link names it)?"""
+        return await read_link(self.driver, paths.revision_link(name, d)) == d
 
     async def stat_in_repo(self, name: str, d: Digest) -> int:
         """Size of blob ``d`` as seen from repo ``name``; BLOB_UNKNOWN if not linked or gone."""

@@ -40,7 +40,7 @@ from ..digest import Digest
 from ..drivers.base import Driver, FileInfo, PathNotFound
 from ..reference import is_valid_name
 from . import paths
-from .blobs import parse_link
+from .blobs import read_link
 
 log = logging.getLogger("registry.gc")
 
@@ -487,11 +487,7 @@ class Collector:
                 link = paths.tag_current_link(name, tag)
             except ValueError:
                 continue
-            try:
-                content = await self.driver.get_content(link)
-            except PathNotFound:
-                continue
-            d = parse_link(content)
+            d = await read_link(self.driver, link)
             if d is not None:
                 tags[tag] = self._intern(str(d))
         return tags
@@ -508,11 +504,8 @@ class Collector:
             # As the reference's linkedBlobStore.Enumerate: a revision is a ``link`` file
             # naming it (a manifest deleted through the reference's API leaves the empty
             # directory), and one whose blob is gone is skipped.
-            try:
-                content = await self.driver.get_content(paths.revision_link(name, as_digest(d)))
-            except PathNotFound:
-                return
-            if str(parse_link(content)) != d:
+            named = await read_link(self.driver, paths.revision_link(name, as_digest(d)))
+            if named is None or str(named) != d:
                 return
             if await self._read_manifest(d, trash_too=trash_too) is not None:
                 readable.append(d)

@@ -20,7 +20,7 @@ from ..digest import Digest
 from ..drivers.base import Driver, DriverError, InvalidPath, PathNotFound, Unavailable
 from ..errors import ErrorCode, RegistryError
 from . import paths
-from .blobs import BlobStore, link_content, parse_link
+from .blobs import BlobStore, link_content
 from .gc import enumerate_repositories
 from .manifests import (
     INDEX_TYPES,
@@ -107,13 +107,6 @@ class Storage:
 
     # --- manifests ---------------------------------------------------------------------
 
-    async def _has_revision(self, name: str, d: Digest) -> bool:
-        try:
-            content = await self.driver.get_content(paths.revision_link(name, d))
-        except PathNotFound:
-            return False
-        return parse_link(content) == d
-
     async def _manifest_of(self, d: Digest) -> tuple[bytes, str] | None:
         """(bytes, media type) of manifest blob ``d``, from the cache or storage."""
         cached = self._manifest_bytes.get(d)
@@ -130,7 +123,7 @@ class Storage:
     async def get_manifest(self, name: str, reference: str | Digest) -> Manifest:
         """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
-        if not await self._has_revision(name, d):
+        if not await self.blobs.has_revision(name, d):
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
         found = await self._manifest_of(d)
         if found is None:
@@ -176,7 +169,7 @@ class Storage:
 
         async def check_manifest(d: Digest) -> None:
             async with limiter:
-                if not await self._has_revision(name, d):
+                if not await self.blobs.has_revision(name, d):
                     missing.append(d)
 
         async with trio.open_nursery() as nursery:
@@ -193,7 +186,7 @@ class Storage:
 
     async def delete_manifest(self, name: str, d: Digest) -> None:
         """Remove the revision and every tag pointing at it (one pass over the tags)."""
-        if not await self._has_revision(name, d):
+        if not await self.blobs.has_revision(name, d):
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
         tags = await self.tags.tags_pointing_at(name, d)
         await self.tags.untag_all(name, tags)

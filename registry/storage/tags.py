@@ -10,7 +10,7 @@ from ..digest import Digest
 from ..drivers.base import Driver, PathNotFound
 from ..errors import ErrorCode, RegistryError
 from . import paths
-from .blobs import link_content, parse_link
+from .blobs import link_content, read_link
 
 
 class TagStore:
@@ -20,11 +20,7 @@ class TagStore:
 
     async def resolve(self, name: str, tag: str) -> Digest:
         """Digest a tag points at; MANIFEST_UNKNOWN if there is no such tag."""
-        try:
-            content = await self.driver.get_content(paths.tag_current_link(name, tag))
-        except PathNotFound:
-            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": tag}) from None
-        d = parse_link(content)
+        d = await read_link(self.driver, paths.tag_current_link(name, tag))
         if d is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": tag})
         return d
@@ -60,11 +56,8 @@ class TagStore:
 
         async def check(tag: str) -> None:
             async with limiter:
-                try:
-                    content = await self.driver.get_content(paths.tag_current_link(name, tag))
-                except PathNotFound:
-                    return
-            if parse_link(content) == d:
+                current = await read_link(self.driver, paths.tag_current_link(name, tag))
+            if current == d:
                 found.append(tag)
 
         async with trio.open_nursery() as nursery:
