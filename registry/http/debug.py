@@ -105,12 +105,33 @@ class Metrics:
             "registry_gc_duration_seconds", "Garbage collection run time",
             buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600), registry=r)
         self._healthy: Any = None  # created by the first health check (none: no gauge)
+        # labels() takes a lock and builds a key: the children an exchange updates are
+        # looked up once per (route, method, status) and once per route, not per request.
+        self._exchange_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._in_flight_children: dict[str, Any] = {}
+
+    def in_flight_for(self, route: str) -> Any:
+        """The in-flight gauge child of ``route``."""
+        child = self._in_flight_children.get(route)
+        if child is None:
+            child = self._in_flight_children[route] = self.in_flight.labels(route)
+        return child
 
     def observe(self, ex: Exchange) -> None:
-        self.requests.labels(ex.route, ex.method, str(ex.status)).inc()
-        self.duration.labels(ex.route, ex.method).observe(ex.seconds)
-        self.request_size.labels(ex.route).observe(ex.bytes_in)
-        self.response_size.labels(ex.route).observe(ex.bytes_out)
+        key = (ex.route, ex.method, ex.status)
+        children = self._exchange_children.get(key)
+        if children is None:
+            children = self._exchange_children[key] = (
+                self.requests.labels(ex.route, ex.method, str(ex.status)),
+                self.duration.labels(ex.route, ex.method),
+                self.request_size.labels(ex.route),
+                self.response_size.labels(ex.route),
+            )
+        requests, duration, request_size, response_size = children
+        requests.inc()
+        duration.observe(ex.seconds)
+        request_size.observe(ex.bytes_in)
+        response_size.observe(ex.bytes_out)
         if ex.route in UPLOAD_ROUTES:
             if ex.method == "POST" and ex.status == 202:
                 self.uploads.labels("started").inc()
@@ -386,7 +407,7 @@ class Observed:
 
         gauges = []
         if self.metrics is not None:
-            gauges.append(self.metrics.in_flight.labels(route))
+            gauges.append(self.metrics.in_flight_for(route))
             if uploading:
                 gauges.append(self.metrics.uploads_in_progress)
         for g in gauges:
