@@ -180,15 +180,8 @@ class Uploads:
                 if h is None:
                     h = await self._rehash(data_path, digest.algorithm)
                 if h.hexdigest() != digest.hex:
-                    await self._remove(name, upload_id)
-                    raise RegistryError(
-                        ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)}
-                    )
-                with trio.move_on_after(PUBLISH_TIMEOUT) as cs:
-                    cs.shield = True
-                    await self._publish(name, upload_id, digest, data_path)
-                if cs.cancelled_caught:
-                    raise RegistryError(ErrorCode.UNAVAILABLE, "storage too slow publishing blob")
+                    raise await self._reject(name, upload_id, digest)
+                await self._publish(name, upload_id, digest, data_path)
                 return size
         finally:
             self._release(name, upload_id, lock)
@@ -229,21 +222,31 @@ class Uploads:
                 raise
             if h.hexdigest() != digest.hex:
                 await _abandon(w)
-                await self._remove(name, upload_id)
-                raise RegistryError(ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)})
+                raise await self._reject(name, upload_id, digest)
+        await self._publish(name, upload_id, digest, None)
+        return size
+
+    async def _publish(
+        self, name: str, upload_id: str, digest: Digest, data_path: str | None
+    ) -> None:
+        """Shielded, at most PUBLISH_TIMEOUT (else UNAVAILABLE): move the verified session
+        bytes at ``data_path`` to the blob's address unless it holds them already (None:
+        they were written there), link the blob into the repo, remove the session."""
         with trio.move_on_after(PUBLISH_TIMEOUT) as cs:
             cs.shield = True
+            if data_path is not None and await self.blobs.size(digest) is None:
+                await self.driver.move(data_path, paths.blob_data(digest))
             await self.blobs.link(name, digest)
             await self._remove(name, upload_id)
         if cs.cancelled_caught:
-            raise RegistryError(ErrorCode.UNAVAILABLE, "storage too slow linking blob")
-        return size
+            step = "linking" if data_path is None else "publishing"
+            raise RegistryError(ErrorCode.UNAVAILABLE, f"storage too slow {step} blob")
 
-    async def _publish(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
-        if await self.blobs.size(digest) is None:
-            await self.driver.move(data_path, paths.blob_data(digest))
-        await self.blobs.link(name, digest)
+    async def _reject(self, name: str, upload_id: str, digest: Digest) -> RegistryError:
+        """A digest mismatch cancels the session (as the reference does): remove it and
+        return the DIGEST_INVALID to raise."""
         await self._remove(name, upload_id)
+        return RegistryError(ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)})
 
     async def _rehash(self, path: str, algorithm: str) -> hashlib._Hash:
         h = hashlib.new(algorithm)
