@@ -31,7 +31,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,7 +333,8 @@ def parse_health(section: Mapping[str, Any]) -> tuple[bool, float, int]:
 
 @dataclass
 class Exchange:
-    """One request and its answer, as seen on the wire."""
+    """One request and its answer, as seen on the wire. The header dicts are filled only
+    for listeners (Observed with none, e.g. metrics only, leaves them empty)."""
 
     method: str
     route: str  # router's route name, or "unknown"
@@ -355,6 +356,11 @@ class Exchange:
 
 
 Listener = Callable[[Exchange], None]
+
+
+def _decoded(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI headers as a dict with lower-case names (a repeated header: its last value)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
 
 
 class Observed:
@@ -381,12 +387,12 @@ class Observed:
             scope["registry.route"] = m
         route = m.route if m is not None and m.method_ok else "unknown"
         client = scope.get("client")
+        keep_headers = bool(self.listeners)  # only listeners read headers: decode for them
         ex = Exchange(
             method=method, route=route, params=dict(m.params) if m else {}, path=path,
             client=client[0] if client else "-",
             query=scope.get("query_string", b"").decode("latin-1"),
-            request_headers={k.decode("latin-1").lower(): v.decode("latin-1")
-                             for k, v in scope.get("headers", ())},
+            request_headers=_decoded(scope.get("headers", ())) if keep_headers else {},
         )
         uploading = route in UPLOAD_ROUTES and method in ("POST", "PATCH", "PUT")
 
@@ -399,8 +405,8 @@ class Observed:
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 ex.status = message["status"]
-                ex.response_headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                                       for k, v in message.get("headers", ())}
+                if keep_headers:
+                    ex.response_headers = _decoded(message.get("headers", ()))
             elif message["type"] == "http.response.body":
                 ex.bytes_out += len(message.get("body", b""))
             await send(message)
