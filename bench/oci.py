@@ -121,8 +121,9 @@ def verify_blob(conn: Connection, repo: str, digest: str, size: int) -> None:
         raise ProtocolError(f"GET blob: got {resp.length} bytes {resp.sha256}, wanted {digest}")
 
 
-def push_small_image(conn: Connection, repo: str, tag: str, layer: bytes) -> dict[str, str]:
-    """Push config + one layer + a schema2 manifest tagged ``tag``; return the digests."""
+def push_image_blobs(conn: Connection, repo: str, layer: bytes) -> tuple[bytes, dict[str, str]]:
+    """Push one layer and its config; return the schema2 manifest naming them (not pushed)
+    and the blobs' digests."""
     layer_digest = push_bytes(conn, repo, layer)
     config = json.dumps(
         {
@@ -143,7 +144,18 @@ def push_small_image(conn: Connection, repo: str, tag: str, layer: bytes) -> dic
         },
         indent=3,
     ).encode()
-    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    return manifest, {"layer": layer_digest, "config": config_digest}
+
+
+def push_manifest(conn: Connection, repo: str, tag: str, manifest: bytes) -> str:
+    """PUT a schema2 manifest tagged ``tag``; return its digest."""
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     resp = conn.request("PUT", f"/v2/{repo}/manifests/{tag}", {"Content-Type": SCHEMA2}, manifest)
-    check_pushed(resp, manifest_digest, "PUT manifest")
-    return {"layer": layer_digest, "config": config_digest, "manifest": manifest_digest}
+    check_pushed(resp, digest, "PUT manifest")
+    return digest
+
+
+def push_small_image(conn: Connection, repo: str, tag: str, layer: bytes) -> dict[str, str]:
+    """Push config + one layer + a schema2 manifest tagged ``tag``; return the digests."""
+    manifest, digests = push_image_blobs(conn, repo, layer)
+    return digests | {"manifest": push_manifest(conn, repo, tag, manifest)}

@@ -35,8 +35,6 @@ same through the proxy, and our S3 driver alone writing the blob as a multipart 
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 import os
 import resource
 import socket
@@ -781,32 +779,9 @@ class S3Scenario:
             notes["push64"] = t.note()
             # a small image: blobs first (not counted), then the manifest PUT alone
             layer = env.data.read(p.conc_step // 2, 4096)
-            digests = self._push_image_blobs(conn, layer)
-            manifest = json.dumps(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": oci.SCHEMA2,
-                    "config": {
-                        "mediaType": oci.SCHEMA2_CONFIG,
-                        "size": digests["config_size"],
-                        "digest": digests["config"],
-                    },
-                    "layers": [
-                        {
-                            "mediaType": oci.LAYER_GZIP,
-                            "size": len(layer),
-                            "digest": digests["layer"],
-                        }
-                    ],
-                },
-                indent=3,
-            ).encode()
-            manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            manifest, _ = oci.push_image_blobs(conn, REPO, layer)
             with timed(None, side) as t:
-                resp = conn.request(
-                    "PUT", f"/v2/{REPO}/manifests/latest", {"Content-Type": oci.SCHEMA2}, manifest
-                )
-                oci.check_pushed(resp, manifest_digest, "PUT manifest")
+                oci.push_manifest(conn, REPO, "latest", manifest)
             v["req_manifest"] = float(sum(t.requests.values()))
             notes["manifest_put"] = t.note()
             got = conn.request("GET", f"/v2/{REPO}/manifests/latest",
@@ -841,20 +816,6 @@ class S3Scenario:
             f"{ops_line(Counter(notes['push64']['s3_ops']))}; per manifest PUT: "
             f"{ops_line(Counter(notes['manifest_put']['s3_ops']))}"
         )
-
-    @staticmethod
-    def _push_image_blobs(conn: Connection, layer: bytes) -> dict[str, Any]:
-        layer_digest = oci.push_bytes(conn, REPO, layer)
-        config = json.dumps(
-            {"architecture": "amd64", "os": "linux", "config": {},
-             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}},
-            sort_keys=True,
-        ).encode()  # fmt: skip
-        return {
-            "layer": layer_digest,
-            "config": oci.push_bytes(conn, REPO, config),
-            "config_size": len(config),
-        }
 
     def _redirected(self, env: Env, spec: ServerSpec, side: Side) -> None:
         """GET -> 307 to a presigned URL on the proxy -> GET from moto, compared."""
