@@ -21,7 +21,7 @@ from ..drivers.base import Driver, DriverError, InvalidPath, PathNotFound, Unava
 from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore, link_content
-from .gc import enumerate_repositories
+from .gc import ALGORITHMS, as_digest, digests_in, enumerate_repositories
 from .manifests import (
     INDEX_TYPES,
     ParsedManifest,
@@ -211,18 +211,12 @@ class Storage:
         return s
 
     async def revisions(self, name: str) -> list[Digest]:
-        out: list[Digest] = []
-        for alg in ("sha256", "sha512"):
-            try:
-                children = await self.driver.list(paths.revisions_dir(name, alg))
-            except PathNotFound:
-                continue
-            for c in children:
-                try:
-                    out.append(Digest.parse(f"{alg}:{c.rsplit('/', 1)[1]}"))
-                except ValueError:
-                    continue
-        return out
+        """Digests of the revision directories of ``name`` (sha256 first)."""
+        return [
+            as_digest(d)
+            for alg in ALGORITHMS
+            for d in await digests_in(self.driver, alg, paths.revisions_dir(name, alg))
+        ]
 
     async def referrers(
         self, name: str, subject: Digest, artifact_type: str | None = None
