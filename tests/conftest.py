@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -37,12 +38,17 @@ async def start_app(
         options or AppOptions(delete_enabled=True),
         **app_kwargs,  # type: ignore[arg-type]
     )
+    return await serve_asgi(nursery, app), app
+
+
+async def serve_asgi(nursery: trio.Nursery, app: Any) -> str:
+    """Serve the ASGI ``app`` with hypercorn on 127.0.0.1:0 in ``nursery``; its base URL."""
     hc = HyperConfig()
     hc.bind = ["127.0.0.1:0"]
     hc.accesslog = None
     hc.graceful_timeout = 0.5
     urls = await nursery.start(partial(serve, app, hc))
-    return urls[0], app
+    return str(urls[0])
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
+from conftest import serve_asgi
 from oci import push_image
 
 from registry.config import ConfigError, load_config
@@ -105,14 +104,6 @@ def test_bad_health_config_is_a_config_error(section: dict) -> None:
         parse_health(section)
 
 
-async def start(nursery: trio.Nursery, app: Any) -> str:
-    hc = HyperConfig()
-    hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
-    hc.graceful_timeout = 0.5
-    return (await nursery.start(partial(serve, app, hc)))[0]
-
-
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0.0 when absent)."""
     for line in text.splitlines():
@@ -131,8 +122,8 @@ async def test_metrics_count_requests_bytes_uploads_and_storage_calls(
     metrics = Metrics()
     driver = InstrumentedDriver(MemoryDriver(), metrics)
     app = RegistryApp(Storage(driver), AppOptions(access_log=False))
-    url = await start(nursery, Observed(app, metrics))
-    debug_url = await start(nursery, DebugApp(None, metrics))
+    url = await serve_asgi(nursery, Observed(app, metrics))
+    debug_url = await serve_asgi(nursery, DebugApp(None, metrics))
     async with httpx.AsyncClient(base_url=url) as c:
         for _ in range(3):
             assert (await c.get("/v2/")).status_code == 200
@@ -182,7 +173,7 @@ async def test_storage_errors_are_counted_but_not_found_is_not(nursery: trio.Nur
 async def test_in_flight_gauges_while_an_upload_streams(nursery: trio.Nursery) -> None:
     metrics = Metrics()
     app = RegistryApp(Storage(MemoryDriver()), AppOptions(access_log=False))
-    url = await start(nursery, Observed(app, metrics))
+    url = await serve_asgi(nursery, Observed(app, metrics))
     send, receive = trio.open_memory_channel[bytes](0)
 
     async def body() -> Any:
@@ -210,7 +201,7 @@ async def test_debug_app_answers_503_with_the_failing_check(nursery: trio.Nurser
     driver.down = True
     checker = HealthChecker(driver, interval=60, threshold=1)
     await checker.check_once()
-    url = await start(nursery, DebugApp(checker, None))
+    url = await serve_asgi(nursery, DebugApp(checker, None))
     async with httpx.AsyncClient(base_url=url) as d:
         r = await d.get("/debug/health")
         assert r.status_code == 503

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import ipaddress
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
+from conftest import serve_asgi
 from test_auth_htpasswd import basic, write_htpasswd
 
 from registry.config import ConfigError, load_config
@@ -90,11 +88,7 @@ def test_client_key_behind_trusted_proxies(peer: str, xff: str | None, key: str)
 async def serve_config(nursery: trio.Nursery, env: dict[str, str]) -> str:
     config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory", **env})
     app = build_app(config)
-    hc = HyperConfig()
-    hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
-    hc.graceful_timeout = 0.5
-    return (await nursery.start(partial(serve, app.ops.wrap(app), hc)))[0]
+    return await serve_asgi(nursery, app.ops.wrap(app))
 
 
 async def test_429_with_retry_after_then_allowed_again(nursery: trio.Nursery) -> None:
