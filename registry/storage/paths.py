@@ -40,7 +40,7 @@ UPLOADS = "_uploads"
 REPO_MARKERS = (LAYERS, MANIFESTS, UPLOADS)
 
 
-def _repo(name: str) -> str:
+def repo_root(name: str) -> str:
     if not is_valid_name(name):
         raise ValueError(f"invalid repository name {name!r}")
     return f"{REPOSITORIES}/{name}"
@@ -58,80 +58,68 @@ def blob_data(d: Digest) -> str:
     return f"{blob_dir(d)}/data"
 
 
-def repo_root(name: str) -> str:
-    return _repo(name)
+def layer_dir(name: str, d: Digest) -> str:
+    return f"{repo_root(name)}/{LAYERS}/{_digest_dir(d)}"
 
 
 def layer_link(name: str, d: Digest) -> str:
-    return f"{_repo(name)}/_layers/{_digest_dir(d)}/link"
+    return f"{layer_dir(name, d)}/link"
 
 
 def layers_dir(name: str, algorithm: str = "sha256") -> str:
-    return f"{_repo(name)}/_layers/{algorithm}"
-
-
-def revision_link(name: str, d: Digest) -> str:
-    return f"{_repo(name)}/_manifests/revisions/{_digest_dir(d)}/link"
+    return f"{repo_root(name)}/{LAYERS}/{algorithm}"
 
 
 def revision_dir(name: str, d: Digest) -> str:
-    return f"{_repo(name)}/_manifests/revisions/{_digest_dir(d)}"
+    return f"{repo_root(name)}/{MANIFESTS}/revisions/{_digest_dir(d)}"
+
+
+def revision_link(name: str, d: Digest) -> str:
+    return f"{revision_dir(name, d)}/link"
 
 
 def revisions_dir(name: str, algorithm: str = "sha256") -> str:
-    return f"{_repo(name)}/_manifests/revisions/{algorithm}"
+    return f"{repo_root(name)}/{MANIFESTS}/revisions/{algorithm}"
 
 
 def tags_dir(name: str) -> str:
-    return f"{_repo(name)}/_manifests/tags"
+    return f"{repo_root(name)}/{MANIFESTS}/tags"
 
 
-def _tag(name: str, tag: str) -> str:
+def tag_dir(name: str, tag: str) -> str:
     if not is_valid_tag(tag):
         raise ValueError(f"invalid tag {tag!r}")
     return f"{tags_dir(name)}/{tag}"
 
 
-def tag_dir(name: str, tag: str) -> str:
-    return _tag(name, tag)
-
-
 def tag_current_link(name: str, tag: str) -> str:
-    return f"{_tag(name, tag)}/current/link"
-
-
-def tag_index_link(name: str, tag: str, d: Digest) -> str:
-    return f"{_tag(name, tag)}/index/{_digest_dir(d)}/link"
+    return f"{tag_dir(name, tag)}/current/link"
 
 
 def tag_index_dir(name: str, tag: str, d: Digest) -> str:
-    return f"{_tag(name, tag)}/index/{_digest_dir(d)}"
+    return f"{tag_dir(name, tag)}/index/{_digest_dir(d)}"
+
+
+def tag_index_link(name: str, tag: str, d: Digest) -> str:
+    return f"{tag_index_dir(name, tag, d)}/link"
 
 
 def uploads_dir(name: str) -> str:
-    return f"{_repo(name)}/_uploads"
+    return f"{repo_root(name)}/{UPLOADS}"
 
 
-def _upload(name: str, upload_id: str) -> str:
+def upload_dir(name: str, upload_id: str) -> str:
     if not upload_id or not all(c in "0123456789abcdef-" for c in upload_id):
         raise ValueError(f"invalid upload id {upload_id!r}")
     return f"{uploads_dir(name)}/{upload_id}"
 
 
-def upload_dir(name: str, upload_id: str) -> str:
-    return _upload(name, upload_id)
-
-
 def upload_data(name: str, upload_id: str) -> str:
-    return f"{_upload(name, upload_id)}/data"
+    return f"{upload_dir(name, upload_id)}/data"
 
 
 def upload_startedat(name: str, upload_id: str) -> str:
-    return f"{_upload(name, upload_id)}/startedat"
-
-
-def layer_dir(name: str, d: Digest) -> str:
-    return f"{_repo(name)}/_layers/{_digest_dir(d)}"
+    return f"{upload_dir(name, upload_id)}/startedat"
 
 
 GC = f"{ROOT}/_gc"
