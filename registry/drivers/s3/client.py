@@ -72,6 +72,8 @@ class Endpoint:
         return f"{self.bucket}.{self.host}", "/" + ("" if key is None else key)
 
     def url(self, key: str | None, query: str = "") -> str:
+        """The URL to send: the raw path encoded once (as signed), then ``query`` (already
+        canonical, :func:`~.sigv4.canonical_query`)."""
         host, raw = self.address(key)
         return f"{self.scheme}://{host}{sigv4.encode_path(raw)}" + (f"?{query}" if query else "")
 
@@ -325,10 +327,7 @@ class S3Client:
         signed = self.signer.sign_headers(
             method, host, raw_path, query, extra, payload_hash, datetime.now(UTC)
         )
-        qs = sigv4.canonical_query(query)
-        url = f"{self.endpoint.scheme}://{host}{sigv4.encode_path(raw_path)}"
-        if qs:
-            url += "?" + qs
+        url = self.endpoint.url(key, sigv4.canonical_query(query))
         all_headers = {"Host": host, "Accept-Encoding": "identity", **extra, **signed}
         if body is None:
             return httpx.Request(method, url, headers=all_headers)
@@ -543,7 +542,7 @@ class S3Client:
         query = self.signer.presign_query(
             method, host, raw_path, (), expires, now or datetime.now(UTC)
         )
-        return f"{target.scheme}://{host}{sigv4.encode_path(raw_path)}?{query}"
+        return target.url(key, query)
 
     async def aclose(self) -> None:
         if not self._closed:
