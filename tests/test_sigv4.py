@@ -200,7 +200,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 
-_BLACKLIST = {
+# Headers botocore never signs (its own list: te, connection, traceparent, ...) or sets
+# itself; generating them would compare against a signature that leaves them out.
+_BLACKLIST = set(botocore_auth.SIGNED_HEADERS_BLACKLIST) | {
     "expect",
     "user-agent",
     "x-amzn-trace-id",
