@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -49,6 +50,17 @@ async def serve_asgi(nursery: trio.Nursery, app: Any) -> str:
     hc.graceful_timeout = 0.5
     urls = await nursery.start(partial(serve, app, hc))
     return str(urls[0])
+
+
+def recv_until(sock: socket.socket, marker: bytes) -> bytes:
+    """Read ``sock`` until what was read contains ``marker``, or to EOF; all of it."""
+    got = b""
+    while marker not in got:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 @pytest.fixture

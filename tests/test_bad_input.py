@@ -8,6 +8,7 @@ import os
 
 import pytest
 import trio
+from conftest import recv_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oci import DOCKER_MANIFEST, OCI_MANIFEST, digest, error_codes, push_blob, push_image
@@ -249,12 +250,7 @@ def _early_reject_then_reuse(host: str, port: int, body: bytes, chunked: bool) -
             s.sendall(payload)
         except OSError:
             pass  # the server may close before the whole body is in
-        first = b""
-        while b"\r\n\r\n" not in first:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            first += chunk
+        first = recv_until(s, b"\r\n\r\n")
         try:
             s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: t\r\n\r\n")
             second = s.recv(65536)  # a hang raises TimeoutError

@@ -11,6 +11,7 @@ from typing import Any
 import hypercorn.protocol
 import pytest
 import trio
+from conftest import recv_until
 
 from registry.config import Config
 from registry.http.h11proto import MAX_PIECE, RegistryH11Protocol
@@ -124,13 +125,7 @@ async def test_expect_100_continue_is_answered_before_the_body(server: tuple[int
             s.sendall(b"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
             interim = s.recv(65536)
             s.sendall(b"abcd")
-            final = b""
-            while b"PUT 4 abcd" not in final:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                final += chunk
-            return interim, final
+            return interim, recv_until(s, b"PUT 4 abcd")
 
     interim, final = await trio.to_thread.run_sync(exchange)
     assert interim.startswith(b"HTTP/1.1 100"), interim
