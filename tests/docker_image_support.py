@@ -145,6 +145,13 @@ class RegistryContainer:
                 time.sleep(0.2)
         pytest.fail(f"{self.name} not ready in {START_TIMEOUT_S}s ({last}); log:\n{self.logs()}")
 
+    def wait_healthy(self, timeout_s: float = 20.0) -> None:
+        """Wait (bounded) until docker reports the container's health check healthy."""
+        deadline = time.monotonic() + timeout_s
+        while (health := inspect(self.docker, self.name)["State"]["Health"])["Status"] != "healthy":
+            assert time.monotonic() < deadline, f"never healthy: {health}"
+            time.sleep(0.5)
+
     def logs(self) -> str:
         proc = e2e.run([self.docker, "logs", "--tail", "200", self.name], check=False)
         return (proc.stdout + proc.stderr)[-e2e.LOG_TAIL_CHARS :]

@@ -132,15 +132,6 @@ def import_data_image(docker: str, ref: str, size: int) -> None:
     e2e.run([docker, "import", "-", ref], input=buf.getvalue())
 
 
-def push(docker: str, ref: str) -> str:
-    """`docker push`; returns the manifest digest it reports."""
-    out = e2e.run([docker, "push", ref]).stdout
-    for line in out.splitlines():
-        if "digest: sha256:" in line:
-            return line.split("digest: ", 1)[1].split()[0]
-    raise AssertionError(f"no digest in docker push output:\n{out}")
-
-
 def pull_and_read(docker: str, ref: str) -> str:
     """Remove `ref` locally, pull it, and return `cat /data/nonce.txt` from it."""
     e2e.docker_remove_images(docker, ref)
@@ -198,19 +189,14 @@ def test_push_pull_restart_and_garbage_collect(
     local_refs.extend([ref_a, ref_b])
     text_a = build_app_image(docker, tmp_path / "a", ref_a)
     build_app_image(docker, tmp_path / "b", ref_b)
-    digest_a = push(docker, ref_a)
-    digest_b = push(docker, ref_b)
+    digest_a, _ = e2e.docker_push(docker, ref_a)
+    digest_b, _ = e2e.docker_push(docker, ref_b)
     assert pull_and_read(docker, ref_a) == text_a
 
     reg.restart()
     assert pull_and_read(docker, ref_a) == text_a, "pull after restart from the same volume"
 
-    deadline = time.monotonic() + 20
-    while support.inspect(docker, reg.name)["State"]["Health"]["Status"] != "healthy":
-        assert time.monotonic() < deadline, (
-            f"never healthy: {support.inspect(docker, reg.name)['State']['Health']}"
-        )
-        time.sleep(0.5)
+    reg.wait_healthy()
 
     accept = {"Accept": e2e.ACCEPT_ALL_MANIFESTS}
     with httpx.Client(base_url=reg.url, timeout=30.0) as client:
@@ -264,10 +250,7 @@ def test_htpasswd_auth_with_the_templates_mounted_file(
         ready_status=401,
     )
     reg.start()
-    deadline = time.monotonic() + 20
-    while support.inspect(docker, reg.name)["State"]["Health"]["Status"] != "healthy":
-        assert time.monotonic() < deadline, support.inspect(docker, reg.name)["State"]["Health"]
-        time.sleep(0.5)
+    reg.wait_healthy()
 
     config_dir = tmp_path / "docker-config"  # keep the login out of the host's config
     ref = f"{reg.host}/private/app:1"
