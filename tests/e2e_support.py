@@ -551,6 +551,15 @@ def make_index(images: Sequence[OciImage]) -> bytes:
     )
 
 
+def index_blobs(images: Sequence[OciImage]) -> dict[str, bytes]:
+    """Every blob below an index of `images`: the child manifests, their configs and layers."""
+    blobs: dict[str, bytes] = {}
+    for img in images:
+        blobs[img.digest] = img.manifest
+        blobs.update(img.blobs)
+    return blobs
+
+
 def write_oci_layout(
     directory: Path, refs: Mapping[str, tuple[str, bytes]], blobs: Mapping[str, bytes]
 ) -> None:

@@ -56,14 +56,10 @@ def write_sample_layout(directory: Path) -> str:
         for arch in ("amd64", "arm64")
     ]
     index = e2e.make_index(children)
-    blobs = dict(app.blobs)
-    for child in children:
-        blobs[child.digest] = child.manifest
-        blobs.update(child.blobs)
     e2e.write_oci_layout(
         directory,
         {"app": (e2e.MEDIA_OCI_MANIFEST, app.manifest), "multi": (e2e.MEDIA_OCI_INDEX, index)},
-        blobs,
+        app.blobs | e2e.index_blobs(children),
     )
     return e2e.sha256_digest(index)
 

@@ -31,11 +31,7 @@ def make_multiplatform(directory: Path) -> tuple[bytes, list[e2e.OciImage]]:
         for arch in PLATFORMS
     ]
     index = e2e.make_index(images)
-    blobs: dict[str, bytes] = {}
-    for img in images:
-        blobs[img.digest] = img.manifest
-        blobs.update(img.blobs)
-    e2e.write_oci_layout(directory, {"v1": (e2e.MEDIA_OCI_INDEX, index)}, blobs)
+    e2e.write_oci_layout(directory, {"v1": (e2e.MEDIA_OCI_INDEX, index)}, e2e.index_blobs(images))
     return index, images
 
 

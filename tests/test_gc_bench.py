@@ -5,7 +5,6 @@ two results must agree (except the stale layer links only we remove)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def test_gc_bench_small_agrees_with_the_reference(tmp_path):
     e2e.require_tool("docker-registry", "apt-get install docker-registry")
     out = tmp_path / "gc.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = e2e.clean_env()
     env["PYTHONPATH"] = str(REPO_ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gc_bench", "--small", "--json", str(out)],
