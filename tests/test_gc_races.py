@@ -233,6 +233,16 @@ class Push:
     delete_untagged: bool = False
     pushed: list[tuple[str, str, bytes]] = field(default_factory=list)
 
+    def gc_options(self) -> GCOptions:
+        """The online collection every interleaving runs against this scenario."""
+        return GCOptions(
+            online=True,
+            grace_period=s.HOUR,
+            settle=60,
+            delete_untagged=self.delete_untagged,
+            concurrency=1,
+        )
+
 
 async def reuse_linked(c: Client, seeded: Seeded) -> list[tuple[str, str, bytes]]:
     """docker push of an image whose layers 'already exist' in the repo (no upload)."""
@@ -301,13 +311,7 @@ async def run_case(scenario: Push, j: int | None, k: int | None) -> Outcome:
     inner, seeded = await seeded_registry()
     driver = SteppedDriver(inner)
     storage = Storage(driver)  # what the pushing server process sees
-    options = GCOptions(
-        online=True,
-        grace_period=s.HOUR,
-        settle=60,
-        delete_untagged=scenario.delete_untagged,
-        concurrency=1,
-    )
+    options = scenario.gc_options()
     push_done, gc_done = trio.Event(), trio.Event()
     result: dict[str, Any] = {"settle_at": None}
     driver.pause("push", j if j is not None else 10**9)
@@ -462,13 +466,7 @@ async def run_turns(scenario: Push, seed: int, p: float) -> int:
     inner, seeded = await seeded_registry()
     driver = TurnDriver(inner, random.Random(seed), p)
     storage = Storage(driver)
-    options = GCOptions(
-        online=True,
-        grace_period=s.HOUR,
-        settle=60,
-        delete_untagged=scenario.delete_untagged,
-        concurrency=1,
-    )
+    options = scenario.gc_options()
     push_done = trio.Event()
     result: dict[str, Any] = {}
     switches = 0
