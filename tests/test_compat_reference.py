@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from registry.storage import sha256state
 
 try:  # tests/ is a plain directory on sys.path, or a package
     from tests import e2e_support as e2e
@@ -197,3 +200,37 @@ def test_manifest_deleted_by_digest_through_one_registry_is_gone_for_the_other(
         # The same digest in another repository is untouched.
         other = e2e.get_manifest(http, "compat/nested/deeper/app", oci_digest)
         assert other.status_code == 200
+
+
+def test_an_upload_the_reference_started_is_finished_by_ours_from_its_hash_state(
+    tmp_path: Path,
+) -> None:
+    """The reference saves its sha256 state after each PATCH (Go's MarshalBinary); ours
+    writes the same bytes for the same data (so either resumes the other's state) and
+    finishes the reference's upload on the shared directory."""
+    if not sha256state.available():
+        pytest.skip("libcrypto lacks SHA256_Init/Update/Final")
+    root = tmp_path / "shared-storage"
+    data = secrets.token_bytes(300_007)  # not a multiple of the 64-byte block
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with served_by("reference", root, tmp_path) as reg, httpx.Client(base_url=reg.url) as http:
+        started = http.post("/v2/compat/resume/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        patched = http.patch(
+            started.headers["location"],
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert patched.status_code == 202, patched.text
+        location = httpx.URL(patched.headers["location"])
+    uuid = patched.headers["docker-upload-uuid"]
+    states = root / f"docker/registry/v2/repositories/compat/resume/_uploads/{uuid}/hashstates"
+    ours = sha256state.Sha256()
+    ours.update(data)
+    assert (states / "sha256" / str(len(data))).read_bytes() == ours.marshal()
+
+    with served_by("ours", root, tmp_path) as reg, httpx.Client(base_url=reg.url) as http:
+        done = http.put(location.raw_path.decode(), params={"digest": digest})
+        assert done.status_code == 201, done.text
+        got = http.get(f"/v2/compat/resume/blobs/{digest}")
+        assert got.status_code == 200 and got.content == data

@@ -6,12 +6,14 @@ import json
 from collections import Counter
 from typing import Any
 
+import pytest
 import trio
 from oci import OCI_MANIFEST, descriptor, digest
 
 from registry.digest import Digest
 from registry.drivers.memory import MemoryDriver
-from registry.storage import paths
+from registry.errors import ErrorCode, RegistryError
+from registry.storage import paths, sha256state
 from registry.storage.store import Storage
 
 
@@ -90,6 +92,65 @@ async def test_finish_without_a_cached_hasher_rehashes_from_storage():
     await a.uploads.append("h", up.id, _body([data[2000:]]), start=2000)
     await a.uploads.finish("h", up.id, d, None)
     assert await drv.get_content(paths.blob_data(d)) == data
+
+
+class ReadCountingDriver(MemoryDriver):
+    """Counts streamed reads per path (a re-hash reads the upload's data this way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def reader(self, path: str, offset: int = 0, length: int | None = None) -> Any:
+        self.reads[path] += 1
+        return super().reader(path, offset, length)
+
+
+async def test_another_process_resumes_the_saved_hash_state_without_reading_the_data():
+    drv = ReadCountingDriver()
+    a, b = Storage(drv), Storage(drv)  # two worker processes on one storage
+    data = bytes(range(256)) * 4000 + b"tail"  # not a multiple of the 64-byte block
+    d = Digest.parse(digest(data))
+    up = await a.uploads.start("w")
+    await a.uploads.append("w", up.id, _body([data[:300_001]]))
+    state = await drv.get_content(paths.upload_hashstate("w", up.id, "sha256", 300_001))
+    assert sha256state.Sha256.unmarshal(state).length == 300_001
+    await b.uploads.append("w", up.id, _body([data[300_001:700_000]]), start=300_001)
+    await a.uploads.finish("w", up.id, d, _body([data[700_000:]]), start=700_000)
+    assert drv.reads[paths.upload_data("w", up.id)] == 0  # every byte hashed once, on arrival
+    assert await drv.get_content(paths.blob_data(d)) == data
+    assert not any(k.startswith(paths.upload_dir("w", up.id)) for k in drv._files)
+
+
+async def test_a_missing_corrupt_or_mismatched_hash_state_falls_back_to_rehashing():
+    data = b"0123456789" * 50_000
+    d = Digest.parse(digest(data))
+    for damage in ("missing", "garbage", "wrong-length", "other-bytes"):
+        drv = ReadCountingDriver()
+        a, b = Storage(drv), Storage(drv)
+        up = await a.uploads.start("f")
+        await a.uploads.append("f", up.id, _body([data[:200_000]]))
+        key = paths.upload_hashstate("f", up.id, "sha256", 200_000)
+        h = sha256state.Sha256()
+        if damage == "missing":
+            await drv.delete(key)
+        elif damage == "garbage":
+            await drv.put_content(key, b"sha\x03" + b"\xff" * 10)
+        elif damage == "wrong-length":  # a valid state, but of 64 bytes, not 200,000
+            h.update(data[:64])
+            await drv.put_content(key, h.marshal())
+        else:  # a valid state of the right length over other bytes: a wrong digest, refused
+            h.update(b"x" * 200_000)
+            await drv.put_content(key, h.marshal())
+        if damage == "other-bytes":
+            with pytest.raises(RegistryError) as err:
+                await b.uploads.finish("f", up.id, d, _body([data[200_000:]]), start=200_000)
+            assert err.value.code is ErrorCode.DIGEST_INVALID
+            assert await b.blobs.size(d) is None  # nothing published
+            continue
+        await b.uploads.finish("f", up.id, d, _body([data[200_000:]]), start=200_000)
+        assert drv.reads[paths.upload_data("f", up.id)] == 1, damage  # re-hashed once
+        assert await drv.get_content(paths.blob_data(d)) == data
 
 
 async def test_cancel_mid_append_keeps_a_consistent_session():

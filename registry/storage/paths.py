@@ -11,7 +11,7 @@ Nothing else in the project spells a key. The tree, under the driver's root::
             _manifests/tags/<tag>/index/<alg>/<hex>/link     every digest the tag has pointed at
             _uploads/<uuid>/data                             upload bytes in progress
             _uploads/<uuid>/startedat                        RFC 3339 time the session began
-            _uploads/<uuid>/hashstates/<alg>/<offset>        (reference only; we never write it)
+            _uploads/<uuid>/hashstates/<alg>/<offset>        hash state after <offset> bytes (Go format)
         _gc/lock                                             online GC: one collection at a time
         _gc/lastrun                                          online GC: when the last one finished
         _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
@@ -120,6 +120,12 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_startedat(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> str:
+    if algorithm not in ("sha256", "sha512") or offset < 0:
+        raise ValueError(f"invalid hash state {algorithm!r} at {offset}")
+    return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}/{offset}"
 
 
 GC = f"{ROOT}/_gc"

@@ -1,10 +1,12 @@
 """Blob upload sessions: the push state machine (SPEC.md Push 9-16).
 
 A session is ``_uploads/<uuid>/`` in storage (``startedat`` + ``data``), never process
-memory, so a restart or another replica continues it. The only per-process state is an
-optimisation: the live sha256 of each session at its current size, so the common case
-hashes every byte once as it arrives. Without it (another worker, a restart, an
-out-of-band write) ``finish`` re-hashes the stored data before trusting it.
+memory, so a restart or another replica continues it. Every byte is hashed once, as it
+arrives: each process keeps the live sha256 of its sessions, and each append also saves
+the hash state at ``hashstates/sha256/<size>`` (the reference's format and place, see
+sha256state), so another worker, replica or the reference itself resumes it. Only
+without a usable state (none saved at that size, libcrypto without the functions, a
+sha512 digest) does ``finish`` re-hash the stored data before trusting it.
 
 States: started (size 0) -> receiving (size n, any number of appends) -> finished (blob
 verified, moved to its content address, linked into the repo, session removed) or
@@ -26,13 +28,14 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Union
 
 import trio
 
 from ..digest import Digest
 from ..drivers.base import Driver, DriverError, FileWriter, PathNotFound
 from ..errors import ErrorCode, RegistryError
-from . import paths
+from . import paths, sha256state
 from .blobs import BlobStore
 
 log = logging.getLogger("registry.storage")
@@ -41,6 +44,14 @@ COALESCE = 512 * 1024  # hash+write unit; 2 buffers per upload (DESIGN.md says ~
 # that measured as fast here and keeps 64 concurrent pushes inside the memory budget)
 HASHER_CACHE_ENTRIES = 4096  # live hashers kept per process (~200 bytes each)
 PUBLISH_TIMEOUT = 300.0  # seconds a shielded move+link may take (a multi-GB S3 copy)
+
+
+Hasher = Union["hashlib._Hash", sha256state.Sha256]  # hashlib._Hash exists for typing only
+
+
+def new_sha256() -> Hasher:
+    """A sha256 whose state can be saved (sha256state), or hashlib's if it cannot."""
+    return sha256state.Sha256() if sha256state.available() else hashlib.sha256()
 
 
 @dataclass(frozen=True)
@@ -58,19 +69,47 @@ class Uploads:
     def __init__(self, driver: Driver, blobs: BlobStore) -> None:
         self.driver = driver
         self.blobs = blobs
-        self._hashers: OrderedDict[tuple[str, str], tuple[int, hashlib._Hash]] = OrderedDict()
+        self._hashers: OrderedDict[tuple[str, str], tuple[int, Hasher]] = OrderedDict()
         self._locks: dict[tuple[str, str], trio.Lock] = {}
 
     # --- per-process helpers -------------------------------------------------------------
 
-    def _take_hasher(self, name: str, upload_id: str, offset: int) -> hashlib._Hash | None:
+    async def _take_hasher(self, name: str, upload_id: str, offset: int) -> Hasher | None:
+        """The session's sha256 after ``offset`` bytes: this process's own, else the state
+        saved in storage at that offset; None if neither (the caller re-hashes)."""
         entry = self._hashers.pop((name, upload_id), None)
-        if entry is None:
-            return hashlib.sha256() if offset == 0 else None
-        at, h = entry
-        return h if at == offset else None
+        if entry is not None and entry[0] == offset:
+            return entry[1]
+        if offset == 0:
+            return new_sha256()
+        if not sha256state.available():
+            return None
+        try:
+            state = await self.driver.get_content(
+                paths.upload_hashstate(name, upload_id, "sha256", offset)
+            )
+            h = sha256state.Sha256.unmarshal(state)
+        except PathNotFound:
+            return None
+        except (sha256state.InvalidState, DriverError) as e:
+            log.warning("upload %s: hash state at %d unusable (%s); re-hashing", upload_id, offset, e)
+            return None
+        return h if h.length == offset else None
 
-    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: hashlib._Hash) -> None:
+    async def _save_hasher(self, name: str, upload_id: str, offset: int, h: Hasher) -> None:
+        """Keep ``h`` for this process and save its state for any other (best effort: a
+        missing state only costs a re-hash)."""
+        self._keep_hasher(name, upload_id, offset, h)
+        if not isinstance(h, sha256state.Sha256):
+            return
+        try:
+            await self.driver.put_content(
+                paths.upload_hashstate(name, upload_id, "sha256", offset), h.marshal()
+            )
+        except DriverError as e:
+            log.warning("upload %s: could not save hash state at %d: %s", upload_id, offset, e)
+
+    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: Hasher) -> None:
         self._hashers[(name, upload_id)] = (offset, h)
         while len(self._hashers) > HASHER_CACHE_ENTRIES:
             self._hashers.popitem(last=False)
@@ -128,15 +167,15 @@ class Uploads:
         await self._check(name, upload_id)
         lock = self._lock(name, upload_id)
         try:
-            async with lock, self.driver.writer(
-                paths.upload_data(name, upload_id), append=True
-            ) as w:
-                self._check_start(w, start)
-                h = self._take_hasher(name, upload_id, w.size)
-                await _pump(body, w, h)
-                if h is not None:
-                    self._keep_hasher(name, upload_id, w.size, h)
-                return Upload(name, upload_id, w.size)
+            async with lock:
+                async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
+                    self._check_start(w, start)
+                    h = await self._take_hasher(name, upload_id, w.size)
+                    await _pump(body, w, h)
+                    size = w.size
+                if h is not None:  # once the writer has stored the bytes
+                    await self._save_hasher(name, upload_id, size, h)
+                return Upload(name, upload_id, size)
         finally:
             self._release(name, upload_id, lock)
 
@@ -170,9 +209,9 @@ class Uploads:
                     return await self._finish_direct(name, upload_id, digest, body)
                 async with self.driver.writer(data_path, append=True) as w:
                     self._check_start(w, start)
-                    h = self._take_hasher(name, upload_id, w.size)
-                    if digest.algorithm != "sha256":
-                        h = None
+                    h = None
+                    if digest.algorithm == "sha256":
+                        h = await self._take_hasher(name, upload_id, w.size)
                     if body is not None:
                         await _pump(body, w, h)
                     size = w.size
@@ -248,7 +287,7 @@ class Uploads:
         await self._remove(name, upload_id)
         return RegistryError(ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)})
 
-    async def _rehash(self, path: str, algorithm: str) -> hashlib._Hash:
+    async def _rehash(self, path: str, algorithm: str) -> Hasher:
         h = hashlib.new(algorithm)
         async with self.driver.reader(path) as chunks:
             async for chunk in chunks:
@@ -308,7 +347,7 @@ async def _abandon(w: FileWriter) -> None:
             log.warning("could not abandon a blob write: %s", exc)
 
 
-async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: hashlib._Hash | None) -> None:
+async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> None:
     """Stream ``body`` into ``w`` in ~1 MiB pieces, hashing each piece in a worker thread
     while the driver writes it, and receiving the next piece meanwhile.
 
