@@ -126,3 +126,25 @@ async def test_sessions_that_already_hold_bytes_take_the_usual_path():
         assert await driver.get_content(paths.blob_data(d)) == body
         assert any("_uploads" in r.path for r in proxy.seen if r.method == "PUT")
         assert await leftovers(driver, proxy) == ([], [])
+
+
+async def test_a_replica_finishes_a_streamed_upload_from_the_saved_hash_state_without_reading_it():
+    """docker's PATCH then PUT, the PUT on another replica: it resumes the sha256 state the
+    PATCH saved (one small GET), instead of downloading the whole upload to re-hash it."""
+    async with s3_support.open_proxied_driver(chunksize=5 * MiB) as (driver, proxy):
+        first, second = Storage(driver), Storage(driver)  # no shared process memory
+        body = os.urandom(11 * MiB + 3)
+        d = digest_of(body)
+        upload = await first.uploads.start(REPO)
+        await first.uploads.append(REPO, upload.id, pieces(body[: 7 * MiB + 1]))
+        proxy.seen.clear()
+        await second.uploads.finish(REPO, upload.id, d, pieces(body[7 * MiB + 1 :]), start=7 * MiB + 1)
+        reads = sorted(
+            r.path.rsplit("/_uploads/", 1)[1].split("/", 1)[1]
+            for r in proxy.seen
+            if r.method == "GET" and "/_uploads/" in r.path
+        )
+        # the writer's own small multipart state, and the hash state: never "data" itself
+        assert reads == ["data.s3part", f"hashstates/sha256/{7 * MiB + 1}"]
+        assert await driver.get_content(paths.blob_data(d)) == body
+        assert await leftovers(driver, proxy) == ([], [])
