@@ -75,6 +75,11 @@ class FilesystemDriver:
         full = self._full(path)
         await self._run(_atomic_write, full, content)
 
+    async def put_content_volatile(self, path: str, content: bytes) -> None:
+        """put_content without the fsync, for caches whose loss costs only time (a crash
+        may leave the file empty or missing, never half old, half new)."""
+        await self._run(_atomic_write, self._full(path), content, False)
+
     @asynccontextmanager
     async def reader(
         self, path: str, offset: int = 0, length: int | None = None
@@ -310,14 +315,15 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(full: str, content: bytes) -> None:
+def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
     d = os.path.dirname(full)
     os.makedirs(d, exist_ok=True)
     tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         _write_all(fd, content)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
