@@ -94,8 +94,8 @@ class Sha256:
         if view.readonly or not view.c_contiguous:  # e.g. a slice of bytes: rare, copied
             self.update(view.tobytes())
             return
-        buf = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
-        _lib.SHA256_Update(ctypes.byref(self._ctx), buf, view.nbytes)
+        first = ctypes.c_char.from_buffer(view)  # pins the buffer while it lives
+        _lib.SHA256_Update(ctypes.byref(self._ctx), ctypes.addressof(first), view.nbytes)
 
     def copy(self) -> Sha256:
         other = Sha256.__new__(Sha256)
