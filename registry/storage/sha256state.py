@@ -5,8 +5,9 @@ process that made it. When a PATCH and the final PUT land on different worker pr
 or replicas (docker's pushes did so for 2-4 of 5 layers with two workers), the PUT had
 to read the whole upload back and hash it again: from disk, or from S3 over the network.
 The reference saves the state after each PATCH at ``_uploads/<uuid>/hashstates/sha256/
-<offset>`` and so do we now, byte for byte in the same format, so either registry
-can resume the other's uploads too.
+<offset>`` and so do we now, byte for byte in the same format: an upload the
+reference started is finished here without reading it back (the reference itself only
+continues uploads whose URL carries its own signed ``_state``).
 
 The state is OpenSSL's own SHA256_CTX, driven through ctypes (the same assembly hashlib
 uses, at the same speed; ctypes drops the GIL while it hashes). Go's
