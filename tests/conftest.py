@@ -16,9 +16,26 @@ from hypercorn.trio import serve
 from registry.drivers.filesystem import FilesystemDriver
 from registry.http.app import AppOptions, RegistryApp
 from registry.server import tune_hypercorn
+from registry.storage import sha256state
 from registry.storage.store import Storage
 
+try:  # tests/ is a plain directory on sys.path, or a package
+    from tests.e2e_support import in_ci
+except ImportError:
+    from e2e_support import in_ci  # type: ignore[no-redef]
+
 tune_hypercorn()  # in-process servers run hypercorn exactly as `registry serve` does
+
+
+@pytest.fixture
+def resumable_sha256() -> None:
+    """Tests of saved upload hash states need libcrypto's SHA256_* functions: without them
+    skip locally, fail under CI=true (every Debian 12 OpenSSL 3 has them)."""
+    if not sha256state.available():
+        reason = "libcrypto lacks SHA256_Init/Update/Final"
+        if in_ci():
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
 
 
 class Served:

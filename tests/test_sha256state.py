@@ -9,12 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.storage import sha256state
 from registry.storage.sha256state import STATE_SIZE, InvalidState, Sha256
 
-pytestmark = pytest.mark.skipif(
-    not sha256state.available(), reason="libcrypto lacks SHA256_Init/Update/Final"
-)
+pytestmark = pytest.mark.usefixtures("resumable_sha256")
 
 BUFFERS = ("bytes", "bytearray", "memoryview", "readonly-slice")
 

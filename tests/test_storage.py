@@ -108,6 +108,7 @@ class ReadCountingDriver(MemoryDriver):
         return super().reader(path, offset, length)
 
 
+@pytest.mark.usefixtures("resumable_sha256")
 async def test_another_process_resumes_the_saved_hash_state_without_reading_the_data():
     drv = ReadCountingDriver()
     a, b = Storage(drv), Storage(drv)  # two worker processes on one storage
@@ -124,6 +125,7 @@ async def test_another_process_resumes_the_saved_hash_state_without_reading_the_
     assert not any(k.startswith(paths.upload_dir("w", up.id)) for k in drv._files)
 
 
+@pytest.mark.usefixtures("resumable_sha256")
 async def test_a_missing_corrupt_or_mismatched_hash_state_falls_back_to_rehashing():
     data = b"0123456789" * 50_000
     d = Digest.parse(digest(data))
@@ -172,6 +174,7 @@ async def test_cancel_mid_append_keeps_a_consistent_session():
     assert stored == b"y" * status.size  # a prefix of what was sent, and the size says so
 
 
+@pytest.mark.usefixtures("resumable_sha256")
 async def test_filesystem_hash_states_skip_the_fsync_that_put_content_keeps(tmp_path, monkeypatch):
     """A hash state lost in a crash costs a re-hash, so it is written without fsync (an fsync
     per PATCH cost chunked pushes ~10%); everything put_content writes is still synced."""
