@@ -51,6 +51,7 @@ class SteppedDriver:
     """Wraps a MemoryDriver; pauses an actor (``ACTOR``) from its n-th call on."""
 
     name = "inmemory"
+    hidden_until_commit = False
 
     def __init__(self, inner: MemoryDriver) -> None:
         self.inner = inner
@@ -87,9 +88,9 @@ class SteppedDriver:
         await self._gate()
         return await self.inner.get_content(path)
 
-    async def put_content(self, path: str, content: bytes) -> None:
+    async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         await self._gate()
-        await self.inner.put_content(path, content)
+        await self.inner.put_content(path, content, durable=durable)
 
     @asynccontextmanager
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> Any:

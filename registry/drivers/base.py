@@ -102,8 +102,10 @@ class Driver(Protocol):
         """Whole (small) object. Raises PathNotFound."""
         ...
 
-    async def put_content(self, path: str, content: bytes) -> None:
-        """Atomically replace the object at path (readers see old or new, never partial)."""
+    async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
+        """Atomically replace the object at path (readers see old or new, never partial).
+        ``durable=False``: a cache whose loss in a crash costs only time; a driver may skip
+        flushing it to disk (it may then be missing or empty after a crash, never mixed)."""
         ...
 
     def reader(

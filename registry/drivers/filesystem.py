@@ -71,14 +71,8 @@ class FilesystemDriver:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFound(path) from None
 
-    async def put_content(self, path: str, content: bytes) -> None:
-        full = self._full(path)
-        await self._run(_atomic_write, full, content)
-
-    async def put_content_volatile(self, path: str, content: bytes) -> None:
-        """put_content without the fsync, for caches whose loss costs only time (a crash
-        may leave the file empty or missing, never half old, half new)."""
-        await self._run(_atomic_write, self._full(path), content, False)
+    async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
+        await self._run(_atomic_write, self._full(path), content, durable)
 
     @asynccontextmanager
     async def reader(

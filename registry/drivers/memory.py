@@ -39,7 +39,7 @@ class MemoryDriver:
         except KeyError:
             raise PathNotFound(path) from None
 
-    async def put_content(self, path: str, content: bytes) -> None:
+    async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         check_path(path)
         await trio.lowlevel.checkpoint()
         self._files[path] = (bytes(content), time.time())

@@ -4,7 +4,7 @@ A session is ``_uploads/<uuid>/`` in storage (``startedat`` + ``data``), never p
 memory, so a restart or another replica continues it. Every byte is hashed once, as it
 arrives: each process keeps the live sha256 of its sessions, and each append also saves
 the hash state at ``hashstates/sha256/<size>`` (the reference's format and place, see
-sha256state), so another worker, replica or the reference itself resumes it. Only
+sha256state), so another worker or replica resumes it, and so do we the reference's. Only
 without a usable state (none saved at that size, libcrypto without the functions, a
 sha512 digest) does ``finish`` re-hash the stored data before trusting it.
 
@@ -99,21 +99,18 @@ class Uploads:
     async def _save_hasher(self, name: str, upload_id: str, offset: int, h: Hasher) -> None:
         """Keep ``h`` for this process and save its state for any other (best effort: a
         missing state only costs a re-hash)."""
-        self._keep_hasher(name, upload_id, offset, h)
-        if not isinstance(h, sha256state.Sha256):
-            return
-        # No fsync where the driver can skip it: a state lost in a crash costs a re-hash,
-        # and an fsync per PATCH cost chunked pushes ~10% of their throughput.
-        put = getattr(self.driver, "put_content_volatile", None) or self.driver.put_content
-        try:
-            await put(paths.upload_hashstate(name, upload_id, "sha256", offset), h.marshal())
-        except DriverError as e:
-            log.warning("upload %s: could not save hash state at %d: %s", upload_id, offset, e)
-
-    def _keep_hasher(self, name: str, upload_id: str, offset: int, h: Hasher) -> None:
         self._hashers[(name, upload_id)] = (offset, h)
         while len(self._hashers) > HASHER_CACHE_ENTRIES:
             self._hashers.popitem(last=False)
+        if not isinstance(h, sha256state.Sha256):
+            return
+        # Not durable: a state lost in a crash costs a re-hash, and an fsync per PATCH cost
+        # chunked pushes ~10% of their throughput on the filesystem.
+        key = paths.upload_hashstate(name, upload_id, "sha256", offset)
+        try:
+            await self.driver.put_content(key, h.marshal(), durable=False)
+        except DriverError as e:
+            log.warning("upload %s: could not save hash state at %d: %s", upload_id, offset, e)
 
     def _lock(self, name: str, upload_id: str) -> trio.Lock:
         key = (name, upload_id)
@@ -231,8 +228,7 @@ class Uploads:
     ) -> bool:
         """A whole blob in this one request (the session holds no bytes yet), on a driver
         that hides a writer's bytes until commit, and not stored already."""
-        hidden = getattr(self.driver, "hidden_until_commit", False)  # wrappers may lack it
-        if body is None or not hidden or start not in (None, 0):
+        if body is None or not self.driver.hidden_until_commit or start not in (None, 0):
             return False
         if digest.algorithm != "sha256":
             return False

@@ -110,7 +110,7 @@ class S3Driver:
         except errors.NoSuchKey:
             raise base.PathNotFound(path) from None
 
-    async def put_content(self, path: str, content: bytes) -> None:
+    async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         await self.api.put_object(self._key(path), bytes(content))
 
     # -- reading -----------------------------------------------------------------------------
