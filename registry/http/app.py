@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
@@ -66,7 +66,6 @@ class Request:
     receive: Callable[[], Awaitable[dict[str, Any]]]
     params: dict[str, str] = field(default_factory=dict)
     user: str | None = None
-    body_started: bool = False
     body_done: bool = False  # the last body message (or a disconnect) has been received
 
     def q(self, key: str) -> str | None:
@@ -75,7 +74,6 @@ class Request:
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (pieces up to 256 KiB). Raises ClientDisconnected."""
-        self.body_started = True
         while True:
             message = await self.receive()
             kind = message["type"]
@@ -102,11 +100,9 @@ class Request:
 
     async def discard_body(self) -> None:
         """Receive and drop what is left of the body, until its end or a disconnect."""
-        while not self.body_done:
-            message = await self.receive()
-            self.body_done = message["type"] != "http.request" or not message.get(
-                "more_body", False
-            )
+        with suppress(ClientDisconnected):
+            async for _ in self.body():
+                pass
 
     async def read(self, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes; MANIFEST_TOO_BIG (413) past it."""
