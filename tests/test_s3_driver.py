@@ -653,3 +653,23 @@ async def test_unsigned_payload_is_accepted_by_a_signature_checking_server() -> 
             await write_all(w, payload(6 * MiB))
             await w.commit()
         assert (await driver.stat(UPLOAD)).size == 6 * MiB
+
+
+
+async def test_a_write_cancelled_before_its_part_is_submitted_loses_no_bytes() -> None:
+    """A full part leaves the buffer only once it is submitted: a write cancelled while the
+    multipart upload is still being created (S3 slow to answer) keeps the part buffered,
+    so the saved state holds every accepted byte and the upload finishes with all of them."""
+    data = payload(PART + MiB)
+    async with s3_support.open_proxied_driver() as (driver, proxy):
+        proxy.fail("stall", 1, lambda r: r.method == "POST" and "uploads" in r.query)
+        async with driver.writer(UPLOAD) as w:
+            with trio.move_on_after(1) as cancelled:
+                await w.write(data[:PART])  # a full part: creates the multipart upload
+            assert cancelled.cancelled_caught and w.size == PART
+        proxy.rules.clear()
+        async with driver.writer(UPLOAD, append=True) as w:
+            assert w.size == PART
+            await w.write(data[PART:])
+            await w.commit()
+        assert await read(driver, UPLOAD) == data

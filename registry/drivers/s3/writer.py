@@ -265,20 +265,17 @@ class S3Writer:
             self._size += len(take)
             self._dirty = True
             while len(self._buffer) >= self._part_size:
-                # A temporary, not a local: a local would keep this part alive while the
-                # next loop step waits for a slot, one part per waiting writer beyond the
-                # driver's budget (16 writers held 16 parts with 3 slots).
-                await self._submit(self._cut_part())
+                await self._submit()
 
     def _cut_part(self) -> bytes | bytearray:
-        """Remove the first full part from the buffer and return it.
+        """Remove the next part (at most one part size) from the buffer and return it.
 
-        A buffer holding exactly one part is handed over as it is (the usual case: write
-        fills up to the part size), so a part never exists twice in memory; the upload
-        owns it from then on and nothing writes to it again. A longer buffer (a resumed
-        tail) is cut with one copy.
+        A buffer holding at most one part is handed over as it is (the usual case: write
+        fills up to the part size; the final part), so a part never exists twice in
+        memory; the upload owns it from then on and nothing writes to it again. A longer
+        buffer (a resumed tail) is cut with one copy.
         """
-        if len(self._buffer) == self._part_size:
+        if len(self._buffer) <= self._part_size:
             part, self._buffer = self._buffer, bytearray()
             return part
         with memoryview(self._buffer) as buffered:
@@ -291,7 +288,8 @@ class S3Writer:
             self._shared.release_on_behalf_of(self._slot)
         self._slot = None
 
-    async def _submit(self, part: bytes | bytearray) -> None:
+    async def _submit(self) -> None:
+        """Upload the next part of the buffer in the background, once a slot is free."""
         if self._nursery is None:
             raise RuntimeError("S3Writer used outside its driver context")
         number = self._next_part
@@ -315,8 +313,10 @@ class S3Writer:
                 except BaseException:
                     self._limiter.release_on_behalf_of(number)
                     raise
-        # No checkpoint from here to the end of write's loop step: the part is either
-        # in flight (and in _in_flight) or still in the buffer, never both or neither.
+        # The part leaves the buffer only now, after every wait, with no checkpoint until
+        # it is in _in_flight: a cancelled write or commit leaves it in one place, never
+        # in both or neither (and a writer waiting for a slot holds no extra copy).
+        part = self._cut_part()
         self._next_part += 1
         self._in_flight[number] = part
         self._running += 1
@@ -392,11 +392,8 @@ class S3Writer:
     async def _complete(self) -> None:
         assert self._upload_id is not None
         upload_id = self._upload_id
-        while len(self._buffer) >= self._part_size:  # a resumed tail may hold full parts
-            await self._submit(self._cut_part())
-        if self._buffer:  # the final part, the only one allowed to be short
-            await self._submit(bytes(self._buffer))
-            self._buffer = bytearray()
+        while self._buffer:  # a resumed tail may hold full parts; the last may be short
+            await self._submit()
         await self._wait_parts()
         self._check_usable()
         numbers = sorted(self._done)
