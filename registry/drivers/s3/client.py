@@ -239,16 +239,11 @@ class S3Client:
         # Hash bodies over plain HTTP (nothing else protects them); over TLS send
         # UNSIGNED-PAYLOAD and save a pass over every part.
         self.sign_payload = endpoint.scheme == "http" if sign_payload is None else sign_payload
-        ssl_context: ssl.SSLContext | bool
-        raw_ssl: ssl.SSLContext | None = None
-        if verify:
-            ssl_context = raw_ssl = ssl.create_default_context()
-        else:
-            ssl_context = False
-            if endpoint.scheme == "https":
-                raw_ssl = ssl.create_default_context()
-                raw_ssl.check_hostname = False
-                raw_ssl.verify_mode = ssl.CERT_NONE
+        # One TLS context for httpx and the streamed-GET pool (skipverify: no checks).
+        ssl_context = ssl.create_default_context()
+        if not verify:
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
         transport = httpx.AsyncHTTPTransport(
             verify=ssl_context,
             limits=httpx.Limits(
@@ -268,7 +263,7 @@ class S3Client:
         # server that answers one without Content-Length turns that off for good.
         self._streams: streams.StreamPool | None = streams.StreamPool(
             endpoint.scheme,
-            raw_ssl,
+            ssl_context if endpoint.scheme == "https" else None,
             max_connections=max_connections,
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
