@@ -73,7 +73,7 @@ class Request:
         return v[-1] if v else None
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives (pieces up to 256 KiB). Raises ClientDisconnected."""
+        """The request body as it arrives (pieces of about 256 KiB or less). Raises ClientDisconnected."""
         while True:
             message = await self.receive()
             kind = message["type"]

@@ -4,8 +4,8 @@ Hypercorn turns every h11 event into a separate step: each chunk of a chunked re
 becomes its own ASGI message (docker streams layers in 32 KiB chunks: ~16,000 messages per
 512 MiB), and a response head is written to the socket on its own before the body. Here
 
-- consecutive body events that are already buffered are joined into one piece (at most
-  MAX_PIECE bytes) before they go to the app, and
+- consecutive body events that are already buffered are joined into one piece (stopping
+  once it reaches MAX_PIECE bytes, so at most one h11 event more) before they go to the app, and
 - a final response head is held back and written together with the first body bytes (or
   the end of the message), one send instead of two.
 
@@ -24,7 +24,7 @@ from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 
-MAX_PIECE = 256 * 1024  # joined body bytes per ASGI message
+MAX_PIECE = 256 * 1024  # joining stops once an ASGI message holds this many body bytes
 
 
 class RegistryH11Protocol(H11Protocol):

@@ -119,7 +119,8 @@ class S3Driver:
     async def reader(
         self, path: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Ranged GET, streamed as the socket delivers it (pieces up to 512 KiB); a broken
+        """Ranged GET, streamed as the socket delivers it (pieces that piled up are joined: about
+        reader.JOIN_BYTES plus one socket read at most); a broken
         stream resumes where it broke."""
         key = self._key(path)
         if offset < 0 or (length is not None and length < 0):

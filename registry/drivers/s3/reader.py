@@ -1,8 +1,8 @@
 """Streaming reads for S3Driver.reader: one ranged GET, resumed after a broken connection.
 
 Contract: ``start()`` raises PathNotFound, or InvalidOffset when offset > size (offset ==
-size is an empty read); iteration yields the pieces the socket gives (at most
-streams.READ_BYTES) and never holds the object; a body
+size is an empty read); iteration yields the pieces the socket gives (each at
+most streams.READ_BYTES; :class:`Prefetched` may join waiting ones) and never holds the object; a body
 that breaks mid-way is re-requested from the byte it broke at, ``If-Match`` the first
 answer's ETag (a replaced object raises Unavailable instead of mixing two versions), at most
 MAX_RESUMES times. ``aclose()`` is idempotent.
