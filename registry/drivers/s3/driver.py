@@ -37,6 +37,7 @@ from registry.drivers.s3.writer import (
     STATE_SUFFIX,
     S3Writer,
     state_key,
+    state_size,
 )
 
 log = logging.getLogger("registry.drivers.s3")
@@ -187,11 +188,9 @@ class S3Driver:
             if page.objects or page.prefixes:
                 return FileInfo(path, 0, 0.0, True)
             raise base.PathNotFound(path)
-        try:
-            info = await self.api.head_object(key)
-            return FileInfo(path, info.size, info.mtime, False)
-        except errors.NoSuchKey:
-            pass
+        found = await self._head_file(path, key)
+        if found is not None:
+            return found
         state_name, dir_name = state_key(key), key + "/"
         has_state = is_dir = False
         token: str | None = None
@@ -209,16 +208,22 @@ class S3Driver:
         if has_state:
             try:
                 state = await self.api.head_object(state_name)
-                return FileInfo(path, int(state.metadata.get("size", "0")), state.mtime, False)
+                return FileInfo(path, state_size(state), state.mtime, False)
             except errors.NoSuchKey:  # committed (or cancelled) since the HEAD above
-                try:
-                    info = await self.api.head_object(key)
-                    return FileInfo(path, info.size, info.mtime, False)
-                except errors.NoSuchKey:
-                    pass
+                found = await self._head_file(path, key)
+                if found is not None:
+                    return found
         if is_dir:
             return FileInfo(path, 0, 0.0, True)
         raise base.PathNotFound(path)
+
+    async def _head_file(self, path: str, key: str) -> FileInfo | None:
+        """The committed object at ``key`` as a file, or None if there is none."""
+        try:
+            info = await self.api.head_object(key)
+        except errors.NoSuchKey:
+            return None
+        return FileInfo(path, info.size, info.mtime, False)
 
     async def list(self, path: str) -> builtins.list[str]:
         """Immediate children, paged with a delimiter: never walks the whole tree."""
@@ -262,8 +267,7 @@ class S3Driver:
                         head = await self.api.head_object(obj.key)
                     except errors.NoSuchKey:
                         continue
-                    size = int(head.metadata.get("size", "0"))
-                    infos.append(FileInfo(self._path(data_key), size, obj.mtime, False))
+                    infos.append(FileInfo(self._path(data_key), state_size(head), obj.mtime, False))
                 else:
                     infos.append(FileInfo(self._path(obj.key), obj.size, obj.mtime, False))
             infos.sort(key=lambda info: info.path)

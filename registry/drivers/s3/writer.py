@@ -43,7 +43,7 @@ import trio
 
 from registry.drivers import base
 from registry.drivers.s3 import errors
-from registry.drivers.s3.api import S3Api
+from registry.drivers.s3.api import ObjectInfo, S3Api
 
 log = logging.getLogger("registry.drivers.s3")
 
@@ -111,6 +111,11 @@ class PartState:
 
 def state_key(key: str) -> str:
     return key + STATE_SUFFIX
+
+
+def state_size(info: ObjectInfo) -> int:
+    """The upload size a state object's metadata declares (see PartState.metadata)."""
+    return int(info.metadata.get("size", "0"))
 
 
 async def read_state(api: S3Api, key: str) -> PartState | None:
