@@ -49,7 +49,7 @@ RETRY_AFTER_CAP = 10.0  # s, honour a server's Retry-After up to this
 SAME_KEY_WRITE_INTERVAL = 1.0  # s, R2: at most one write per second to one key
 OCTET_STREAM = "application/octet-stream"
 HASH_IN_THREAD = 256 * 1024  # bytes; hash bigger bodies off the event loop
-BODY_PIECE = 512 * 1024  # a bytearray body is sent in copies this big (under the mmap threshold)
+BODY_PIECE = streams.READ_BYTES  # a bytearray body is sent in copies this big
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,9 @@ class S3Response:
 
 
 # Per socket read for responses read through httpx (httpcore's 64 KiB costs a wakeup per
-# 64 KiB); below the process's 1 MiB malloc mmap threshold (cli.MMAP_THRESHOLD), so each
-# read buffer is reused heap rather than a fresh mapping. Streamed GETs bypass httpx
-# (:mod:`.streams`).
-HTTPCORE_READ_BYTES = 512 * 1024
+# 64 KiB); the size streams.READ_BYTES explains (under the malloc mmap threshold).
+# Streamed GETs bypass httpx (:mod:`.streams`).
+HTTPCORE_READ_BYTES = streams.READ_BYTES
 
 
 def _tune_httpcore() -> None:
