@@ -105,17 +105,22 @@ class Metrics:
             "registry_gc_duration_seconds", "Garbage collection run time",
             buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600), registry=r)
         self._healthy: Any = None  # created by the first health check (none: no gauge)
-        # labels() takes a lock and builds a key: the children an exchange updates are
-        # looked up once per (route, method, status) and once per route, not per request.
+        # labels() takes a lock and builds a key: children are looked up once (child()),
+        # and the four an exchange updates once per (route, method, status) together.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._exchange_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
-        self._in_flight_children: dict[str, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up on first use only."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def in_flight_for(self, route: str) -> Any:
         """The in-flight gauge child of ``route``."""
-        child = self._in_flight_children.get(route)
-        if child is None:
-            child = self._in_flight_children[route] = self.in_flight.labels(route)
-        return child
+        return self.child(self.in_flight, route)
 
     def observe(self, ex: Exchange) -> None:
         key = (ex.route, ex.method, ex.status)
@@ -134,11 +139,11 @@ class Metrics:
         response_size.observe(ex.bytes_out)
         if ex.route in UPLOAD_ROUTES:
             if ex.method == "POST" and ex.status == 202:
-                self.uploads.labels("started").inc()
+                self.child(self.uploads, "started").inc()
             elif ex.status == 201:
-                self.uploads.labels("completed").inc()
+                self.child(self.uploads, "completed").inc()
             elif ex.method == "DELETE" and ex.status == 204:
-                self.uploads.labels("cancelled").inc()
+                self.child(self.uploads, "cancelled").inc()
 
     def set_healthy(self, healthy: bool) -> None:
         if self._healthy is None:
@@ -180,7 +185,6 @@ class InstrumentedDriver:
         self._driver = driver
         self._metrics = metrics
         self.name = getattr(driver, "name", type(driver).__name__)
-        self._seconds: dict[str, Any] = {}  # action -> histogram child, on first use
         for action in self._TIMED:
             if hasattr(driver, action):
                 setattr(self, action, self._timed(action, getattr(driver, action)))
@@ -189,13 +193,10 @@ class InstrumentedDriver:
         return getattr(self._driver, name)
 
     def _record(self, action: str, started: float, exc: BaseException | None) -> None:
-        child = self._seconds.get(action)
-        if child is None:  # labels() takes a lock and builds a key: once per action
-            child = self._seconds[action] = self._metrics.storage_seconds.labels(
-                self.name, action)
-        child.observe(time.perf_counter() - started)
+        m = self._metrics
+        m.child(m.storage_seconds, self.name, action).observe(time.perf_counter() - started)
         if exc is not None and not isinstance(exc, (PathNotFound, trio.Cancelled)):
-            self._metrics.storage_errors.labels(self.name, action, type(exc).__name__).inc()
+            m.child(m.storage_errors, self.name, action, type(exc).__name__).inc()
 
     def _timed(self, action: str, call: Callable[..., Any]) -> Callable[..., Any]:
         async def timed(*args: Any, **kwargs: Any) -> Any:
