@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from .. import safejson
 from ..config import ConfigError
 from . import quote_param, unauthorized
 from .policy import action_for
@@ -246,9 +247,9 @@ class TokenVerifier:
         if len(parts) != 3:
             raise TokenError("not a JWS compact token")
         try:
-            header = json.loads(b64url_decode(parts[0]))
-            payload = json.loads(b64url_decode(parts[1]))
-        except (ValueError, UnicodeDecodeError):
+            header = safejson.loads(b64url_decode(parts[0]))
+            payload = safejson.loads(b64url_decode(parts[1]))
+        except ValueError:  # includes UnicodeDecodeError and safejson's limits
             raise TokenError("undecodable token") from None
         if not isinstance(header, dict) or not isinstance(payload, dict):
             raise TokenError("undecodable token")

@@ -26,7 +26,6 @@ no I/O and are tested with tables. Digests are handled as canonical strings
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import trio
 
+from .. import safejson
 from ..digest import Digest
 from ..drivers.base import Driver, FileInfo, PathNotFound
 from ..reference import is_valid_name
@@ -97,8 +97,8 @@ def parse_references(body: bytes) -> Refs:
     """The references of stored manifest bytes, without validating them (any stored
     manifest, including schema1 written by the reference, must be markable)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = safejson.loads(body, max_depth=None)  # only top-level keys are read
+    except ValueError:
         return Refs(ok=False)
     if not isinstance(doc, dict):
         return Refs(ok=False)

@@ -8,10 +8,10 @@ the referrers API.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import safejson
 from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
 
@@ -97,8 +97,10 @@ def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
     """
     ct = (content_type or "").split(";", 1)[0].strip().lower()
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = safejson.loads(body)
+    except safejson.JSONLimitError as e:
+        raise _invalid(f"manifest {e}") from None
+    except ValueError:  # includes UnicodeDecodeError
         raise _invalid("manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
@@ -164,7 +166,7 @@ def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
 def sniff_media_type(body: bytes) -> str:
     """The media type of stored manifest bytes (for serving), without validating."""
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body, max_depth=None)  # only top-level keys are read
     except ValueError:
         return OCI_MANIFEST
     if not isinstance(doc, dict):

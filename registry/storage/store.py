@@ -8,7 +8,6 @@ errors are translated by :func:`as_registry_error` at this boundary.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import trio
 
+from .. import safejson
 from ..digest import Digest
 from ..drivers.base import Driver, DriverError, InvalidPath, PathNotFound, Unavailable
 from ..errors import ErrorCode, RegistryError
@@ -257,7 +257,7 @@ def summarize(body: bytes) -> ManifestSummary:
     media_type = sniff_media_type(body)
     subject = artifact_type = annotations = None
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except ValueError:
         doc = None
     if isinstance(doc, dict):
