@@ -98,7 +98,10 @@ class FilesystemDriver:
                 raise PathNotFound(path) from None
         try:
             with os_errors(path):
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):  # opens fine, reads fail EISDIR: as get_content
+                raise PathNotFound(path)
+            size = st.st_size
             if offset < 0 or offset > size:
                 raise InvalidOffset(path, offset)
             end = size if length is None else min(size, offset + length)
