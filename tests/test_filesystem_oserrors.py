@@ -160,3 +160,27 @@ async def test_odd_objects_under_the_root_raise_driver_errors(tmp_path: Path) ->
             os.makedirs(tmp_path / "up" / "data" / "child")
             with pytest.raises(StorageIOError, match="EISDIR"):
                 await w.cancel()
+
+
+async def test_a_move_across_filesystems_that_runs_out_of_space_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """Part of the root on another mount (a separate volume for blobs): ``move`` copies;
+    a copy that finds no space must not leave a partial file at the blob's address."""
+    root = tmp_path / "r"
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True)
+    driver = FilesystemDriver(str(root))
+    data = os.urandom(64 * PAGE)
+    with mounted_tmpfs(blobs, TMPFS_OPTIONS), trio.fail_after(TEST_TIMEOUT_S):
+        await driver.put_content("/up/data", data)
+        filler = fill(blobs, leave=16 * PAGE)  # room for a quarter of it
+        with pytest.raises(StorageFull):
+            await driver.move("/up/data", "/blobs/ab/data")
+        assert sorted(p.name for p in blobs.iterdir()) == [filler.name]  # nothing partial
+        assert await driver.get_content("/up/data") == data
+        filler.unlink()
+        await driver.move("/up/data", "/blobs/ab/data")
+        assert await driver.get_content("/blobs/ab/data") == data
+        with pytest.raises(PathNotFound):
+            await driver.stat("/up/data")
