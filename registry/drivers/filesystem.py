@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import trio
 
 from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
-from .oserrors import os_errors
+from .oserrors import copy_move, make_dirs, os_errors, remove_made_dirs
 
 T = TypeVar("T")
 
@@ -337,38 +337,9 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
-def _make_dirs(d: str) -> list[str]:
-    """``os.makedirs(d, exist_ok=True)`` that returns the directories it created itself,
-    outermost first (for :func:`_remove_made_dirs`); one made meanwhile by someone else is
-    not in the list."""
-    missing = []
-    p = d
-    while not os.path.isdir(p) and os.path.dirname(p) != p:
-        missing.append(p)
-        p = os.path.dirname(p)
-    made = []
-    for p in reversed(missing):
-        try:
-            os.mkdir(p)
-        except FileExistsError:
-            continue  # made meanwhile by a concurrent write: not ours to remove
-        made.append(p)
-    return made
-
-
-def _remove_made_dirs(made: list[str]) -> None:
-    """Undo :func:`_make_dirs` after a failed write: remove what it made, innermost first,
-    stopping at the first that is no longer empty (a concurrent write uses it)."""
-    for p in reversed(made):
-        try:
-            os.rmdir(p)
-        except OSError:
-            return
-
-
 def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
     d = os.path.dirname(full)
-    made = _make_dirs(d)
+    made = make_dirs(d)
     tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
@@ -376,8 +347,8 @@ def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
             fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
             # A concurrent write that failed removed the directory it made, just after we
-            # found it there (_remove_made_dirs): make it again, once.
-            made += _make_dirs(d)
+            # found it there (remove_made_dirs): make it again, once.
+            made += make_dirs(d)
             fd = os.open(tmp, flags, 0o644)
         try:
             _write_all(fd, content)
@@ -391,7 +362,7 @@ def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
         os.close(fd)
         os.replace(tmp, full)
     except BaseException:
-        _remove_made_dirs(made)
+        remove_made_dirs(made)
         raise
 
 
@@ -445,12 +416,12 @@ def _append(fd: int, data: bytes, start: int) -> None:
 
 def _open_writer(full: str, append: bool) -> tuple[int, int]:
     """(fd, size) of the file opened for appending (truncated unless ``append``)."""
-    made = _make_dirs(os.path.dirname(full))
+    made = make_dirs(os.path.dirname(full))
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     try:
         fd = os.open(full, flags, 0o644)
     except BaseException:
-        _remove_made_dirs(made)
+        remove_made_dirs(made)
         raise
     return fd, os.fstat(fd).st_size
 
@@ -479,41 +450,18 @@ def _scan(full: str) -> list[tuple[str, bool, int, float]]:
 def _move(fsrc: str, fdst: str) -> None:
     if not os.path.exists(fsrc):
         raise FileNotFoundError(fsrc)
-    made = _make_dirs(os.path.dirname(fdst))
+    made = make_dirs(os.path.dirname(fdst))
     try:
         try:
             os.replace(fsrc, fdst)
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            _copy_move(fsrc, fdst)
+            copy_move(fsrc, fdst)
         _fsync_dir(os.path.dirname(fdst))
     except BaseException:
-        _remove_made_dirs(made)  # only empty ones: a moved file keeps its directory
+        remove_made_dirs(made)  # only empty ones: a moved file keeps its directory
         raise
-
-
-def _copy_move(fsrc: str, fdst: str) -> None:
-    """Move across filesystems (part of the root on another mount): copy to a temp file
-    beside ``fdst``, fsync, rename, then remove ``fsrc``, so a copy that fails half-way
-    (ENOSPC) never leaves a partial file at ``fdst`` (a blob's address)."""
-    if os.path.isdir(fsrc):
-        shutil.move(fsrc, fdst)  # not used for directories today; kept working
-        return
-    tmp = f"{os.path.dirname(fdst)}/.tmp-{uuid.uuid4().hex}"
-    try:
-        shutil.copyfile(fsrc, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, fdst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.unlink(fsrc)
 
 
 def _delete(full: str) -> None:
