@@ -163,6 +163,7 @@ async def test_freed_space_works_again_and_a_failed_chunk_can_be_sent_again(
     c = disk_app.client
     with trio.fail_after(TEST_TIMEOUT_S):
         first, rest = BLOB[:100_000], BLOB[100_000:]
+        pulled = await push_blob(c, "app", b"pushed before the disk filled up")
         loc = await session(c)
         r = await c.patch(loc, content=first, headers={"Content-Range": "0-99999"})
         assert r.status_code == 202, r.text
@@ -173,6 +174,8 @@ async def test_freed_space_works_again_and_a_failed_chunk_can_be_sent_again(
         assert_storage_full(await c.patch(loc, content=rest, headers=chunk_range))
         r = await c.get(loc)
         assert r.status_code == 204 and r.headers["range"] == "0-99999"
+        r = await c.get(f"/v2/app/blobs/{pulled}")  # pulls need no space
+        assert r.status_code == 200 and digest(r.content) == pulled
         # The cut-back append freed its pages; with none left a POST fails too. Then
         # space comes back, with no restart.
         more = fill(small_fs)
@@ -190,6 +193,26 @@ async def test_freed_space_works_again_and_a_failed_chunk_can_be_sent_again(
         assert r.status_code == 200 and r.content == body
         assert r.headers["docker-content-digest"] == manifest_digest
         assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
+
+
+async def test_a_read_only_volume_answers_503_with_the_os_reason_and_one_line(
+    disk_app: Served, small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = disk_app.client
+    with trio.fail_after(TEST_TIMEOUT_S):
+        await push_blob(c, "app", b"before")  # the storage tree exists
+        done = await trio.run_process(
+            ["mount", "-o", "remount,ro", str(small_fs)], check=False, capture_stderr=True
+        )
+        assert done.returncode == 0, done.stderr
+        caplog.set_level(logging.INFO)
+        r = await c.post("/v2/app/blobs/uploads/")
+        assert r.status_code == 503, r.text
+        error = r.json()["errors"][0]
+        assert error["code"] == "UNAVAILABLE" and "EROFS" in error["detail"]["reason"], error
+        assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "registry.http"]
+        assert len(lines) == 1 and "EROFS" in lines[0], lines
 
 
 @pytest.mark.usefixtures("resumable_sha256")
