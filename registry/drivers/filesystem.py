@@ -5,7 +5,8 @@ large chunks, so the event loop never stalls on disk. ``put_content`` is atomic 
 in the same directory, fsync, rename); ``writer(...).commit()`` fsyncs; ``move`` is a rename,
 which is what makes a verified upload appear as a blob in one step.
 
-Errors: every ``OSError`` becomes a driver error here (:mod:`.oserrors`): a full disk is
+Errors: every ``OSError`` becomes a driver error here (:mod:`.oserrors`; a plain ``except``
+clause on the hot read paths, where a context manager's cost shows): a full disk is
 ``StorageFull``, anything else unexpected ``StorageIOError``. A call that fails leaves no
 trace it could have avoided: directories it created for the write are removed again (an
 empty ``_uploads/<id>/`` would otherwise outlive a failed POST), a failed append is cut
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 import trio
 
 from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
-from .oserrors import copy_move, make_dirs, os_errors, remove_made_dirs
+from .oserrors import copy_move, driver_error, make_dirs, os_errors, remove_made_dirs
 
 T = TypeVar("T")
 
@@ -70,16 +71,17 @@ class FilesystemDriver:
 
     async def get_content(self, path: str) -> bytes:
         full = self._full(path)
-        with os_errors(path):
-            try:
-                data = self._read_small_nowait(full) if self._nowait else None
-                if data is None:
-                    data = await self._run(_read_file, full)
-                else:
-                    await trio.lowlevel.checkpoint()
-                return data
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                raise PathNotFound(path) from None
+        try:
+            data = self._read_small_nowait(full) if self._nowait else None
+            if data is None:
+                data = await self._run(_read_file, full)
+            else:
+                await trio.lowlevel.checkpoint()
+            return data
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
 
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
@@ -91,14 +93,17 @@ class FilesystemDriver:
         self, path: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         full = self._full(path)
-        with os_errors(path):
-            try:
-                fd = await self._run(os.open, full, os.O_RDONLY)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                raise PathNotFound(path) from None
         try:
-            with os_errors(path):
+            fd = await self._run(os.open, full, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
+        try:
+            try:
                 st = os.fstat(fd)
+            except OSError as exc:  # not around the yield: the caller's errors are its own
+                raise driver_error(path, exc) from exc
             if stat_mod.S_ISDIR(st.st_mode):  # opens fine, reads fail EISDIR: as get_content
                 raise PathNotFound(path)
             size = st.st_size
@@ -119,8 +124,10 @@ class FilesystemDriver:
             want = min(CHUNK, end - pos)
             n = self._pread_cached(fd, buf[:want], pos)
             if n is None:
-                with os_errors(path):  # EIO from a failing disk, not the caller's error
+                try:
                     data = await self._run(os.pread, fd, want, pos)
+                except OSError as exc:  # EIO from a failing disk (not the caller's error)
+                    raise driver_error(path, exc) from exc
             else:
                 data = buf[:n].tobytes()
                 await trio.lowlevel.checkpoint()
@@ -174,50 +181,55 @@ class FilesystemDriver:
 
     async def stat(self, path: str) -> FileInfo:
         full = self._full(path)
-        with os_errors(path):
-            try:
-                # Metadata of hot paths is in the inode cache; a thread hop costs 10-20x
-                # more than the stat itself (see _read_small_nowait).
-                st = os.stat(full)
-                await trio.lowlevel.checkpoint()
-            except (FileNotFoundError, NotADirectoryError):
-                raise PathNotFound(path) from None
+        try:
+            # Metadata of hot paths is in the inode cache; a thread hop costs 10-20x more
+            # than the stat itself (see _read_small_nowait).
+            st = os.stat(full)
+            await trio.lowlevel.checkpoint()
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         return FileInfo(path, 0 if is_dir else st.st_size, st.st_mtime, is_dir)
 
     async def list(self, path: str) -> list[str]:
         full = self._full(path) if path != "/" else self.root
-        with os_errors(path):
-            try:
-                names = await self._run(_list_dir, full)
-            except (FileNotFoundError, NotADirectoryError):
-                raise PathNotFound(path) from None
+        try:
+            names = await self._run(_list_dir, full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         base = "" if path == "/" else path
         return [f"{base}/{n}" for n in names]
 
     async def move(self, src: str, dst: str) -> None:
         fsrc, fdst = self._full(src), self._full(dst)
-        with os_errors(dst):
-            try:
-                await self._run(_move, fsrc, fdst)
-            except FileNotFoundError:
-                raise PathNotFound(src) from None
+        try:
+            await self._run(_move, fsrc, fdst)
+        except FileNotFoundError:
+            raise PathNotFound(src) from None
+        except OSError as exc:
+            raise driver_error(dst, exc) from exc
 
     async def delete(self, path: str) -> None:
         full = self._full(path)
-        with os_errors(path):
-            try:
-                await self._run(_delete, full)
-            except (FileNotFoundError, NotADirectoryError):
-                raise PathNotFound(path) from None
+        try:
+            await self._run(_delete, full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
 
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         full = self._full(path) if path != "/" else self.root
-        with os_errors(path):
-            try:
-                entries = await self._run(_scan, full)
-            except (FileNotFoundError, NotADirectoryError):
-                raise PathNotFound(path) from None
+        try:
+            entries = await self._run(_scan, full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         async for info in self._walk("" if path == "/" else path, entries):
             yield info
 
@@ -229,11 +241,12 @@ class FilesystemDriver:
             if not is_dir:
                 yield FileInfo(child, size, mtime, False)
                 continue
-            with os_errors(child):
-                try:
-                    sub = await self._run(_scan, self.root + child)
-                except FileNotFoundError:
-                    continue  # removed while we walked
+            try:
+                sub = await self._run(_scan, self.root + child)
+            except FileNotFoundError:
+                continue  # removed while we walked
+            except OSError as exc:
+                raise driver_error(child, exc) from exc
             async for info in self._walk(child, sub):
                 yield info
 
