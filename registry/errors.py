@@ -33,6 +33,13 @@ class ErrorCode(enum.Enum):
     PAGINATION_NUMBER_INVALID = (400, "invalid number of results requested")
     MANIFEST_TOO_BIG = (413, "manifest too big")
     UNAVAILABLE = (503, "service unavailable")
+    # The spec has no code for "the registry's storage is full". The status is 507
+    # Insufficient Storage (RFC 4918 11.5: the server cannot store what the request needs),
+    # not 503: generic retrying clients retry 503 at once and would re-send whole layers
+    # into a full disk, while 507 says exactly what is wrong. The wire code is the
+    # reference's UNAVAILABLE (its errcode registry has it; docker knows it and retries
+    # later with backoff): UNKNOWN would claim we do not know what happened.
+    STORAGE_FULL = (507, "storage full: the registry cannot store more data now")
     UNKNOWN = (500, "unknown error")
 
     @property
@@ -52,6 +59,8 @@ class ErrorCode(enum.Enum):
             return "BLOB_UPLOAD_INVALID"
         if self is ErrorCode.PAGINATION_NUMBER_INVALID:
             return "PAGINATION_NUMBER_INVALID"
+        if self is ErrorCode.STORAGE_FULL:
+            return "UNAVAILABLE"
         return self.name
 
 

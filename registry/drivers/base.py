@@ -48,6 +48,23 @@ class DriverTimeout(Unavailable):
     """A backend call ran past its deadline."""
 
 
+class StorageIOError(DriverError):
+    """The backend failed an operation for a reason the caller cannot fix by asking
+    differently (a local filesystem's EACCES, EIO, EROFS...). ``reason`` is the backend's
+    own text (e.g. ``"Permission denied (EACCES)"``), safe to show a client: it names no
+    server path. ``path`` is the key the call was about."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{reason}: {path}")
+        self.path = path
+        self.reason = reason
+
+
+class StorageFull(StorageIOError):
+    """No space or quota left for a write (ENOSPC, EDQUOT). Nothing is wrong with the
+    request: the same call may succeed once space is freed, without a restart."""
+
+
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 

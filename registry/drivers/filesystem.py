@@ -4,10 +4,19 @@ Every blocking call runs in a worker thread under one CapacityLimiter (``maxthre
 large chunks, so the event loop never stalls on disk. ``put_content`` is atomic (temp file
 in the same directory, fsync, rename); ``writer(...).commit()`` fsyncs; ``move`` is a rename,
 which is what makes a verified upload appear as a blob in one step.
+
+Errors: every ``OSError`` becomes a driver error here (:mod:`.oserrors`; a plain ``except``
+clause on the hot read paths, where a context manager's cost shows): a full disk is
+``StorageFull``, anything else unexpected ``StorageIOError``. A call that fails leaves no
+trace it could have avoided: directories it created for the write are removed again (an
+empty ``_uploads/<id>/`` would otherwise outlive a failed POST), a failed append is cut
+back to the writer's size, a failed ``put_content`` or cross-device ``move`` leaves no
+partial file at the destination.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -22,6 +31,7 @@ from typing import Any, TypeVar
 import trio
 
 from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
+from .oserrors import copy_move, driver_error, make_dirs, os_errors, remove_made_dirs
 
 T = TypeVar("T")
 
@@ -70,9 +80,13 @@ class FilesystemDriver:
             return data
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
 
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
-        await self._run(_atomic_write, self._full(path), content, durable)
+        full = self._full(path)
+        with os_errors(path):
+            await self._run(_atomic_write, full, content, durable)
 
     @asynccontextmanager
     async def reader(
@@ -83,16 +97,24 @@ class FilesystemDriver:
             fd = await self._run(os.open, full, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         try:
-            size = os.fstat(fd).st_size
+            try:
+                st = os.fstat(fd)
+            except OSError as exc:  # not around the yield: the caller's errors are its own
+                raise driver_error(path, exc) from exc
+            if stat_mod.S_ISDIR(st.st_mode):  # opens fine, reads fail EISDIR: as get_content
+                raise PathNotFound(path)
+            size = st.st_size
             if offset < 0 or offset > size:
                 raise InvalidOffset(path, offset)
             end = size if length is None else min(size, offset + length)
-            yield self._chunks(fd, offset, end)
+            yield self._chunks(path, fd, offset, end)  # the caller's body: not os_errors
         finally:
             os.close(fd)  # close(2) on a regular file does not block: safe under cancel
 
-    async def _chunks(self, fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
+    async def _chunks(self, path: str, fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
         """Read [offset, end) in CHUNK pieces. Cached pages are copied right here with
         preadv(RWF_NOWAIT) (a thread hop per chunk cost more than the copy and halved pull
         throughput); anything that would wait for the disk is read in a thread."""
@@ -102,7 +124,10 @@ class FilesystemDriver:
             want = min(CHUNK, end - pos)
             n = self._pread_cached(fd, buf[:want], pos)
             if n is None:
-                data = await self._run(os.pread, fd, want, pos)
+                try:
+                    data = await self._run(os.pread, fd, want, pos)
+                except OSError as exc:  # EIO from a failing disk (not the caller's error)
+                    raise driver_error(path, exc) from exc
             else:
                 data = buf[:n].tobytes()
                 await trio.lowlevel.checkpoint()
@@ -146,8 +171,9 @@ class FilesystemDriver:
     @asynccontextmanager
     async def writer(self, path: str, append: bool = False) -> AsyncIterator[FileWriter]:
         full = self._full(path)
-        fd, size = await self._run(_open_writer, full, append)
-        w = FileWriter(fd, full, size, self._run)
+        with os_errors(path):
+            fd, size = await self._run(_open_writer, full, append)
+        w = FileWriter(fd, path, full, size, self._run)
         try:
             yield w
         finally:
@@ -162,6 +188,8 @@ class FilesystemDriver:
             await trio.lowlevel.checkpoint()
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         return FileInfo(path, 0 if is_dir else st.st_size, st.st_mtime, is_dir)
 
@@ -171,6 +199,8 @@ class FilesystemDriver:
             names = await self._run(_list_dir, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         base = "" if path == "/" else path
         return [f"{base}/{n}" for n in names]
 
@@ -180,6 +210,8 @@ class FilesystemDriver:
             await self._run(_move, fsrc, fdst)
         except FileNotFoundError:
             raise PathNotFound(src) from None
+        except OSError as exc:
+            raise driver_error(dst, exc) from exc
 
     async def delete(self, path: str) -> None:
         full = self._full(path)
@@ -187,6 +219,8 @@ class FilesystemDriver:
             await self._run(_delete, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
 
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         full = self._full(path) if path != "/" else self.root
@@ -194,6 +228,8 @@ class FilesystemDriver:
             entries = await self._run(_scan, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
         async for info in self._walk("" if path == "/" else path, entries):
             yield info
 
@@ -209,6 +245,8 @@ class FilesystemDriver:
                 sub = await self._run(_scan, self.root + child)
             except FileNotFoundError:
                 continue  # removed while we walked
+            except OSError as exc:
+                raise driver_error(child, exc) from exc
             async for info in self._walk(child, sub):
                 yield info
 
@@ -246,9 +284,10 @@ class FileWriter:
     """Appends to one file; see base.FileWriter. Not safe for concurrent use."""
 
     def __init__(
-        self, fd: int, full: str, size: int, run: Callable[..., Awaitable[Any]]
+        self, fd: int, path: str, full: str, size: int, run: Callable[..., Awaitable[Any]]
     ) -> None:
         self._fd: int | None = fd
+        self._path = path  # the key, for errors
         self._full = full
         self._size = size
         self._done = False
@@ -263,7 +302,8 @@ class FileWriter:
             raise InvalidPath("writer already committed or cancelled")
         fd = self._fd
         start = self._size
-        await self._run(_write_all, fd, data, start)
+        with os_errors(self._path):
+            await self._run(_append, fd, data, start)
         self._size += len(data)
 
     async def commit(self) -> None:
@@ -272,13 +312,13 @@ class FileWriter:
         self._done = True
         fd = self._fd
         if fd is not None:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), os_errors(self._path):
                 await self._run(os.fsync, fd)
 
     async def cancel(self) -> None:
         self._done = True
         self._close()
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), os_errors(self._path):
             try:
                 await self._run(os.unlink, self._full)
             except FileNotFoundError:
@@ -286,8 +326,9 @@ class FileWriter:
 
     def _close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            with os_errors(self._path):  # NFS may report a deferred write error here
+                os.close(fd)
 
 
 # --- blocking helpers, run in worker threads -------------------------------------------
@@ -311,19 +352,31 @@ def _fsync_dir(d: str) -> None:
 
 def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
     d = os.path.dirname(full)
-    os.makedirs(d, exist_ok=True)
+    made = make_dirs(d)
     tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        _write_all(fd, content)
-        if durable:
-            os.fsync(fd)
-    except BaseException:
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            # A concurrent write that failed removed the directory it made, just after we
+            # found it there (remove_made_dirs): make it again, once.
+            made += make_dirs(d)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            _write_all(fd, content)
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.close(fd)
-        os.unlink(tmp)
+        os.replace(tmp, full)
+    except BaseException:
+        remove_made_dirs(made)
         raise
-    os.close(fd)
-    os.replace(tmp, full)
 
 
 WRITEBACK_EVERY = 16 * 1024 * 1024  # start disk writeback early so commit's fsync is short
@@ -362,11 +415,27 @@ def _write_all(fd: int, data: bytes, start: int = -1) -> None:
         _sync_file_range(fd, upto - WRITEBACK_EVERY, WRITEBACK_EVERY, _SYNC_FILE_RANGE_WRITE)
 
 
+def _append(fd: int, data: bytes, start: int) -> None:
+    """Append ``data`` to a file of ``start`` bytes, or leave it at ``start`` bytes: a write
+    that fails part-way (ENOSPC) is cut back, so the upload stays at the size its client
+    was last told and the same chunk can be sent again once there is space."""
+    try:
+        _write_all(fd, data, start)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+
+
 def _open_writer(full: str, append: bool) -> tuple[int, int]:
     """(fd, size) of the file opened for appending (truncated unless ``append``)."""
-    os.makedirs(os.path.dirname(full), exist_ok=True)
+    made = make_dirs(os.path.dirname(full))
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(full, flags, 0o644)
+    try:
+        fd = os.open(full, flags, 0o644)
+    except BaseException:
+        remove_made_dirs(made)
+        raise
     return fd, os.fstat(fd).st_size
 
 
@@ -394,14 +463,18 @@ def _scan(full: str) -> list[tuple[str, bool, int, float]]:
 def _move(fsrc: str, fdst: str) -> None:
     if not os.path.exists(fsrc):
         raise FileNotFoundError(fsrc)
-    os.makedirs(os.path.dirname(fdst), exist_ok=True)
+    made = make_dirs(os.path.dirname(fdst))
     try:
-        os.replace(fsrc, fdst)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        shutil.move(fsrc, fdst)
-    _fsync_dir(os.path.dirname(fdst))
+        try:
+            os.replace(fsrc, fdst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            copy_move(fsrc, fdst)
+        _fsync_dir(os.path.dirname(fdst))
+    except BaseException:
+        remove_made_dirs(made)  # only empty ones: a moved file keeps its directory
+        raise
 
 
 def _delete(full: str) -> None:

@@ -4,7 +4,12 @@ The reference's behaviour (distribution 2.8 ``storage/purgeuploads.go`` and
 ``handlers/app.go startUploadPurger``): the first purge runs after a random whole number of
 minutes below an hour (so replicas started together spread out), then one every
 ``interval``; a session's age is its ``startedat`` (RFC 3339), and a session whose
-``startedat`` is missing or unreadable is never purged. ``dryrun`` only logs.
+``startedat`` is unreadable is never purged. ``dryrun`` only logs.
+
+Unlike the reference, an upload directory with no ``startedat`` at all is removed once the
+newest modification time of it and its files is older than the age: no session was ever
+started there (a crash between making the directory and writing ``startedat``, or a
+removal cut short), so nothing else would ever remove it.
 
 Sessions go through :meth:`Uploads.cancel`, so an S3 session's multipart upload is aborted
 (R2 would otherwise keep its parts for 7 days), not just its keys deleted. Every worker
@@ -23,7 +28,7 @@ from typing import Any
 
 import trio
 
-from ..drivers.base import Driver, DriverError
+from ..drivers.base import Driver, DriverError, PathNotFound
 from ..errors import RegistryError, unwrap
 from . import paths
 from .gc import enumerate_repositories
@@ -51,7 +56,11 @@ async def purge_uploads(
     for name in await enumerate_repositories(driver, markers=(paths.UPLOADS,)):
         for upload_id, started in await uploads.list_sessions(name):
             if started >= older_than:
-                report.kept += 1
+                # A missing startedat lists as "now": judge such a directory by mtime.
+                if await _undated_before(driver, name, upload_id, older_than):
+                    await _remove_undated(driver, name, upload_id, report, dry_run)
+                else:
+                    report.kept += 1
                 continue
             if dry_run:
                 log.info("purge (dry run): would remove upload %s/%s", name, upload_id)
@@ -77,6 +86,49 @@ async def purge_uploads(
         except (DriverError, trio.TooSlowError) as exc:
             report.errors.append(f"multipart sweep: {exc!r}")
     return report
+
+
+async def _undated_before(driver: Driver, name: str, upload_id: str, older_than: float) -> bool:
+    """Is ``_uploads/<upload_id>/`` a directory with no ``startedat`` whose newest
+    modification time (its own, and that of every file in it) is before ``older_than``?"""
+    try:
+        upload_dir = paths.upload_dir(name, upload_id)
+    except ValueError:
+        return False  # not an upload id: not ours to remove
+    try:
+        await driver.stat(paths.upload_startedat(name, upload_id))
+        return False  # a session (its startedat is unreadable, or it is young)
+    except PathNotFound:
+        pass
+    try:
+        newest = (await driver.stat(upload_dir)).mtime
+        async for info in driver.walk(upload_dir):
+            newest = max(newest, info.mtime)
+    except PathNotFound:
+        return False  # removed meanwhile
+    return newest < older_than
+
+
+async def _remove_undated(
+    driver: Driver, name: str, upload_id: str, report: PurgeReport, dry_run: bool
+) -> None:
+    """Delete an upload directory that never held a session (see the module docstring).
+    No backend state to abort: S3 multipart uploads are swept by age below."""
+    if dry_run:
+        log.info("purge (dry run): would remove undated upload directory %s/%s", name, upload_id)
+        report.purged.append((name, upload_id))
+        return
+    try:
+        with trio.fail_after(CANCEL_TIMEOUT):
+            await driver.delete(paths.upload_dir(name, upload_id))
+    except PathNotFound:
+        return  # removed meanwhile (another worker's purger)
+    except (DriverError, trio.TooSlowError) as exc:
+        report.errors.append(f"{name}/{upload_id}: {exc!r}")
+        log.warning("purge: cannot remove upload directory %s/%s: %r", name, upload_id, exc)
+        return
+    log.info("purge: removed undated upload directory %s/%s", name, upload_id)
+    report.purged.append((name, upload_id))
 
 
 class UploadPurger:

@@ -17,7 +17,15 @@ import trio
 
 from .. import safejson
 from ..digest import Digest
-from ..drivers.base import Driver, DriverError, InvalidPath, PathNotFound, Unavailable
+from ..drivers.base import (
+    Driver,
+    DriverError,
+    InvalidPath,
+    PathNotFound,
+    StorageFull,
+    StorageIOError,
+    Unavailable,
+)
 from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore, link_content
@@ -35,6 +43,9 @@ log = logging.getLogger("registry.storage")
 
 MANIFEST_CACHE_BYTES = 32 * 1024 * 1024  # immutable manifest bytes by digest, per process
 REFERENCE_CHECK_CONCURRENCY = 32  # parallel existence checks when validating a manifest
+# Retry-After on a full storage (seconds): space comes back when someone or a GC frees it,
+# in minutes; one try a minute costs a full disk little and notices the space soon.
+STORAGE_FULL_RETRY_AFTER = 60
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,14 @@ def as_registry_error(exc: BaseException) -> RegistryError | None:
         return RegistryError(ErrorCode.NAME_INVALID)
     if isinstance(exc, PathNotFound):
         return RegistryError(ErrorCode.UNKNOWN, "storage object vanished")
+    if isinstance(exc, StorageFull):
+        return RegistryError(
+            ErrorCode.STORAGE_FULL,
+            detail={"reason": exc.reason},
+            headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER)},
+        )
+    if isinstance(exc, StorageIOError):
+        return RegistryError(ErrorCode.UNAVAILABLE, "storage error", {"reason": exc.reason})
     if isinstance(exc, DriverError):
         return RegistryError(ErrorCode.UNAVAILABLE, "storage error")
     return None
