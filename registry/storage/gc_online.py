@@ -3,7 +3,9 @@
 :class:`OnlineCollector` is the engine of ``gc.py`` plus a grace period, a trash and a
 second look, with no read-only window:
 
-1. Leftover trash of an interrupted run goes back where it came from.
+1. Leftover trash of an interrupted run goes back where it came from, and the layer links
+   that run deleted come back where a manifest references a restored blob
+   (:meth:`OnlineCollector.recover`, run by whoever takes the lock next).
 2. Mark as offline. Untagged manifests whose revision link is younger than the grace
    period are kept (their referrers and children too). Blob candidates: unmarked,
    ``data`` older than the grace period, and every link to them older too.
@@ -29,7 +31,8 @@ replicas and worker processes share only storage, and one collection runs at a t
 through the lock in ``gc_service.py``. On the filesystem an emptied ``<hex>`` directory
 stays (removing it could race an upload moving fresh bytes into it); the reference and we
 skip directories without ``data``. Cancellation puts trashed blobs back (shielded,
-bounded); so does the next run, for a process that died.
+bounded); for a process that died, whoever takes the lock next does (the offline
+command, the server at start-up, the next run).
 """
 
 from __future__ import annotations
@@ -73,8 +76,7 @@ class OnlineCollector(Collector):
         o, rep = self.options, self.report
         try:
             await self._step("start")
-            if not o.dry_run:
-                await self.restore_leftover_trash()
+            await self.recover()
             repos = await self._mark_all()
             await self._step("marked")
             cutoff = self._clock() - o.grace_period
@@ -117,19 +119,67 @@ class OnlineCollector(Collector):
                         await self._untrash(d)
             raise
 
-    async def restore_leftover_trash(self) -> int:
-        """Put back whatever an interrupted run left in the trash (online step 1)."""
-        n = 0
+    async def recover(self) -> int:
+        """Undo what an interrupted run left (step 1; also run by the offline command and
+        the server's start-up whenever they take the lock). Call only while holding the
+        lock: the trash is then nobody's. Returns how many blobs came back.
+
+        Every blob in the trash goes back home (unless fresh bytes got there meanwhile).
+        If any did, every repository is scanned and a layer link the run had deleted is
+        written again where a present manifest of the repository references the restored
+        blob (as step 6 would have: a push may have raced the unlink). Deleting them is
+        left to the next run, which plans afresh: purging now could cut a push inside the
+        settle window the dead run never waited out. Safe to repeat (the trash is empty).
+        Not undone: an untagged revision the dead run deleted just as a tag was pushed
+        onto it (nothing records which revisions it deleted).
+        """
+        trashed = await self._leftover_trash()
+        if not trashed:
+            return 0
+        if self.options.dry_run:
+            self._warn(
+                f"the trash holds {len(trashed)} blobs of an interrupted collection;"
+                " a real run puts them back first"
+            )
+            return 0
+        restored = set(trashed)
+        self.progress.phase("restore", len(trashed))
+
+        async def back(d: str) -> None:
+            await self._untrash(d)
+            self.progress.advance()
+
+        await for_each(trashed, back, self.n)
+        relinked = 0
+
+        async def relink(name: str) -> None:
+            nonlocal relinked
+            repo = await self._scan_repo(name, tags=False)
+            linked = set(repo.layers)
+            for rev in repo.revisions:
+                r = self._refs.get(rev)
+                for d in r.blobs if r is not None else ():
+                    if d in restored and d not in linked:
+                        link = paths.layer_link(name, as_digest(d))
+                        await self.driver.put_content(link, link_content(as_digest(d)))
+                        linked.add(d)
+                        relinked += 1
+
+        await for_each(await enumerate_repositories(self.driver, concurrency=self.n), relink, self.n)
+        self._refs.clear()  # the run that follows reads everything afresh
+        self._warn(
+            f"restored {len(trashed)} blobs (and {relinked} layer links) an interrupted"
+            " collection left in the trash"
+        )
+        return len(trashed)
+
+    async def _leftover_trash(self) -> list[str]:
+        found: list[str] = []
         for alg_dir in await list_children(self.driver, paths.GC_TRASH):
             alg = basename(alg_dir)
-            if alg not in HEX_RE:
-                continue
-            for d in await digests_in(self.driver, alg, alg_dir):
-                await self._untrash(d)
-                n += 1
-        if n:
-            self._warn(f"restored {n} blobs an interrupted collection left in the trash")
-        return n
+            if alg in HEX_RE:
+                found += await digests_in(self.driver, alg, alg_dir)
+        return sorted(found)
 
     async def _delete_untagged(self, repos: list[RepoScan], cutoff: float) -> dict[str, set[str]]:
         """Online step 3a: re-verify and delete the planned untagged manifests."""
