@@ -10,8 +10,9 @@ second look, with no read-only window:
    period are kept (their referrers and children too). Blob candidates: unmarked,
    ``data`` older than the grace period, and every link to them older too.
 3. Re-verify, then unlink: an untagged manifest that got a tag meanwhile is kept; a
-   candidate with a link written meanwhile is spared. Then delete the planned revisions
-   and the layer links of the candidates. From now on a manifest PUT that references a
+   candidate with a link written meanwhile is spared. Then delete the planned revisions,
+   record the candidates in ``_gc/plan`` (for step 1 of whoever comes next, should this
+   process die) and delete the layer links of the candidates. From now on a manifest PUT that references a
    candidate fails its check (MANIFEST_BLOB_UNKNOWN) and the client uploads the blob again.
 4. Trash: move each candidate's ``data`` to ``_gc/trash``. From now on an upload of the
    blob moves fresh bytes into place, and mounts and manifest checks find nothing.
@@ -37,11 +38,12 @@ command, the server at start-up, the next run).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import trio
 
-from ..drivers.base import FileInfo, PathNotFound
+from ..drivers.base import Driver, FileInfo, PathNotFound
 from . import paths
 from .blobs import link_content
 from .gc import (
@@ -51,6 +53,7 @@ from .gc import (
     as_digest,
     basename,
     delete_path,
+    digest_str,
     digests_in,
     enumerate_repositories,
     for_each,
@@ -63,6 +66,19 @@ from .gc import (
 log = logging.getLogger("registry.gc")
 
 RESTORE_TIMEOUT = 60.0  # seconds a cancelled run spends putting trashed blobs back
+
+
+async def read_plan(driver: Driver) -> list[str] | None:
+    """The candidates ``_gc/plan`` names (a run wrote it before unlinking them and had not
+    finished), None if there is no plan. Unreadable entries are skipped."""
+    try:
+        doc = json.loads(await driver.get_content(paths.GC_PLAN))
+    except PathNotFound:
+        return None
+    except ValueError:
+        return []
+    raw = doc.get("candidates") if isinstance(doc, dict) else None
+    return [d for d in raw if digest_str(d)] if isinstance(raw, list) else []
 
 
 class OnlineCollector(Collector):
@@ -97,6 +113,9 @@ class OnlineCollector(Collector):
                 rep.links_deleted = sorted(unlink)
                 return
             await self._lock_ok()
+            if candidates:  # what recover() must relink if this process dies from here on
+                plan = json.dumps({"candidates": sorted(candidates)}).encode()
+                await self.driver.put_content(paths.GC_PLAN, plan)
             unlinked = await self._unlink(unlink)
             await self._step("unlinked")
             await self._lock_ok()
@@ -110,6 +129,7 @@ class OnlineCollector(Collector):
             await self._step("rescanned")
             await self._lock_ok()
             await self._finish(candidates, rescued, garbage)
+            await delete_path(self.driver, paths.GC_PLAN)
             await self._step("done")
         except BaseException:
             if self._trashed:
@@ -117,6 +137,7 @@ class OnlineCollector(Collector):
                     cs.shield = True
                     for d in sorted(self._trashed):
                         await self._untrash(d)
+            # The plan stays: the next lock taker's recover() relinks what needs it.
             raise
 
     async def recover(self) -> int:
@@ -125,16 +146,18 @@ class OnlineCollector(Collector):
         lock: the trash is then nobody's. Returns how many blobs came back.
 
         Every blob in the trash goes back home (unless fresh bytes got there meanwhile).
-        If any did, every repository is scanned and a layer link the run had deleted is
-        written again where a present manifest of the repository references the restored
-        blob (as step 6 would have: a push may have raced the unlink). Deleting them is
+        Then every repository is scanned and a layer link the run had deleted (the run's
+        candidates, from ``_gc/plan``, and what was in the trash) is written again where a
+        present manifest of the repository references that blob and its bytes exist (as
+        step 6 would have: a push may have raced the unlink). Deleting them is
         left to the next run, which plans afresh: purging now could cut a push inside the
         settle window the dead run never waited out. Safe to repeat (the trash is empty).
         Not undone: an untagged revision the dead run deleted just as a tag was pushed
         onto it (nothing records which revisions it deleted).
         """
         trashed = await self._leftover_trash()
-        if not trashed:
+        plan = await read_plan(self.driver)
+        if not trashed and plan is None:
             return 0
         if self.options.dry_run:
             self._warn(
@@ -142,7 +165,6 @@ class OnlineCollector(Collector):
                 " a real run puts them back first"
             )
             return 0
-        restored = set(trashed)
         self.progress.phase("restore", len(trashed))
 
         async def back(d: str) -> None:
@@ -150,6 +172,7 @@ class OnlineCollector(Collector):
             self.progress.advance()
 
         await for_each(trashed, back, self.n)
+        restored = set(trashed) | set(plan or ())
         relinked = 0
 
         async def relink(name: str) -> None:
@@ -159,18 +182,24 @@ class OnlineCollector(Collector):
             for rev in repo.revisions:
                 r = self._refs.get(rev)
                 for d in r.blobs if r is not None else ():
-                    if d in restored and d not in linked:
+                    if d in restored and d not in linked and await stat_file(
+                        self.driver, paths.blob_data(as_digest(d))
+                    ):
                         link = paths.layer_link(name, as_digest(d))
                         await self.driver.put_content(link, link_content(as_digest(d)))
                         linked.add(d)
                         relinked += 1
 
-        await for_each(await enumerate_repositories(self.driver, concurrency=self.n), relink, self.n)
+        if restored:
+            names = await enumerate_repositories(self.driver, concurrency=self.n)
+            await for_each(names, relink, self.n)
+        await delete_path(self.driver, paths.GC_PLAN)
         self._refs.clear()  # the run that follows reads everything afresh
-        self._warn(
-            f"restored {len(trashed)} blobs (and {relinked} layer links) an interrupted"
-            " collection left in the trash"
-        )
+        if trashed or relinked:
+            self._warn(
+                f"restored {len(trashed)} blobs and {relinked} layer links an interrupted"
+                " collection left"
+            )
         return len(trashed)
 
     async def _leftover_trash(self) -> list[str]:

@@ -37,7 +37,7 @@ from .gc_lock import (
     public,
     read_json,
 )
-from .gc_online import OnlineCollector
+from .gc_online import OnlineCollector, read_plan
 
 __all__ = ["LOCK_CONFIRM", "LOCK_TTL", "GCLock", "LockBusy", "OnlineGC", "open_gc_lock"]
 
@@ -195,11 +195,13 @@ class OnlineGC:
             self._report_start({"status": "failed", "reason": "the collection ended"})
 
     async def recover(self) -> int:
-        """At start-up: if the trash holds blobs (a run died mid-way), take the lock unless
-        a live process holds it (then the trash is its own) and put them back. Returns how
-        many came back; never raises for storage errors or a busy lock (logged)."""
+        """At start-up: if the trash holds blobs or a plan is left (a run died or was
+        cancelled mid-way), take the lock unless a live process holds it (then they are its
+        own) and undo them (``OnlineCollector.recover``). Returns how many blobs came back;
+        never raises for storage errors or a busy lock (logged)."""
         try:
-            if not await list_children(self.driver, paths.GC_TRASH):
+            trash = await list_children(self.driver, paths.GC_TRASH)
+            if not trash and await read_plan(self.driver) is None:
                 return 0
             async with open_gc_lock(
                 self.driver, confirm=self.lock_confirm, clock=self.clock
