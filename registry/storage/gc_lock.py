@@ -48,7 +48,7 @@ LOCK_TTL = 15 * 60.0  # seconds a lock lives without renewal (how long a dead ho
 LOCK_CONFIRM = 2.0  # seconds between writing the lock and reading it back (racing takers)
 RELEASE_TIMEOUT = 30.0  # seconds a release may take (shielded: it runs on cancellation)
 PROC = "/proc"  # Linux procfs: where boot id, pid namespace and process start times live
-REGISTRY_MARK = b"registry"  # in the cmdline of `registry ...` and `python -m registry ...`
+REGISTRY_PROGRAM = b"registry"  # `registry ...` (the console script) or `python -m registry`
 
 # The record keys that describe the holder to a human (LockBusy, GET /admin/gc, 409).
 PUBLIC_KEYS = ("host", "pid", "expires")
@@ -103,12 +103,16 @@ def process_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def _cmdline(pid: int) -> bytes:
+def is_registry(pid: int) -> bool:
+    """Does ``/proc/<pid>/cmdline`` run this program (an argument named ``registry``,
+    possibly with a directory, or ``-m registry``)? Hypercorn workers are forked, so they
+    show their master's command line."""
     try:
         with open(f"{PROC}/{pid}/cmdline", "rb") as f:
-            return f.read()
+            args = f.read().split(b"\0")
     except OSError:
-        return b""
+        return False
+    return any(a.rsplit(b"/", 1)[-1] == REGISTRY_PROGRAM for a in args[:3])
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ class Identity:
         start = holder.get("start")
         if isinstance(start, int):
             return stat[1] != start  # the pid now names another process
-        return REGISTRY_MARK not in _cmdline(pid)
+        return not is_registry(pid)
 
 
 def holder_state(holder: dict[str, Any] | None, now: float, me: Identity) -> str:
