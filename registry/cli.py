@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
         "--delete-untagged", "-m", action="store_true", help="delete manifests no tag points at"
     )
     g.add_argument("--quiet", "-q", action="store_true", help="only print the summary")
+    g.add_argument(
+        "--force", action="store_true", help="take the collection lock whatever process holds it"
+    )
     return p
 
 
@@ -105,5 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "garbage-collect":
         from .gc_cli import run_gc
 
-        return run_gc(config, dry_run=args.dry_run, delete_untagged=args.delete_untagged, quiet=args.quiet)
+        return run_gc(
+            config, dry_run=args.dry_run, delete_untagged=args.delete_untagged, quiet=args.quiet,
+            force=args.force,
+        )
     return 2

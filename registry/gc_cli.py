@@ -1,4 +1,4 @@
-"""``registry garbage-collect [--dry-run] [--delete-untagged] [--quiet] CONFIG``.
+"""``registry garbage-collect [--dry-run] [--delete-untagged] [--quiet] [--force] CONFIG``.
 
 The reference's offline command with its semantics (see ``storage/gc.py``), so the
 documented maintenance step -- ``docker compose exec registry registry garbage-collect
@@ -11,6 +11,12 @@ delete ..." with ``--dry-run``, which deletes nothing) and a summary: repositori
 manifests, blobs kept, blobs deleted, bytes freed, time taken. ``--quiet`` prints only the
 summary. Exit status 0 on success, 1 when the collection failed or another collection
 holds the lock.
+
+The lock (``storage/gc_lock.py``) of a collection that died on this host is taken over at
+once; ``--force`` takes it whatever holds it, with a warning naming the holder (a live
+holder stops at its next check). Holding the lock, a real run first puts back what an
+interrupted online collection left in the trash (``OnlineCollector.recover``); the
+collection that follows then deletes what nothing references.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from .config import Config
 from .drivers import make_driver
 from .drivers.base import Driver
 from .storage.gc import GCOptions, GCReport, Progress, collect
-from .storage.gc_service import LockBusy, open_gc_lock
+from .storage.gc_lock import LockBusy, describe, live_holder, open_gc_lock
+from .storage.gc_online import OnlineCollector
 
 TTY_REFRESH = 0.1  # seconds between redraws of the progress line on a terminal
 LOG_REFRESH = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -126,25 +133,42 @@ def print_report(report: GCReport, out: TextIO, *, quiet: bool) -> None:
     out.flush()
 
 
-async def _collect(driver: Driver, options: GCOptions, progress: Progress) -> GCReport:
+async def _collect(
+    driver: Driver, options: GCOptions, progress: Progress, force: bool = False
+) -> GCReport:
     try:
+        if force:
+            holder = await live_holder(driver)
+            if holder is not None:
+                print(
+                    f"registry garbage-collect: WARNING: --force: taking the lock from the"
+                    f" collection of {describe(holder)}, which may still be running",
+                    file=sys.stderr,
+                    flush=True,
+                )
         # Offline: confirm=0, nobody else should be collecting; the lock still keeps the
         # server's online GC (and a second CLI run) away while we work.
-        async with open_gc_lock(driver, confirm=0) as lock:
-            return await collect(driver, options, progress=progress, check_lock=lock.check)
+        async with open_gc_lock(driver, confirm=0, force=force) as lock:
+            recovery = OnlineCollector(driver, GCOptions(online=True, dry_run=options.dry_run))
+            await recovery.recover()
+            report = await collect(driver, options, progress=progress, check_lock=lock.check)
+            report.warnings[:0] = recovery.report.warnings
+            return report
     finally:
         with trio.CancelScope(shield=True):
             await driver.aclose()
 
 
-def run_gc(config: Config, *, dry_run: bool, delete_untagged: bool, quiet: bool) -> int:
+def run_gc(
+    config: Config, *, dry_run: bool, delete_untagged: bool, quiet: bool, force: bool = False
+) -> int:
     """The command: returns the exit status."""
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=True)
     options = GCOptions(dry_run=dry_run, delete_untagged=delete_untagged)
     progress: Progress = Progress() if quiet else TerminalProgress(sys.stderr)
     try:
-        report = trio.run(_collect, driver, options, progress)
+        report = trio.run(_collect, driver, options, progress, force)
     except LockBusy as exc:
         print(f"registry garbage-collect: {exc}; try again later", file=sys.stderr)
         return 1

@@ -1,9 +1,11 @@
 """``/admin/gc``: start an online garbage collection, or see how the last one went.
 
-- ``POST /admin/gc`` -> 202 ``{"status": "started"}``: the server's collector
-  (``storage.gc_service.OnlineGC``, owned by the lifespan nursery) runs now; 409
-  ``{"status": "running"}`` when this process is already collecting. Across processes and
-  replicas the storage lock decides; a run that finds it held reports ``busy``.
+- ``POST /admin/gc`` -> 202 ``{"status": "started"}`` once the server's collector
+  (``storage.gc_service.OnlineGC``, owned by the lifespan nursery) holds the storage lock
+  and runs; 409 ``{"status": "running" | "busy", "holder": {"host", "pid", "expires"}}``
+  when this process is collecting already, or any live process of any replica holds the
+  lock (a dead holder on this host is taken over, so that answers 202); 503
+  ``{"status": "failed", "reason"}`` when storage failed before the run could start.
 - ``GET /admin/gc`` -> 200 with this process's collector status and last run's summary,
   and from storage (so any worker or replica answers alike) when a collection last
   finished and who holds the lock.
@@ -30,9 +32,11 @@ async def admin_gc(app: RegistryApp, req: Request) -> Response:
             ErrorCode.UNSUPPORTED, "garbage collection is not available", status=404
         )
     if req.method == "POST":
-        if not service.request():
-            return json_response(409, {"status": "running", **service.status()})
-        return json_response(202, {"status": "started"})
+        refused = await service.start_now()
+        if refused is None:
+            return json_response(202, {"status": "started"})
+        code = 503 if refused["status"] == "failed" else 409
+        return json_response(code, {**service.status(), **refused})
     return json_response(200, await service.describe())
 
 

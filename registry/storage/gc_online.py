@@ -3,13 +3,16 @@
 :class:`OnlineCollector` is the engine of ``gc.py`` plus a grace period, a trash and a
 second look, with no read-only window:
 
-1. Leftover trash of an interrupted run goes back where it came from.
+1. Leftover trash of an interrupted run goes back where it came from, and the layer links
+   that run deleted come back where a manifest references a restored blob
+   (:meth:`OnlineCollector.recover`, run by whoever takes the lock next).
 2. Mark as offline. Untagged manifests whose revision link is younger than the grace
    period are kept (their referrers and children too). Blob candidates: unmarked,
    ``data`` older than the grace period, and every link to them older too.
 3. Re-verify, then unlink: an untagged manifest that got a tag meanwhile is kept; a
-   candidate with a link written meanwhile is spared. Then delete the planned revisions
-   and the layer links of the candidates. From now on a manifest PUT that references a
+   candidate with a link written meanwhile is spared. Then delete the planned revisions,
+   record the candidates in ``_gc/plan`` (for step 1 of whoever comes next, should this
+   process die) and delete the layer links of the candidates. From now on a manifest PUT that references a
    candidate fails its check (MANIFEST_BLOB_UNKNOWN) and the client uploads the blob again.
 4. Trash: move each candidate's ``data`` to ``_gc/trash``. From now on an upload of the
    blob moves fresh bytes into place, and mounts and manifest checks find nothing.
@@ -29,16 +32,18 @@ replicas and worker processes share only storage, and one collection runs at a t
 through the lock in ``gc_service.py``. On the filesystem an emptied ``<hex>`` directory
 stays (removing it could race an upload moving fresh bytes into it); the reference and we
 skip directories without ``data``. Cancellation puts trashed blobs back (shielded,
-bounded); so does the next run, for a process that died.
+bounded); for a process that died, whoever takes the lock next does (the offline
+command, the server at start-up, the next run).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import trio
 
-from ..drivers.base import FileInfo, PathNotFound
+from ..drivers.base import Driver, FileInfo, PathNotFound
 from . import paths
 from .blobs import link_content
 from .gc import (
@@ -48,6 +53,7 @@ from .gc import (
     as_digest,
     basename,
     delete_path,
+    digest_str,
     digests_in,
     enumerate_repositories,
     for_each,
@@ -62,6 +68,19 @@ log = logging.getLogger("registry.gc")
 RESTORE_TIMEOUT = 60.0  # seconds a cancelled run spends putting trashed blobs back
 
 
+async def read_plan(driver: Driver) -> list[str] | None:
+    """The candidates ``_gc/plan`` names (a run wrote it before unlinking them and had not
+    finished), None if there is no plan. Unreadable entries are skipped."""
+    try:
+        doc = json.loads(await driver.get_content(paths.GC_PLAN))
+    except PathNotFound:
+        return None
+    except ValueError:
+        return []
+    raw = doc.get("candidates") if isinstance(doc, dict) else None
+    return [d for d in raw if digest_str(d)] if isinstance(raw, list) else []
+
+
 class OnlineCollector(Collector):
     """One online collection (``options.online``); see the module docstring."""
 
@@ -73,8 +92,7 @@ class OnlineCollector(Collector):
         o, rep = self.options, self.report
         try:
             await self._step("start")
-            if not o.dry_run:
-                await self.restore_leftover_trash()
+            await self.recover()
             repos = await self._mark_all()
             await self._step("marked")
             cutoff = self._clock() - o.grace_period
@@ -95,6 +113,9 @@ class OnlineCollector(Collector):
                 rep.links_deleted = sorted(unlink)
                 return
             await self._lock_ok()
+            if candidates:  # what recover() must relink if this process dies from here on
+                plan = json.dumps({"candidates": sorted(candidates)}).encode()
+                await self.driver.put_content(paths.GC_PLAN, plan)
             unlinked = await self._unlink(unlink)
             await self._step("unlinked")
             await self._lock_ok()
@@ -108,6 +129,7 @@ class OnlineCollector(Collector):
             await self._step("rescanned")
             await self._lock_ok()
             await self._finish(candidates, rescued, garbage)
+            await delete_path(self.driver, paths.GC_PLAN)
             await self._step("done")
         except BaseException:
             if self._trashed:
@@ -115,21 +137,78 @@ class OnlineCollector(Collector):
                     cs.shield = True
                     for d in sorted(self._trashed):
                         await self._untrash(d)
+            # The plan stays: the next lock taker's recover() relinks what needs it.
             raise
 
-    async def restore_leftover_trash(self) -> int:
-        """Put back whatever an interrupted run left in the trash (online step 1)."""
-        n = 0
+    async def recover(self) -> int:
+        """Undo what an interrupted run left (step 1; also run by the offline command and
+        the server's start-up whenever they take the lock). Call only while holding the
+        lock: the trash is then nobody's. Returns how many blobs came back.
+
+        Every blob in the trash goes back home (unless fresh bytes got there meanwhile).
+        Then every repository is scanned and a layer link the run had deleted (the run's
+        candidates, from ``_gc/plan``, and what was in the trash) is written again where a
+        present manifest of the repository references that blob and its bytes exist (as
+        step 6 would have: a push may have raced the unlink). Deleting them is
+        left to the next run, which plans afresh: purging now could cut a push inside the
+        settle window the dead run never waited out. Safe to repeat (the trash is empty).
+        Not undone: an untagged revision the dead run deleted just as a tag was pushed
+        onto it (nothing records which revisions it deleted).
+        """
+        trashed = await self._leftover_trash()
+        plan = await read_plan(self.driver)
+        if not trashed and plan is None:
+            return 0
+        if self.options.dry_run:
+            self._warn(
+                f"the trash holds {len(trashed)} blobs of an interrupted collection;"
+                " a real run puts them back first"
+            )
+            return 0
+        self.progress.phase("restore", len(trashed))
+
+        async def back(d: str) -> None:
+            await self._untrash(d)
+            self.progress.advance()
+
+        await for_each(trashed, back, self.n)
+        restored = set(trashed) | set(plan or ())
+        relinked = 0
+
+        async def relink(name: str) -> None:
+            nonlocal relinked
+            repo = await self._scan_repo(name, tags=False)
+            linked = set(repo.layers)
+            for rev in repo.revisions:
+                r = self._refs.get(rev)
+                for d in r.blobs if r is not None else ():
+                    if d in restored and d not in linked and await stat_file(
+                        self.driver, paths.blob_data(as_digest(d))
+                    ):
+                        link = paths.layer_link(name, as_digest(d))
+                        await self.driver.put_content(link, link_content(as_digest(d)))
+                        linked.add(d)
+                        relinked += 1
+
+        if restored:
+            names = await enumerate_repositories(self.driver, concurrency=self.n)
+            await for_each(names, relink, self.n)
+        await delete_path(self.driver, paths.GC_PLAN)
+        self._refs.clear()  # the run that follows reads everything afresh
+        if trashed or relinked:
+            self._warn(
+                f"restored {len(trashed)} blobs and {relinked} layer links an interrupted"
+                " collection left"
+            )
+        return len(trashed)
+
+    async def _leftover_trash(self) -> list[str]:
+        found: list[str] = []
         for alg_dir in await list_children(self.driver, paths.GC_TRASH):
             alg = basename(alg_dir)
-            if alg not in HEX_RE:
-                continue
-            for d in await digests_in(self.driver, alg, alg_dir):
-                await self._untrash(d)
-                n += 1
-        if n:
-            self._warn(f"restored {n} blobs an interrupted collection left in the trash")
-        return n
+            if alg in HEX_RE:
+                found += await digests_in(self.driver, alg, alg_dir)
+        return sorted(found)
 
     async def _delete_untagged(self, repos: list[RepoScan], cutoff: float) -> dict[str, set[str]]:
         """Online step 3a: re-verify and delete the planned untagged manifests."""

@@ -1,160 +1,52 @@
-"""Online garbage collection in the server: the storage lock and the schedule (issue 5).
+"""Online garbage collection in the server: the schedule and ``/admin/gc`` (issues 5, 12).
 
 :class:`OnlineGC` runs the online collection (``gc_online.py``: safe while clients push)
 from the app's lifespan nursery: on a schedule when ``gc.online.enabled``, and whenever
-:meth:`OnlineGC.request` asks (``POST /admin/gc``).
+:meth:`OnlineGC.start_now` asks (``POST /admin/gc``).
 
-One collection at a time across every process and replica sharing the storage:
-``_gc/lock`` holds ``{"owner", "host", "pid", "expires"}``. A collector takes it when it
-is absent or expired, writes it, waits ``LOCK_CONFIRM`` and reads it back (two takers
-that raced both wrote; only the later write survives, and only its owner proceeds),
-renews it every ``LOCK_TTL / 3`` and checks it before every destructive step; a lost lock
-stops the run (trashed blobs go back). ``_gc/lastrun`` records when a run finished, so a
-restart keeps the schedule and two workers do not both run it: a scheduled run skips when
-another finished less than half an interval ago.
+One collection at a time across every process and replica sharing the storage, through
+the lock in ``gc_lock.py`` (a dead holder on this host is taken over at once). At
+start-up, if an interrupted run left blobs in the trash, the collector takes the lock
+(when nobody live holds it) and puts them back (``OnlineCollector.recover``), so no blob
+stays missing until the next scheduled run. ``_gc/lastrun`` records when a run finished,
+so a restart keeps the schedule and two workers do not both run it: a scheduled run skips
+when another finished less than half an interval ago.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from ..drivers.base import Driver, DriverError, PathNotFound
+from ..drivers.base import Driver, DriverError
 from . import paths
-from .gc import SETTLE_SECONDS, GCOptions, GCReport, LockLost, collect
+from .gc import SETTLE_SECONDS, GCOptions, GCReport, LockLost, collect, list_children
+from .gc_lock import (
+    LOCK_CONFIRM,
+    LOCK_TTL,
+    GCLock,
+    LockBusy,
+    live_holder,
+    open_gc_lock,
+    public,
+    read_json,
+)
+from .gc_online import OnlineCollector, read_plan
+
+__all__ = ["LOCK_CONFIRM", "LOCK_TTL", "GCLock", "LockBusy", "OnlineGC", "open_gc_lock"]
 
 log = logging.getLogger("registry.gc")
 
-LOCK_TTL = 15 * 60.0  # seconds a lock lives without renewal (a crashed holder blocks this long)
-LOCK_CONFIRM = 2.0  # seconds between writing the lock and reading it back (racing takers)
 FIRST_RUN_JITTER = 3600.0  # at most this long before the first run ever (spread replicas)
 BUSY_RETRY = 600.0  # seconds before a scheduled run retries when another holds the lock
-
-
-class LockBusy(Exception):
-    """Another collection holds the lock."""
-
-    def __init__(self, holder: dict[str, Any] | None) -> None:
-        self.holder = holder or {}
-        who = f"{self.holder.get('host', '?')} pid {self.holder.get('pid', '?')}"
-        super().__init__(f"another garbage collection holds the lock ({who})")
-
-
-async def _read_json(driver: Driver, path: str) -> dict[str, Any] | None:
-    try:
-        raw = await driver.get_content(path)
-    except PathNotFound:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-@dataclass
-class GCLock:
-    """A held lock: :meth:`check` raises LockLost once it is not ours any more."""
-
-    driver: Driver
-    token: str
-    ttl: float
-    clock: Callable[[], float]
-    expires: float
-    lost: bool = False
-
-    def _record(self) -> bytes:
-        return json.dumps(
-            {
-                "owner": self.token,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "expires": self.expires,
-            }
-        ).encode()
-
-    async def write(self) -> None:
-        self.expires = self.clock() + self.ttl
-        await self.driver.put_content(paths.GC_LOCK, self._record())
-
-    async def check(self) -> None:
-        if self.lost or self.clock() >= self.expires:
-            self.lost = True
-            raise LockLost("the garbage collection lock expired")
-        doc = await _read_json(self.driver, paths.GC_LOCK)
-        if not doc or doc.get("owner") != self.token:
-            self.lost = True
-            raise LockLost("another process took the garbage collection lock")
-
-    async def renew_forever(self) -> None:
-        while not self.lost:
-            await trio.sleep(self.ttl / 3)
-            try:
-                await self.check()
-                await self.write()
-            except LockLost as exc:
-                log.error("gc: %s", exc)
-                return
-            except DriverError as exc:  # keep trying until the lock expires
-                log.warning("gc: cannot renew the lock: %s", exc)
-
-    async def release(self) -> None:
-        doc = await _read_json(self.driver, paths.GC_LOCK)
-        if doc is not None and doc.get("owner") == self.token:
-            try:
-                await self.driver.delete(paths.GC_LOCK)
-                # Leave no trace where there was none (the filesystem keeps the directory):
-                # an offline run must change nothing but what it deletes.
-                if not await self.driver.list(paths.GC):
-                    await self.driver.delete(paths.GC)
-            except PathNotFound:
-                pass
-
-
-@asynccontextmanager
-async def open_gc_lock(
-    driver: Driver,
-    *,
-    ttl: float = LOCK_TTL,
-    confirm: float = LOCK_CONFIRM,
-    clock: Callable[[], float] = time.time,
-) -> AsyncIterator[GCLock]:
-    """Hold the collection lock for the body; raises LockBusy if someone else has it.
-
-    Renewed in the background while held; released (shielded, bounded) on exit.
-    """
-    holder = await _read_json(driver, paths.GC_LOCK)
-    if holder and float(holder.get("expires", 0) or 0) > clock():
-        raise LockBusy(holder)
-    lock = GCLock(driver, uuid.uuid4().hex, ttl, clock, 0.0)
-    await lock.write()
-    if confirm > 0:
-        await trio.sleep(confirm)
-    now = await _read_json(driver, paths.GC_LOCK)
-    if not now or now.get("owner") != lock.token:
-        raise LockBusy(now)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lock.renew_forever)
-            try:
-                yield lock
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.move_on_after(30) as cs:
-            cs.shield = True
-            await lock.release()
+START_WAIT = 60.0  # seconds start_now waits for the run to take the lock (storage calls
+# have their own deadlines; this only bounds a request against a wedged collector task)
 
 
 class OnlineGC:
@@ -188,6 +80,9 @@ class OnlineGC:
         self.rng = rng or random.Random()
         self._wake = trio.Event()
         self._requested = False
+        # start_now's waiter: set by the run once it holds the lock, or cannot take it.
+        self._starting: trio.Event | None = None
+        self._start_refused: dict[str, Any] | None = None
         self.running = False
         self.last: dict[str, Any] | None = None  # outcome of the last attempt
         self.runs = 0
@@ -219,21 +114,51 @@ class OnlineGC:
         a collection last finished, and who holds the lock now (None if nobody)."""
         out = self.status()
         try:
-            last = await _read_json(self.driver, paths.GC_LAST_RUN)
-            lock = await _read_json(self.driver, paths.GC_LOCK)
+            last = await read_json(self.driver, paths.GC_LAST_RUN)
+            holder = await live_holder(self.driver, self.clock)
         except DriverError as exc:
             out["storage_error"] = str(exc)
             return out
         out["last_finished"] = (last or {}).get("finished")
-        holder = lock if lock and float(lock.get("expires", 0) or 0) > self.clock() else None
-        out["lock_holder"] = (
-            {k: holder.get(k) for k in ("host", "pid", "expires")} if holder else None
-        )
+        out["lock_holder"] = public(holder) if holder else None
         return out
+
+    async def start_now(self) -> dict[str, Any] | None:
+        """Start a collection now and wait (bounded) until it holds the lock.
+
+        Returns None once the run holds the lock, else why not: ``{"status": "running",
+        "holder": ...}`` when this process is collecting or starting already, ``{"status":
+        "busy", "holder": {host, pid, expires}}`` when a live process holds the lock,
+        ``{"status": "failed", "reason": ...}`` when storage failed or the run did not
+        take the lock within ``START_WAIT``. Cancelling the wait does not cancel the run.
+        """
+        try:
+            holder = await live_holder(self.driver, self.clock)
+        except DriverError as exc:
+            return {"status": "failed", "reason": f"cannot read the lock: {exc}"}
+        if self.running or self._starting is not None:
+            return {"status": "running", "holder": public(holder) if holder else None}
+        if holder is not None:
+            return {"status": "busy", "holder": public(holder)}
+        started = self._starting = trio.Event()
+        self._start_refused = None
+        self._requested = True
+        self._wake.set()
+        with trio.move_on_after(self.lock_confirm + START_WAIT):
+            await started.wait()
+        if not started.is_set():
+            return {"status": "failed", "reason": "the collection did not start in time"}
+        return self._start_refused
+
+    def _report_start(self, refused: dict[str, Any] | None) -> None:
+        if self._starting is not None:
+            self._start_refused = refused
+            self._starting.set()
+            self._starting = None
 
     async def _next_delay(self) -> float:
         try:
-            doc = await _read_json(self.driver, paths.GC_LAST_RUN)
+            doc = await read_json(self.driver, paths.GC_LAST_RUN)
         except DriverError as exc:
             log.warning("gc: cannot read the last run time: %s", exc)
             return BUSY_RETRY
@@ -242,8 +167,10 @@ class OnlineGC:
         return self.rng.uniform(0, min(self.interval, FIRST_RUN_JITTER))
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Never returns: wait for the schedule or a request, run, repeat."""
+        """Never returns: put back what a dead run left in the trash (:meth:`recover`),
+        then wait for the schedule or a request, run, repeat."""
         task_status.started()
+        await self.recover()
         retry: float | None = None
         while True:
             delay = (
@@ -258,11 +185,33 @@ class OnlineGC:
             retry = None
             try:
                 await self.run_once(scheduled=not manual)
-            except LockBusy:
+            except LockBusy as exc:
+                self._report_start({"status": "busy", "holder": public(exc.holder)})
                 retry = BUSY_RETRY if self.scheduled else None
-            except Exception:
+            except Exception as exc:
+                self._report_start({"status": "failed", "reason": repr(exc)[:300]})
                 log.exception("gc: collection failed")
                 retry = BUSY_RETRY if self.scheduled else None
+            self._report_start({"status": "failed", "reason": "the collection ended"})
+
+    async def recover(self) -> int:
+        """At start-up: if the trash holds blobs or a plan is left (a run died or was
+        cancelled mid-way), take the lock unless a live process holds it (then they are its
+        own) and undo them (``OnlineCollector.recover``). Returns how many blobs came back;
+        never raises for storage errors or a busy lock (logged)."""
+        try:
+            trash = await list_children(self.driver, paths.GC_TRASH)
+            if not trash and await read_plan(self.driver) is None:
+                return 0
+            async with open_gc_lock(
+                self.driver, confirm=self.lock_confirm, clock=self.clock
+            ):
+                return await OnlineCollector(self.driver, self.options).recover()
+        except LockBusy as exc:
+            log.info("gc: the trash is not empty, but %s; leaving it to that run", exc)
+        except (DriverError, LockLost) as exc:
+            log.warning("gc: cannot restore the trash of an interrupted collection: %s", exc)
+        return 0
 
     async def run_once(self, *, scheduled: bool = False) -> GCReport | None:
         """One collection under the lock. A scheduled run skips (returns None) when another
@@ -273,8 +222,9 @@ class OnlineGC:
             async with open_gc_lock(
                 self.driver, confirm=self.lock_confirm, clock=self.clock
             ) as lock:
+                self._report_start(None)
                 if scheduled:
-                    doc = await _read_json(self.driver, paths.GC_LAST_RUN)
+                    doc = await read_json(self.driver, paths.GC_LAST_RUN)
                     finished = (doc or {}).get("finished")
                     if (
                         isinstance(finished, (int, float))

@@ -15,6 +15,7 @@ Nothing else in the project spells a key. The tree, under the driver's root::
         _gc/lock                                             online GC: one collection at a time
         _gc/lastrun                                          online GC: when the last one finished
         _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
+        _gc/plan                                             online GC: the blobs a run unlinks
 
 ``_gc/`` is ours (storage/gc.py); the reference never looks there (it walks only
 ``blobs/`` and ``repositories/``), so a directory we collected stays valid for it.
@@ -132,6 +133,7 @@ GC = f"{ROOT}/_gc"
 GC_LOCK = f"{GC}/lock"
 GC_LAST_RUN = f"{GC}/lastrun"
 GC_TRASH = f"{GC}/trash"
+GC_PLAN = f"{GC}/plan"
 
 
 def gc_trash_dir(d: Digest) -> str:
