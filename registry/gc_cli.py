@@ -30,9 +30,9 @@ import trio
 from .config import Config
 from .drivers import make_driver
 from .drivers.base import Driver
-from .storage.gc import GCOptions, GCReport, Progress, collect
 from .storage.gc_lock import LockBusy, describe, live_holder, open_gc_lock
-from .storage.gc_online import OnlineCollector
+from .storage.gc_online import OnlineCollector, collect
+from .storage.gc_report import GCOptions, GCReport, Progress
 
 TTY_REFRESH = 0.1  # seconds between redraws of the progress line on a terminal
 LOG_REFRESH = 5.0  # seconds between progress lines when stderr is not a terminal

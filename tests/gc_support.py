@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from registry.digest import Digest
+from registry.digest import from_canonical as as_digest
 from registry.drivers.base import PathNotFound
 from registry.drivers.memory import MemoryDriver
 from registry.storage import paths
-from registry.storage.gc import as_digest, enumerate_repositories, parse_references
+from registry.storage.manifests import parse_references
 from registry.storage.store import Storage
+from registry.storage.walk import enumerate_repositories
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -78,7 +80,7 @@ async def push_image(
     for blob in [config, *layers]:
         await push_blob(storage, name, blob)
     body = image_manifest(config, layers, **extra)
-    d, _ = await storage.put_manifest(name, tag if tag else dg(body), OCI_MANIFEST, body)
+    d, _ = await storage.manifests.put(name, tag if tag else dg(body), OCI_MANIFEST, body)
     return d, body
 
 
@@ -86,7 +88,7 @@ async def push_index(
     storage: Storage, name: str, tag: str | None, children: list[bytes], **extra: Any
 ) -> tuple[Digest, bytes]:
     body = index_manifest(children, **extra)
-    d, _ = await storage.put_manifest(name, tag if tag else dg(body), OCI_INDEX, body)
+    d, _ = await storage.manifests.put(name, tag if tag else dg(body), OCI_INDEX, body)
     return d, body
 
 
@@ -115,7 +117,7 @@ async def problems(storage: Storage) -> list[str]:
                 continue
             if not await storage.blobs.has_revision(name, d):
                 out.append(f"{name}:{tag} points at {d}, which is not a revision")
-        for d in await storage.revisions(name):
+        for d in await storage.manifests.revisions(name):
             try:
                 body = await driver.get_content(paths.blob_data(d))
             except PathNotFound:

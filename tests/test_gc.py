@@ -15,17 +15,11 @@ import trio
 from registry.drivers.base import PathNotFound
 from registry.drivers.memory import MemoryDriver
 from registry.storage import paths
-from registry.storage.gc import (
-    GCOptions,
-    LockLost,
-    Refs,
-    collect,
-    parse_references,
-    plan_restore,
-    select_kept,
-)
-from registry.storage.gc_online import OnlineCollector
+from registry.storage.gc import plan_restore, select_kept
+from registry.storage.gc_online import OnlineCollector, collect
+from registry.storage.gc_report import GCOptions, LockLost
 from registry.storage.gc_service import LockBusy, open_gc_lock
+from registry.storage.manifests import Refs, parse_references
 from registry.storage.store import Storage
 
 try:
@@ -188,7 +182,7 @@ async def test_offline_gc_deletes_unreferenced_blobs_and_their_links(storage):
     assert report.blobs_kept == len(after)
     assert not await _exists(driver, paths.layer_dir("other", ids["other"]))
     # app_v1 is untagged but stays (no --delete-untagged): still pullable by digest
-    assert (await storage.get_manifest("app", ids["app_v1"])).digest == ids["app_v1"]
+    assert (await storage.manifests.get("app", ids["app_v1"])).digest == ids["app_v1"]
     assert await s.problems(storage) == []
 
 
@@ -223,8 +217,8 @@ async def test_delete_untagged_keeps_index_children_and_referrers(storage):
     assert str(ids["app_v1"]) in gone and str(s.dg(b"app v1")) in gone
     assert str(s.dg(b"base layer")) not in gone  # still used by app_v2
     for key in ("index", "amd", "arm", "sig"):
-        assert (await storage.get_manifest("multi", ids[key])).digest == ids[key]
-    refs = await storage.referrers("multi", ids["index"])
+        assert (await storage.manifests.get("multi", ids[key])).digest == ids[key]
+    refs = await storage.manifests.referrers("multi", ids["index"])
     assert [r["digest"] for r in refs] == [str(ids["sig"])]
     # the tag's history entry for the deleted manifest went with it, as in the reference
     assert not await _exists(driver, paths.tag_index_dir("app", "latest", ids["app_v1"]))
@@ -240,7 +234,7 @@ async def test_delete_untagged_drops_referrers_of_a_deleted_subject(storage):
     keep, _ = await s.push_image(storage, "app", "v1", [b"new"])
     report = await collect(storage.driver, GCOptions(delete_untagged=True))
     assert report.manifests_deleted == sorted([("app", str(old)), ("app", str(sig))])
-    assert await storage.revisions("app") == [keep]
+    assert await storage.manifests.revisions("app") == [keep]
 
 
 async def test_revision_whose_manifest_blob_is_gone_is_skipped_like_the_reference(storage):
@@ -307,7 +301,7 @@ async def test_online_delete_untagged_spares_young_untagged_manifests(storage, a
     options = GCOptions(online=True, grace_period=s.HOUR, delete_untagged=True, settle=1)
     report = await collect(driver, options)
     assert report.manifests_deleted == [("app", str(old))]
-    assert await storage.revisions("app") == [young]
+    assert await storage.manifests.revisions("app") == [young]
     assert await s.problems(storage) == []
 
 

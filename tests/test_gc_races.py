@@ -36,7 +36,8 @@ from registry.digest import Digest
 from registry.drivers.memory import MemoryDriver
 from registry.errors import ErrorCode, RegistryError
 from registry.storage import paths
-from registry.storage.gc import GCOptions, GCReport, collect
+from registry.storage.gc_online import collect
+from registry.storage.gc_report import GCOptions, GCReport
 from registry.storage.store import Storage
 
 try:
@@ -194,7 +195,7 @@ class Client:
         by_digest = {str(s.dg(b)): b for b in blobs}
         for _ in range(4):
             try:
-                d, _ = await self.storage.put_manifest(
+                d, _ = await self.storage.manifests.put(
                     name, ref if ref else s.dg(body), media_type, body
                 )
                 return d
@@ -367,7 +368,7 @@ async def check(
     # Everything a client can pull is whole, and every push that succeeded pulls.
     assert await s.problems(storage) == []
     for repo, tag, body in pushed:
-        got = await storage.get_manifest(repo, tag)
+        got = await storage.manifests.get(repo, tag)
         assert got.body == body, (repo, tag)
     # Old garbage nobody touched is gone; nothing is left in the trash.
     assert s.dg(G_GONE) not in s.blob_keys(inner)

@@ -7,7 +7,8 @@ import pytest
 import trio
 
 from registry.storage import paths
-from registry.storage.gc import GCOptions, collect
+from registry.storage.gc_online import collect
+from registry.storage.gc_report import GCOptions
 from registry.storage.gc_service import OnlineGC
 from registry.storage.store import Storage
 
@@ -55,7 +56,7 @@ async def test_offline_gc_on_s3() -> None:
         assert set(after) < set(before)
         assert not any(k.startswith(paths.GC) for k in after)
         assert await s.problems(storage) == []
-        assert (await storage.get_manifest("lib/multi", "v1")).digest == ids["index"]
+        assert (await storage.manifests.get("lib/multi", "v1")).digest == ids["index"]
 
 
 async def test_online_gc_on_s3() -> None:

@@ -18,9 +18,7 @@ from registry import safejson
 from registry.auth import build_authenticator
 from registry.auth.token import TokenError, TokenVerifier
 from registry.config import load_config
-from registry.storage.gc import parse_references
-from registry.storage.manifests import sniff_media_type
-from registry.storage.store import summarize
+from registry.storage.manifests import parse_references, sniff_media_type, summarize
 
 _ = issuer  # the fixture, used below
 

@@ -56,12 +56,12 @@ async def test_manifest_put_of_a_two_blob_image_stays_under_the_reference() -> N
         ).encode()
         for _ in range(2):  # a new manifest, then the same one again
             proxy.seen.clear()
-            d, _ = await storage.put_manifest(REPO, "latest", DOCKER_MANIFEST, manifest)
+            d, _ = await storage.manifests.put(REPO, "latest", DOCKER_MANIFEST, manifest)
             ops = operations(proxy)
             # 2 link GETs + 2 blob HEADs, then the manifest blob, its revision link and
             # the two tag links: 8 requests, no listing.
             assert ops == Counter({"GET object": 2, "HEAD object": 2, "PUT object": 4})
             assert sum(ops.values()) < 9
         assert await driver.get_content(paths.blob_data(d)) == manifest
-        fetched = await Storage(driver).get_manifest(REPO, "latest")
+        fetched = await Storage(driver).manifests.get(REPO, "latest")
         assert fetched.body == manifest

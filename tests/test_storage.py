@@ -55,12 +55,12 @@ async def test_delete_by_digest_scans_the_tags_once_management_25():
     ).encode()
     d = None
     for i in range(50):
-        d, _ = await st.put_manifest("r", f"t{i}", OCI_MANIFEST, body)
+        d, _ = await st.manifests.put("r", f"t{i}", OCI_MANIFEST, body)
     other = body.replace(b"[]", b"[ ]")
-    await st.put_manifest("r", "other", OCI_MANIFEST, other)
+    await st.manifests.put("r", "other", OCI_MANIFEST, other)
     assert d is not None
     drv.calls.clear()
-    await st.delete_manifest("r", d)
+    await st.manifests.delete("r", d)
     tag_lists = [k for k in drv.calls if k[0] == "list" and k[1] == paths.tags_dir("r")]
     assert tag_lists and all(drv.calls[k] == 1 for k in tag_lists)
     reads = [k for k in drv.calls if k[0] == "get" and "/_manifests/tags/" in k[1]]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config, ConfigError
 from ..errors import ErrorCode, RegistryError
+from .challenge import quote_param, unauthorized
 from .htpasswd import BasicVerifier, HtpasswdError, HtpasswdFile
 from .policy import Policy, PolicyError, action_for, decide, parse_policy
 
@@ -40,15 +41,6 @@ class Authenticator(Protocol):
     async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None: ...
 
     async def can_pull(self, req: Request, repo: str) -> bool: ...
-
-
-def quote_param(value: str) -> str:
-    """A quoted-string for a challenge parameter (RFC 9110 5.6.4)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def unauthorized(challenge: str, message: str = "authentication required") -> RegistryError:
-    return RegistryError(ErrorCode.UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge})
 
 
 class HtpasswdAuth:

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .. import safejson
 from ..config import ConfigError
-from . import quote_param, unauthorized
+from .challenge import quote_param, unauthorized
 from .policy import action_for
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ async def manifest(app: RegistryApp, req: Request) -> Response:
     if req.method in ("GET", "HEAD"):
         # We serve the stored type whatever Accept says (SPEC Pull 8): clients that
         # cannot handle it reject it themselves, which beats a misleading 404.
-        m = await st.get_manifest(name, ref)
+        m = await st.manifests.get(name, ref)
         etag = f'"{m.digest}"'
         headers = [
             (b"content-type", m.media_type.encode()),
@@ -54,7 +54,7 @@ async def manifest(app: RegistryApp, req: Request) -> Response:
         if length is not None and length > MAX_MANIFEST_BYTES:
             raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
         body = await req.read(MAX_MANIFEST_BYTES)
-        d, parsed = await st.put_manifest(name, ref, req.headers.get("content-type"), body)
+        d, parsed = await st.manifests.put(name, ref, req.headers.get("content-type"), body)
         headers = [
             (b"location", app.url(req, f"/v2/{name}/manifests/{d}").encode()),
             (b"docker-content-digest", str(d).encode()),
@@ -66,7 +66,7 @@ async def manifest(app: RegistryApp, req: Request) -> Response:
     if not app.options.delete_enabled:
         raise RegistryError(ErrorCode.UNSUPPORTED, "deletion is disabled")
     if isinstance(ref, Digest):
-        await st.delete_manifest(name, ref)
+        await st.manifests.delete(name, ref)
     else:
         await st.tags.untag(name, ref)
     return Response(202)
@@ -117,7 +117,7 @@ async def referrers(app: RegistryApp, req: Request) -> Response:
     name = req.params["name"]
     subject = parse_digest(req.params["digest"])
     artifact_type = req.q("artifactType")
-    found = await app.storage.referrers(name, subject, artifact_type)
+    found = await app.storage.manifests.referrers(name, subject, artifact_type)
     body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
     resp = json_response(200, body)
     resp.headers = [(b"content-type", OCI_INDEX.encode())]

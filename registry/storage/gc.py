@@ -1,7 +1,11 @@
 """Garbage collection: mark every blob some manifest needs, sweep the rest (issue 5).
 
-This module is the engine and its offline mode; ``gc_online.py`` adds the protocol that is
-safe while clients push, ``gc_service.py`` the lock and the server's schedule.
+This module is the plan and the collector (the engine and its offline mode). Around it:
+``gc_report.py`` (a run's options, progress and report), ``gc_online.py`` (the protocol
+that is safe while clients push, and ``collect()``, the entry point for both kinds),
+``gc_lock.py`` (the storage lock), ``gc_service.py`` (the server's schedule),
+``walk.py`` (listing repositories and digests), ``manifests.py`` (what a manifest
+references). The arrows point one way: gc_service -> gc_online -> gc -> walk/manifests.
 
 Offline (``registry garbage-collect``, the reference's semantics, distribution 2.8
 ``registry/storage/garbagecollect.go``). Mark: every manifest revision of every repository
@@ -19,104 +23,48 @@ removes them). Blob prefix directories stay, as the reference leaves them. Nothi
 grace period: run it on a registry nobody pushes to (read-only mode), as the reference
 documents.
 
-The pure parts (:func:`parse_references`, :func:`select_kept`, :func:`plan_restore`) do
-no I/O and are tested with tables. Digests are handled as canonical strings
+The pure parts (:func:`select_kept`, :func:`plan_restore`, and
+``manifests.parse_references``) do no I/O and are tested with tables. Digests are handled as canonical strings
 (``"sha256:<hex>"``) inside the engine.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from .. import safejson
-from ..digest import Digest
+from ..digest import ALGORITHMS, HEX_RE, from_canonical
 from ..drivers.base import Driver, FileInfo, PathNotFound
-from ..reference import is_valid_name
 from . import paths
 from .blobs import read_link
+from .gc_report import GCOptions, GCReport, Progress
+from .manifests import Refs, parse_references
+from .walk import (
+    CONCURRENCY,
+    LOCAL_CONCURRENCY,
+    basename,
+    delete_path,
+    digests_in,
+    enumerate_repositories,
+    for_each,
+    list_children,
+    stat_file,
+)
 
 log = logging.getLogger("registry.gc")
 
-ALGORITHMS = ("sha256", "sha512")
-CONCURRENCY = 64  # repositories / blob prefixes scanned at once on a remote store (latency)
-LOCAL_CONCURRENCY = 8  # ... on the filesystem: more threads only contend for the GIL
 PER_REPO_READS = 8  # manifests of one repository read at once (a repo with 10k revisions)
 READS_IN_FLIGHT = 128  # manifest reads in flight overall
-SETTLE_SECONDS = 300.0  # > any push's check-to-write window (gc_online.py, step 5)
 EMPTY: frozenset[str] = frozenset()
 
 Hook = Callable[[str], Awaitable[None]]
 
 
 # --- pure logic ------------------------------------------------------------------------
-
-
-# Digests are handled as their canonical strings ("sha256:<hex>") inside the engine: a
-# str caches its hash and is half the memory of a Digest object, which matters at 10^5.
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
-HEX_RE = {"sha256": re.compile(r"[0-9a-f]{64}"), "sha512": re.compile(r"[0-9a-f]{128}")}
-
-
-def digest_str(raw: object) -> str | None:
-    """``raw`` if it is a canonical sha256/sha512 digest string, else None."""
-    return raw if isinstance(raw, str) and _DIGEST_RE.fullmatch(raw) else None
-
-
-def as_digest(d: str) -> Digest:
-    alg, _, hexpart = d.partition(":")
-    return Digest(alg, hexpart)
-
-
-@dataclass(frozen=True, slots=True)
-class Refs:
-    """What one manifest's bytes reference. ``ok`` is False for bytes that are not a JSON
-    object (then nothing is referenced; the manifest blob itself is still kept)."""
-
-    blobs: tuple[str, ...] = ()  # config and layers (schema1: fsLayers)
-    children: tuple[str, ...] = ()  # index / manifest list entries
-    subject: str | None = None
-    ok: bool = True
-
-    @property
-    def all(self) -> tuple[str, ...]:
-        return self.blobs + self.children
-
-
-def _digest_of(obj: Any, key: str = "digest") -> str | None:
-    return digest_str(obj.get(key)) if isinstance(obj, dict) else None
-
-
-def parse_references(body: bytes) -> Refs:
-    """The references of stored manifest bytes, without validating them (any stored
-    manifest, including schema1 written by the reference, must be markable)."""
-    try:
-        doc = safejson.loads(body, max_depth=None)  # only top-level keys are read
-    except ValueError:
-        return Refs(ok=False)
-    if not isinstance(doc, dict):
-        return Refs(ok=False)
-    blobs: list[str] = []
-    children: list[str] = []
-    entries = doc.get("manifests")
-    if isinstance(entries, list):
-        children = [d for d in map(_digest_of, entries) if d is not None]
-    cfg = _digest_of(doc.get("config"))
-    if cfg is not None:
-        blobs.append(cfg)
-    layers = doc.get("layers")
-    if isinstance(layers, list):
-        blobs.extend(d for d in map(_digest_of, layers) if d is not None)
-    fs_layers = doc.get("fsLayers")  # schema1: the reference marks these too
-    if isinstance(fs_layers, list):
-        blobs.extend(d for d in (_digest_of(x, "blobSum") for x in fs_layers) if d is not None)
-    return Refs(tuple(blobs), tuple(children), _digest_of(doc.get("subject")))
 
 
 def select_kept(
@@ -184,175 +132,11 @@ def plan_restore(
 # --- options, report, progress ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GCOptions:
-    dry_run: bool = False
-    delete_untagged: bool = False
-    online: bool = False  # the safe protocol (module docstring); False: the reference's
-    grace_period: float = 0.0  # seconds; online only
-    settle: float = SETTLE_SECONDS  # seconds; online only
-    concurrency: int | None = None  # None: by driver (LOCAL_CONCURRENCY / CONCURRENCY)
-
-
-@dataclass
-class GCReport:
-    """What a run found and did (digests as strings). In a dry run, the deletions are
-    what a real run would have done."""
-
-    dry_run: bool = False
-    online: bool = False
-    repositories: int = 0
-    manifests: int = 0  # manifest revisions seen, over all repositories
-    blobs: int = 0  # blobs found
-    marked: int = 0  # distinct digests marked
-    manifests_deleted: list[tuple[str, str]] = field(default_factory=list)  # (repo, digest)
-    blobs_deleted: list[tuple[str, int]] = field(default_factory=list)  # (digest, size)
-    links_deleted: list[tuple[str, str]] = field(default_factory=list)  # (repo, digest)
-    spared_young: int = 0  # unmarked blobs kept by the grace period
-    rescued: list[str] = field(default_factory=list)  # online: referenced again mid-run
-    restored_revisions: list[tuple[str, str]] = field(default_factory=list)
-    restored_links: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def blobs_kept(self) -> int:
-        return self.blobs - len(self.blobs_deleted)
-
-    @property
-    def bytes_freed(self) -> int:
-        return sum(size for _, size in self.blobs_deleted)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "online": self.online,
-            "repositories": self.repositories,
-            "manifests": self.manifests,
-            "manifests_deleted": len(self.manifests_deleted),
-            "blobs_kept": self.blobs_kept,
-            "blobs_deleted": len(self.blobs_deleted),
-            "bytes_freed": self.bytes_freed,
-            "layer_links_deleted": len(self.links_deleted),
-            "spared_by_grace_period": self.spared_young,
-            "rescued": len(self.rescued),
-            "warnings": len(self.warnings),
-            "seconds": round(self.seconds, 3),
-        }
-
-
 _MARKED = Refs()  # stands for "read and marked already" (offline, everything kept)
 
 
-class Progress:
-    """Where the engine reports how far it got; the default ignores everything.
-
-    ``phase`` starts a phase (``total`` None when unknown), ``advance`` moves it on,
-    ``count`` updates a named running count (repositories, manifests, blobs, ...).
-    """
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def count(self, name: str, value: int) -> None:
-        pass
-
-
-# --- storage walking -------------------------------------------------------------------
-
-
-def basename(path: str) -> str:
-    return path.rsplit("/", 1)[1]
-
-
-async def list_children(driver: Driver, path: str) -> list[str]:
-    try:
-        return await driver.list(path)
-    except PathNotFound:
-        return []
-
-
-async def enumerate_repositories(
-    driver: Driver,
-    markers: Collection[str] = (paths.LAYERS, paths.MANIFESTS),
-    concurrency: int = CONCURRENCY,
-) -> list[str]:
-    """Every repository with one of ``markers`` below it, sorted. One ``list`` per
-    directory, ``concurrency`` at a time. (The reference 2.8 goes by ``_layers``; a repo
-    with manifests always has layer links, so ``_manifests`` only adds safety.)"""
-    found: list[str] = []
-    limiter = trio.CapacityLimiter(concurrency)
-
-    async def visit(path: str, nursery: trio.Nursery) -> None:
-        async with limiter:
-            children = await list_children(driver, path)
-        bases = [basename(c) for c in children]
-        if any(b in markers for b in bases):
-            name = paths.repo_name_from_path(path)
-            if name and is_valid_name(name):
-                found.append(name)
-        for child, b in zip(children, bases):
-            if not b.startswith(("_", ".")):
-                nursery.start_soon(visit, child, nursery)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(visit, paths.REPOSITORIES, nursery)
-    return sorted(found)
-
-
-async def digests_in(driver: Driver, alg: str, directory: str) -> list[str]:
-    """Digests named by the child directories of ``directory`` (``<alg>/<hex>/...``)."""
-    pattern = HEX_RE[alg]
-    out = []
-    for child in await list_children(driver, directory):
-        hexpart = basename(child)
-        if pattern.fullmatch(hexpart):
-            out.append(f"{alg}:{hexpart}")
-    return out
-
-
-async def for_each(items: Iterable[Any], fn: Callable[[Any], Awaitable[None]], n: int) -> None:
-    """Run ``fn`` over ``items`` with at most ``n`` workers (bounded tasks and memory)."""
-    if isinstance(items, (list, tuple, set, dict)):
-        if not items:
-            return
-        if len(items) == 1 or n <= 1:
-            for item in items:
-                await fn(item)
-            return
-        n = min(n, len(items))
-    it = iter(items)
-
-    async def worker() -> None:
-        for item in it:  # trio is single-threaded: next() never races
-            await fn(item)
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(max(1, n)):
-            nursery.start_soon(worker)
-
-
-async def stat_file(driver: Driver, path: str) -> FileInfo | None:
-    try:
-        info = await driver.stat(path)
-    except PathNotFound:
-        return None
-    return None if info.is_dir else info
-
-
-async def delete_path(driver: Driver, path: str) -> bool:
-    try:
-        await driver.delete(path)
-    except PathNotFound:
-        return False
-    return True
-
-
 def _blob_data(d: str) -> str:
-    return paths.blob_data(as_digest(d))
+    return paths.blob_data(from_canonical(d))
 
 
 # --- the collector ---------------------------------------------------------------------
@@ -368,10 +152,6 @@ class RepoScan:
     tags: dict[str, str]  # tag -> current (read only when needed)
     kept: set[str] = field(default_factory=set)
     delete: list[str] = field(default_factory=list)  # untagged, not kept (planned)
-
-
-class LockLost(Exception):
-    """The collection lock expired or was taken over; the run stops (online)."""
 
 
 class Collector:
@@ -445,7 +225,7 @@ class Collector:
         ev = self._reading[d] = trio.Event()
         try:
             body: bytes | None = None
-            digest = as_digest(d)
+            digest = from_canonical(d)
             where = [paths.blob_data(digest)]
             if trash_too:
                 where.append(paths.gc_trash_data(digest))
@@ -504,7 +284,7 @@ class Collector:
             # As the reference's linkedBlobStore.Enumerate: a revision is a ``link`` file
             # naming it (a manifest deleted through the reference's API leaves the empty
             # directory), and one whose blob is gone is skipped.
-            named = await read_link(self.driver, paths.revision_link(name, as_digest(d)))
+            named = await read_link(self.driver, paths.revision_link(name, from_canonical(d)))
             if named is None or str(named) != d:
                 return
             if await self._read_manifest(d, trash_too=trash_too) is not None:
@@ -542,7 +322,7 @@ class Collector:
             if o.online and o.delete_untagged:
                 for d in repo.revisions:  # young untagged revisions stay (grace period)
                     if d not in tagged and not await self._older(
-                        paths.revision_link(name, as_digest(d)), cutoff
+                        paths.revision_link(name, from_canonical(d)), cutoff
                     ):
                         protected.add(d)
             repo.kept = select_kept(
@@ -646,11 +426,11 @@ class Collector:
             self.progress.advance()
 
         async def remove_blob(item: tuple[str, int]) -> None:
-            await delete_path(self.driver, paths.blob_dir(as_digest(item[0])))
+            await delete_path(self.driver, paths.blob_dir(from_canonical(item[0])))
             self.progress.advance()
 
         async def remove_link(item: tuple[str, str]) -> None:
-            await delete_path(self.driver, paths.layer_dir(item[0], as_digest(item[1])))
+            await delete_path(self.driver, paths.layer_dir(item[0], from_canonical(item[1])))
             self.progress.advance()
 
         # The reference's order: manifests, then blobs (then, as registry:3, layer links).
@@ -662,7 +442,7 @@ class Collector:
     async def _remove_manifest(self, name: str, d: str) -> None:
         """The reference's Vacuum.RemoveManifest: the tag index entry of ``d`` under every
         tag, then the revision directory."""
-        digest = as_digest(d)
+        digest = from_canonical(d)
         for t in await list_children(self.driver, paths.tags_dir(name)):
             try:
                 entry = paths.tag_index_dir(name, basename(t), digest)
@@ -670,21 +450,3 @@ class Collector:
                 continue
             await delete_path(self.driver, entry)
         await delete_path(self.driver, paths.revision_dir(name, digest))
-
-
-async def collect(
-    driver: Driver,
-    options: GCOptions = GCOptions(),
-    *,
-    progress: Progress | None = None,
-    hook: Hook | None = None,
-    check_lock: Callable[[], Awaitable[None]] | None = None,
-) -> GCReport:
-    """Run one collection: :class:`Collector`, or with ``options.online`` the protocol
-    that is safe while clients push (``gc_online.OnlineCollector``)."""
-    cls: type[Collector] = Collector
-    if options.online:
-        from .gc_online import OnlineCollector
-
-        cls = OnlineCollector
-    return await cls(driver, options, progress=progress, hook=hook, check_lock=check_lock).run()

@@ -39,7 +39,7 @@ import trio
 
 from ..drivers.base import Driver, DriverError, PathNotFound
 from . import paths
-from .gc import LockLost
+from .gc_report import LockLost
 
 log = logging.getLogger("registry.gc")
 

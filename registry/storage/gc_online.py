@@ -40,26 +40,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..digest import HEX_RE, canonical, from_canonical
 from ..drivers.base import Driver, FileInfo, PathNotFound
 from . import paths
 from .blobs import link_content
-from .gc import (
-    HEX_RE,
-    Collector,
-    RepoScan,
-    as_digest,
+from .gc import Collector, Hook, RepoScan, plan_restore, select_kept
+from .gc_report import GCOptions, GCReport, Progress
+from .walk import (
     basename,
     delete_path,
-    digest_str,
     digests_in,
     enumerate_repositories,
     for_each,
     list_children,
-    plan_restore,
-    select_kept,
     stat_file,
 )
 
@@ -78,7 +75,7 @@ async def read_plan(driver: Driver) -> list[str] | None:
     except ValueError:
         return []
     raw = doc.get("candidates") if isinstance(doc, dict) else None
-    return [d for d in raw if digest_str(d)] if isinstance(raw, list) else []
+    return [d for d in raw if canonical(d)] if isinstance(raw, list) else []
 
 
 class OnlineCollector(Collector):
@@ -183,10 +180,10 @@ class OnlineCollector(Collector):
                 r = self._refs.get(rev)
                 for d in r.blobs if r is not None else ():
                     if d in restored and d not in linked and await stat_file(
-                        self.driver, paths.blob_data(as_digest(d))
+                        self.driver, paths.blob_data(from_canonical(d))
                     ):
-                        link = paths.layer_link(name, as_digest(d))
-                        await self.driver.put_content(link, link_content(as_digest(d)))
+                        link = paths.layer_link(name, from_canonical(d))
+                        await self.driver.put_content(link, link_content(from_canonical(d)))
                         linked.add(d)
                         relinked += 1
 
@@ -224,7 +221,7 @@ class OnlineCollector(Collector):
             tagged = set(tags.values())
             protected = set(repo.kept)
             for d in repo.delete:
-                link = paths.revision_link(repo.name, as_digest(d))
+                link = paths.revision_link(repo.name, from_canonical(d))
                 if d in tagged or not await self._older(link, cutoff):
                     protected.add(d)
             kept = select_kept(
@@ -261,7 +258,7 @@ class OnlineCollector(Collector):
                 return
             repos = links.get(d, [])
             for name in repos:
-                if not await self._older(paths.layer_link(name, as_digest(d)), cutoff):
+                if not await self._older(paths.layer_link(name, from_canonical(d)), cutoff):
                     if info is not None:
                         self.report.spared_young += 1
                     return
@@ -277,7 +274,7 @@ class OnlineCollector(Collector):
         done: set[tuple[str, str]] = set()
 
         async def remove(item: tuple[str, str]) -> None:
-            if await delete_path(self.driver, paths.layer_dir(item[0], as_digest(item[1]))):
+            if await delete_path(self.driver, paths.layer_dir(item[0], from_canonical(item[1]))):
                 done.add(item)
 
         await for_each(unlink, remove, self.n)
@@ -289,7 +286,7 @@ class OnlineCollector(Collector):
         self.progress.phase("trash", len(candidates))
 
         async def move(d: str) -> None:
-            digest = as_digest(d)
+            digest = from_canonical(d)
             try:
                 await self.driver.move(paths.blob_data(digest), paths.gc_trash_data(digest))
             except PathNotFound:
@@ -301,7 +298,7 @@ class OnlineCollector(Collector):
 
     async def _untrash(self, d: str) -> None:
         """Bring ``d`` back: move it home unless fresh bytes got there meanwhile."""
-        digest = as_digest(d)
+        digest = from_canonical(d)
         if await stat_file(self.driver, paths.blob_data(digest)) is None:
             try:
                 await self.driver.move(paths.gc_trash_data(digest), paths.blob_data(digest))
@@ -354,11 +351,11 @@ class OnlineCollector(Collector):
             if d in self._trashed:
                 await self._untrash(d)
         for name, d in sorted(restore_revs):
-            link = paths.revision_link(name, as_digest(d))
-            await self.driver.put_content(link, link_content(as_digest(d)))
+            link = paths.revision_link(name, from_canonical(d))
+            await self.driver.put_content(link, link_content(from_canonical(d)))
         for name, d in sorted(restore_links):
-            link = paths.layer_link(name, as_digest(d))
-            await self.driver.put_content(link, link_content(as_digest(d)))
+            link = paths.layer_link(name, from_canonical(d))
+            await self.driver.put_content(link, link_content(from_canonical(d)))
         rep = self.report
         rep.rescued = sorted(rescued)
         rep.restored_revisions = sorted(restore_revs)
@@ -383,9 +380,24 @@ class OnlineCollector(Collector):
 
         async def purge(d: str) -> None:
             if d in self._trashed:
-                await delete_path(self.driver, paths.gc_trash_dir(as_digest(d)))
+                await delete_path(self.driver, paths.gc_trash_dir(from_canonical(d)))
                 self._trashed.discard(d)
             self.progress.advance()
 
         await for_each(gone, purge, self.n)
         self.report.blobs_deleted = [(d, garbage[d].size) for d in gone]
+
+
+async def collect(
+    driver: Driver,
+    options: GCOptions = GCOptions(),
+    *,
+    progress: Progress | None = None,
+    hook: Hook | None = None,
+    check_lock: Callable[[], Awaitable[None]] | None = None,
+) -> GCReport:
+    """Run one collection: the offline :class:`~.gc.Collector`, or with ``options.online``
+    the protocol that is safe while clients push (:class:`OnlineCollector`). It lives here,
+    above both, so that ``gc`` never imports ``gc_online``."""
+    cls: type[Collector] = OnlineCollector if options.online else Collector
+    return await cls(driver, options, progress=progress, hook=hook, check_lock=check_lock).run()

@@ -26,7 +26,6 @@ import trio
 
 from ..drivers.base import Driver, DriverError
 from . import paths
-from .gc import SETTLE_SECONDS, GCOptions, GCReport, LockLost, collect, list_children
 from .gc_lock import (
     LOCK_CONFIRM,
     LOCK_TTL,
@@ -37,7 +36,9 @@ from .gc_lock import (
     public,
     read_json,
 )
-from .gc_online import OnlineCollector, read_plan
+from .gc_online import OnlineCollector, collect, read_plan
+from .gc_report import SETTLE_SECONDS, GCOptions, GCReport, LockLost
+from .walk import list_children
 
 __all__ = ["LOCK_CONFIRM", "LOCK_TTL", "GCLock", "LockBusy", "OnlineGC", "open_gc_lock"]
 

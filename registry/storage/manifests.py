@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import safejson
-from ..digest import Digest, DigestError
+from ..digest import Digest, DigestError, canonical
 from ..errors import ErrorCode, RegistryError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -181,3 +181,90 @@ def sniff_media_type(body: bytes) -> str:
     if "manifests" in doc:
         return OCI_INDEX
     return OCI_MANIFEST
+
+
+# --- stored manifests: what they reference, what the referrers API reports ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """What one manifest's bytes reference. ``ok`` is False for bytes that are not a JSON
+    object (then nothing is referenced; the manifest blob itself is still kept)."""
+
+    blobs: tuple[str, ...] = ()  # config and layers (schema1: fsLayers)
+    children: tuple[str, ...] = ()  # index / manifest list entries
+    subject: str | None = None
+    ok: bool = True
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.blobs + self.children
+
+
+def _digest_of(obj: Any, key: str = "digest") -> str | None:
+    return canonical(obj.get(key)) if isinstance(obj, dict) else None
+
+
+def parse_references(body: bytes) -> Refs:
+    """The references of stored manifest bytes, without validating them (any stored
+    manifest, including schema1 written by the reference, must be markable)."""
+    try:
+        doc = safejson.loads(body, max_depth=None)  # only top-level keys are read
+    except ValueError:
+        return Refs(ok=False)
+    if not isinstance(doc, dict):
+        return Refs(ok=False)
+    blobs: list[str] = []
+    children: list[str] = []
+    entries = doc.get("manifests")
+    if isinstance(entries, list):
+        children = [d for d in map(_digest_of, entries) if d is not None]
+    cfg = _digest_of(doc.get("config"))
+    if cfg is not None:
+        blobs.append(cfg)
+    layers = doc.get("layers")
+    if isinstance(layers, list):
+        blobs.extend(d for d in map(_digest_of, layers) if d is not None)
+    fs_layers = doc.get("fsLayers")  # schema1: the reference marks these too
+    if isinstance(fs_layers, list):
+        blobs.extend(d for d in (_digest_of(x, "blobSum") for x in fs_layers) if d is not None)
+    return Refs(tuple(blobs), tuple(children), _digest_of(doc.get("subject")))
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """What the referrers API reports about a manifest (cached by digest: immutable)."""
+
+    media_type: str
+    size: int
+    subject: Digest | None
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+def summarize(body: bytes) -> ManifestSummary:
+    media_type = sniff_media_type(body)
+    subject = artifact_type = annotations = None
+    try:
+        doc = safejson.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        sub = doc.get("subject")
+        if isinstance(sub, dict) and isinstance(sub.get("digest"), str):
+            try:
+                subject = Digest.parse(sub["digest"])
+            except ValueError:
+                subject = None
+        at = doc.get("artifactType")
+        if isinstance(at, str):
+            artifact_type = at
+        elif media_type not in INDEX_TYPES:
+            cfg = doc.get("config")
+            # OCI 1.1: without artifactType, a referrer's type is its config's mediaType.
+            if isinstance(cfg, dict) and isinstance(cfg.get("mediaType"), str):
+                artifact_type = cfg["mediaType"]
+        ann = doc.get("annotations")
+        if isinstance(ann, dict):
+            annotations = {str(k): str(v) for k, v in ann.items()}
+    return ManifestSummary(media_type, len(body), subject, artifact_type, annotations)

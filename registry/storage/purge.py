@@ -31,8 +31,8 @@ import trio
 from ..drivers.base import Driver, DriverError, PathNotFound
 from ..errors import RegistryError, unwrap
 from . import paths
-from .gc import enumerate_repositories
 from .uploads import Uploads
+from .walk import enumerate_repositories
 
 log = logging.getLogger("registry.purge")
 
