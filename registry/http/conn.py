@@ -91,11 +91,11 @@ def default_max_connections(fd_limit: int) -> int:
 
 class ReadTimer:
     """The deadline of each read on one connection, and whether a read's outcome means the
-    client is too slow. Pure: the caller passes the time; times are in waiting seconds.
+    client is too slow. Pure: the caller passes the time; durations are seconds spent waiting.
 
     Call :meth:`deadline` before a read with the phase the connection is in, then
-    :meth:`after_wait` with what the read got (0 bytes when its deadline expired); a reason
-    string from it means: drop the connection.
+    :meth:`after_wait` with what the read got (``timed_out`` when its deadline expired); a
+    reason string from it means: drop the connection.
     """
 
     def __init__(self, limits: ConnLimits, read_timeout: float = math.inf) -> None:
@@ -107,6 +107,7 @@ class ReadTimer:
         self.window_wait = 0.0  # seconds waited in the current rate window
         self.window_bytes = 0
         self.quiet = 0.0  # seconds waited since the body's last byte
+        self.expiry = READ_TIMEOUT  # what it means when the current deadline expires
 
     def is_new(self, phase: str, cycle: int) -> bool:
         """The next read starts ``phase`` of request ``cycle`` (the last read was elsewhere)."""
@@ -119,38 +120,35 @@ class ReadTimer:
             self.phase, self.cycle = phase, cycle
             self.head_started = now if phase == HEAD and buffered else None
             self.window_wait, self.window_bytes, self.quiet = 0.0, 0, 0.0
-        limit = now + self.read_timeout
+        limits = self.limits
+        candidates = [(now + self.read_timeout, READ_TIMEOUT)]
         if phase == HEAD and self.head_started is not None:
-            return min(limit, self.head_started + self.limits.header_timeout)
-        if phase == BODY:
-            left = self.limits.body_timeout - max(self.quiet, self.window_wait)
-            return min(limit, now + max(0.0, left))
-        return limit
+            candidates.append((self.head_started + limits.header_timeout, SLOW_HEAD))
+        elif phase == BODY:
+            candidates.append((now + max(0.0, limits.body_timeout - self.quiet), STALLED_BODY))
+            window_left = max(0.0, limits.body_timeout - self.window_wait)
+            candidates.append((now + window_left, SLOW_BODY))
+        when, self.expiry = min(candidates)
+        return when
 
-    def after_wait(self, now: float, waited: float, nbytes: int) -> str | None:
-        """Account a read that waited ``waited`` seconds until ``now`` and got ``nbytes``
-        (0: its deadline expired; end of stream is not a read to account). Returns why to
-        drop the connection, or None."""
-        if nbytes == 0 and waited >= self.read_timeout:
-            return READ_TIMEOUT
-        if self.phase == HEAD:
-            if nbytes and self.head_started is None:
-                self.head_started = now
-            started = self.head_started
-            if started is not None and now >= started + self.limits.header_timeout:
-                return SLOW_HEAD
-        elif self.phase == BODY:
+    def after_wait(self, now: float, waited: float, nbytes: int, timed_out: bool) -> str | None:
+        """Account a read that waited ``waited`` seconds until ``now`` and got ``nbytes``, or
+        whose deadline expired. Returns why to drop the connection, or None."""
+        if self.phase == HEAD and nbytes and self.head_started is None:
+            self.head_started = now
+        if self.phase == BODY:
             self.window_wait += waited
             self.window_bytes += nbytes
             self.quiet = 0.0 if nbytes else self.quiet + waited
-            if self.quiet >= self.limits.body_timeout:
-                return STALLED_BODY
+            if timed_out and self.expiry == SLOW_BODY:  # the end of a rate window
+                self.window_wait = max(self.window_wait, self.limits.body_timeout)
             if self.window_wait >= self.limits.body_timeout:
                 if self.window_bytes < self.limits.min_body_rate * self.window_wait:
                     return SLOW_BODY
                 self.window_wait, self.window_bytes = 0.0, 0
-            return None
-        return READ_TIMEOUT if nbytes == 0 else None
+                if timed_out and self.expiry == SLOW_BODY:
+                    return None  # enough bytes came: a new window, same connection
+        return self.expiry if timed_out else None
 
 
 class ConnectionGate:
@@ -185,7 +183,11 @@ class ConnectionGate:
         if last is not None and now - last < LOG_INTERVAL:
             return
         self._logged[kind] = now
-        log.warning("%s (%d times since the last such line)", text, self._counts.pop(kind))
+        count = self._counts.pop(kind)
+        if last is None:
+            log.warning("%s", text)
+        else:
+            log.warning("%s (%d times in the last %.0fs)", text, count, now - last)
 
 
 class ServerConfig(HyperConfig):
@@ -297,9 +299,9 @@ class RegistryTCPServer(TCPServer):
                     await self.protocol.handle(RawData(data))
                     break
                 now = trio.current_time()
-                why = timer.after_wait(now, now - started, len(data) if data else 0)
+                why = timer.after_wait(now, now - started, len(data or b""), data is None)
                 if why is not None:
-                    self._drop(why)
+                    await self._drop(why)
                     break
                 if data is not None:
                     await self.protocol.handle(RawData(data))
@@ -309,10 +311,16 @@ class RegistryTCPServer(TCPServer):
             self._drained.set()
         await self.protocol.handle(Closed())
 
-    def _drop(self, why: str) -> None:
+    async def _drop(self, why: str) -> None:
+        """Stop reading. A slow client's connection is closed at once (the keep-alive task
+        would hold it open); on hypercorn's read timeout a response in progress goes on."""
         self._dropped = True
-        if why != READ_TIMEOUT and self.gate is not None:
+        if why == READ_TIMEOUT:
+            return
+        if self.gate is not None:
             self.gate.dropped(why)
+        await self.idle_task.stop()
+        await self.stream.aclose()
 
     async def _close(self) -> None:
         conn = self._h11()
@@ -371,15 +379,16 @@ class AcceptErrorFilter(logging.Filter):
             self._held += 1
             return False
         exc = record.exc_info[1] if record.exc_info else None
-        code = getattr(exc, "errno", None)
+        code = getattr(exc, "errno", None) or 0
+        name = ACCEPT_ERRNOS.get(code, str(code))
         record.msg = (
-            "cannot accept connections: %s (%s), %d more in %.0fs;"
+            "cannot accept connections: %s (%s)%s;"
             " lower http.maxconnections or raise the open-file limit"
         )
-        record.args = (
-            ACCEPT_ERRNOS.get(code or 0, str(code)), os.strerror(code) if code else "?",
-            self._held, now - self._last if self._last is not None else 0.0,
-        )
+        since = ""
+        if self._last is not None:
+            since = f", {self._held + 1} times in the last {now - self._last:.0f}s"
+        record.args = (name, os.strerror(code) if code else "?", since)
         record.exc_info = record.exc_text = None
         self._last, self._held = now, 0
         return True
