@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import trio
 from conftest import serve_asgi
 from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
 from test_auth_htpasswd import write_htpasswd
+from test_tls import make_certs
 
 from registry.config import Config, load_config
 from registry.http.conn import (
@@ -248,10 +250,15 @@ async def until_closed_or(stream: trio.SocketStream, marker: bytes) -> bytes:
 
 
 def http_client_exchange(
-    port: int, method: str, path: str, body: bytes, **headers: str
+    port: int, method: str, path: str, body: bytes, tls: ssl.SSLContext | None = None,
+    **headers: str,
 ) -> tuple[int, dict[str, str], bytes]:
     """Python's http.client: it writes the whole body before it reads any answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+    conn = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=BOUND, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+    )
     try:
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -308,6 +315,24 @@ async def test_http_client_reads_the_401_for_a_big_body_with_auth_on(
     )
     assert status == 401 and error_code(body) == "UNAUTHORIZED", (status, body)
     assert headers.get("www-authenticate") == 'Basic realm="early"'
+
+
+async def test_http_client_over_tls_reads_the_413(nursery: trio.Nursery, tmp_path: Path) -> None:
+    # TLS has no half-close: the rest of the body is read and dropped all the same.
+    ca, cert, key, _ = make_certs(tmp_path)
+    config = registry_config(
+        tmp_path, REGISTRY_HTTP_TLS_CERTIFICATE=str(cert), REGISTRY_HTTP_TLS_KEY=str(key)
+    )
+    _, port = await serve_registry(nursery, config)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    status, _, body = await trio.to_thread.run_sync(
+        lambda: http_client_exchange(
+            port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, context,
+            **{"Content-Type": MANIFEST_TYPE},
+        )
+    )
+    assert status == 413 and error_code(body) == "MANIFEST_INVALID", (status, body)
 
 
 @pytest.mark.parametrize(
