@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -29,7 +30,7 @@ from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
 from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
 
-from registry.config import Config, load_config
+from registry.config import Config, ConfigError, load_config
 from registry.http.conn import (
     BODY,
     HEAD,
@@ -368,9 +369,13 @@ async def test_curl_without_expect_reads_the_early_answer(
 
 
 @contextmanager
-def serve_with_fd_limit(tmp_path: Path, fd_limit: int, **env: str) -> Iterator[tuple[int, Path]]:
-    """`python -m registry serve` (one worker) whose RLIMIT_NOFILE is ``fd_limit`` (soft and
-    hard, so the server cannot raise it); yields its port and its log file, stops it after."""
+def serve_with_fd_limit(
+    tmp_path: Path, fd_limit: int, hard_limit: int | None = None, **env: str
+) -> Iterator[tuple[int, Path, int]]:
+    """`python -m registry serve` (one worker) whose soft RLIMIT_NOFILE is ``fd_limit`` and hard
+    one ``hard_limit`` (default the same, so the server cannot raise it); yields its port, its
+    log file and its pid, and stops it after."""
+    hard = hard_limit or fd_limit
     port = free_port()
     log_path = tmp_path / "registry.log"
     variables = clean_env() | {
@@ -386,7 +391,7 @@ def serve_with_fd_limit(tmp_path: Path, fd_limit: int, **env: str) -> Iterator[t
     # `python -m registry serve` with the limit set first (preexec_fn is unsafe with threads)
     limited = (
         "import resource, runpy, sys;"
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {fd_limit}));"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {hard}));"
         "sys.argv = ['registry', 'serve']; runpy.run_module('registry', run_name='__main__')"
     )
     with open(log_path, "wb") as log:
@@ -405,7 +410,7 @@ def serve_with_fd_limit(tmp_path: Path, fd_limit: int, **env: str) -> Iterator[t
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        yield port, log_path
+        yield port, log_path, proc.pid
     finally:
         proc.terminate()
         try:
@@ -463,7 +468,7 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
 ) -> None:
     started = time.monotonic()
     with serve_with_fd_limit(tmp_path, fd_limit, REGISTRY_HTTP_HEADERTIMEOUT="2s", **env) as (
-        port, log_path,
+        port, log_path, _,
     ):
         answers = flood(port, 300)  # main: held open until the keep-alive timeout, 75 s
         # The server dropped every flood connection and answers the next client at once.
@@ -480,3 +485,33 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
     assert 1 <= len(lines) <= intervals, log[-3000:]
     dropped = [line for line in log.splitlines() if "dropped a slow client" in line]
     assert 1 <= len(dropped) <= intervals, log[-3000:]
+
+
+def test_serve_raises_the_soft_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    with serve_with_fd_limit(tmp_path, 256, 1024) as (_, _, pid):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max open files\s+1024\s+1024", limits), limits
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("REGISTRY_HTTP_HEADERTIMEOUT", "0", "http.headertimeout"),
+        ("REGISTRY_HTTP_BODYTIMEOUT", "soon", "http.bodytimeout"),
+        ("REGISTRY_HTTP_MINBODYRATE", "-1", "http.minbodyrate"),
+        ("REGISTRY_HTTP_MAXCONNECTIONS", "many", "http.maxconnections"),
+    ],
+)
+def test_bad_limits_are_configuration_errors_naming_the_key(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        registry_config(tmp_path, **{variable: value})
+
+
+def test_limits_reach_the_server_config(tmp_path: Path) -> None:
+    config = registry_config(
+        tmp_path, REGISTRY_HTTP_HEADERTIMEOUT="5s", REGISTRY_HTTP_BODYTIMEOUT="2m",
+        REGISTRY_HTTP_MINBODYRATE="10", REGISTRY_HTTP_MAXCONNECTIONS="7",
+    )
+    assert hypercorn_config(config).limits == ConnLimits(5.0, 120.0, 10, 7)  # type: ignore[attr-defined]
