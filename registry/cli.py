@@ -76,6 +76,24 @@ def _pin_mmap_threshold() -> None:
         pass
 
 
+def _raise_open_file_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection holds a descriptor,
+    and the usual soft default (1024) would cap the server at a few hundred clients while the
+    hard limit is far higher (Docker: 1048576). The connection cap (http.maxconnections) is
+    derived from the raised value. Logs, and goes on, where the limit cannot be raised."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:  # macOS: infinity is refused
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as e:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, e)
+
+
 def main(argv: list[str] | None = None) -> int:
     _pin_mmap_threshold()
     args = _parser().parse_args(argv)
@@ -90,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("configuration: %s", w)
     if args.command == "serve":
         from .server import run
+
+        _raise_open_file_limit()
 
         if config.storage.driver == "filesystem":
             from .drivers.filesystem import check_writable

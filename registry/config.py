@@ -38,6 +38,10 @@ Our extensions, not in the reference::
 
     http:
       workers: 0            # hypercorn worker processes; 0 = pick from the CPU count
+      headertimeout: 30s    # a request head must be complete this long after its first byte
+      bodytimeout: 60s      # a request body idle this long is dropped (also the rate window)
+      minbodyrate: 1024     # bytes/s a request body must average over bodytimeout; 0 = off
+      maxconnections: 0     # open connections per worker; 0 = derived from the open-file limit
     gc:                     # online garbage collection, run by the app's lifespan nursery
       online:
         enabled: false      # REGISTRY_GC_ONLINE_ENABLED
@@ -98,7 +102,8 @@ _SCHEMA = _keys(
         inmemory=_keys(),
     ),
     http=_keys(
-        "addr net host prefix secret relativeurls draintimeout workers headers",
+        "addr net host prefix secret relativeurls draintimeout workers headers"
+        " headertimeout bodytimeout minbodyrate maxconnections",
         tls=_keys(
             "certificate key clientcas minimumtls ciphersuites",
             letsencrypt=_keys("cachefile email hosts directoryurl"),
@@ -180,6 +185,11 @@ class HttpConfig:
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)  # canonical names
     draintimeout: float = 0.0  # seconds; 0 = not configured
     workers: int = 0  # our extension: 0 = auto
+    # Our extensions for slow and many clients (registry/http/conn.py):
+    headertimeout: float = 30.0  # seconds from a request head's first byte to its end
+    bodytimeout: float = 60.0  # seconds a request body may stall; also the rate window
+    minbodyrate: int = 1024  # bytes/s averaged over bodytimeout; 0 = no minimum rate
+    maxconnections: int = 0  # per worker process; 0 = derived from the open-file limit
 
 
 @dataclass(frozen=True)
@@ -710,6 +720,10 @@ def _build_http(root: _Node) -> HttpConfig:
         headers=_build_headers(http),
         draintimeout=http.get_duration("draintimeout", 0.0),
         workers=http.get_int("workers", 0, minimum=0),
+        headertimeout=http.get_duration("headertimeout", HttpConfig.headertimeout, positive=True),
+        bodytimeout=http.get_duration("bodytimeout", HttpConfig.bodytimeout, positive=True),
+        minbodyrate=http.get_int("minbodyrate", HttpConfig.minbodyrate, minimum=0),
+        maxconnections=http.get_int("maxconnections", 0, minimum=0),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -26,7 +27,7 @@ from hypercorn.utils import wrap_app
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .drivers import make_driver
-from .http import h11proto
+from .http import conn, h11proto
 from .http.app import AppOptions, RegistryApp
 from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
@@ -127,13 +128,25 @@ def bind_address(addr: str) -> str:
     return f"{host}:{port or 5000}"
 
 
+def connection_limits(config: Config) -> conn.ConnLimits:
+    """The http.headertimeout/bodytimeout/minbodyrate/maxconnections settings; a cap of 0
+    becomes one derived from this process's open-file limit (cli.py raised it already)."""
+    h = config.http
+    cap = h.maxconnections or conn.default_max_connections(
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    )
+    return conn.ConnLimits(h.headertimeout, h.bodytimeout, h.minbodyrate, cap)
+
+
 def hypercorn_config(config: Config) -> HyperConfig:
-    hc = HyperConfig()
+    hc = conn.ServerConfig(connection_limits(config))
     hc.bind = [bind_address(config.http.addr)]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75  # docker keeps connections open between layer uploads
-    hc.read_timeout = 120  # seconds a client may stall mid-request before we drop it
+    # Seconds any one read may wait (hypercorn's); request heads and bodies have tighter
+    # deadlines (http.headertimeout, http.bodytimeout: http/conn.py).
+    hc.read_timeout = 120
     hc.graceful_timeout = config.http.draintimeout or 10.0
     hc.h11_max_incomplete_size = 64 * 1024  # header block limit
     hc.backlog = 1024  # 128 clients connecting at once must not wait for SYN retries
@@ -153,9 +166,11 @@ def hypercorn_config(config: Config) -> HyperConfig:
 
 def tune_hypercorn() -> None:
     """Process-wide hypercorn settings that are not Config options: the socket read size
-    (a module constant, read at every read) and the HTTP/1.1 protocol class (h11proto)."""
+    (a module constant, read at every read), the HTTP/1.1 protocol class (h11proto) and the
+    per-connection TCP server with its limits (conn)."""
     hypercorn.trio.tcp_server.MAX_RECV = RECV_SIZE  # type: ignore[attr-defined]
     h11proto.install()
+    conn.install()
 
 
 def worker_count(config: Config) -> int:

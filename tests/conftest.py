@@ -59,11 +59,13 @@ async def start_app(
     return await serve_asgi(nursery, app), app
 
 
-async def serve_asgi(nursery: trio.Nursery, app: Any) -> str:
-    """Serve the ASGI ``app`` with hypercorn on 127.0.0.1:0 in ``nursery``; its base URL."""
-    hc = HyperConfig()
+async def serve_asgi(nursery: trio.Nursery, app: Any, hc: HyperConfig | None = None) -> str:
+    """Serve the ASGI ``app`` with hypercorn on 127.0.0.1:0 in ``nursery``; its base URL.
+    ``hc``: the server's settings (e.g. registry.server.hypercorn_config), else hypercorn's."""
+    if hc is None:
+        hc = HyperConfig()
+        hc.accesslog = None
     hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
     hc.graceful_timeout = 0.5
     urls = await nursery.start(partial(serve, app, hc))
     return str(urls[0])

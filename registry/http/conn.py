@@ -1,0 +1,407 @@
+"""Hypercorn's per-connection TCP server with limits for slow, many and early-answered clients.
+
+Hypercorn (0.18, trio worker) gives each read a fresh ``read_timeout``, so a client that sends
+one header byte a second holds its connection forever, and it accepts connections until the
+process runs out of file descriptors. :class:`RegistryTCPServer` replaces its ``TCPServer``
+and adds, for HTTP/1.1:
+
+- a deadline for the request head: ``headertimeout`` from its first byte;
+- a deadline and a minimum rate for request bodies: a body that delivers nothing for
+  ``bodytimeout``, or less than ``minbodyrate`` bytes/s over a window of ``bodytimeout`` spent
+  waiting for the client, is dropped. Only time spent waiting for the client counts: while the
+  app is busy (backpressure) a slow storage never makes a client look slow;
+- a cap on open connections per worker (:class:`ConnectionGate`): past it a new connection
+  gets a canned 503 and is closed at once, and one log line per interval says so;
+- lingering after an early answer: when the app answered before reading the whole body (a
+  413, 401 or 404) the connection is half-closed and what the client still sends is read and
+  dropped, bounded in bytes and time, so that a client that writes its whole body before
+  reading (Python's http.client) reads the answer instead of a connection reset.
+
+HTTP/2 connections keep hypercorn's behaviour apart from the cap. :class:`AcceptErrorFilter`
+turns trio's accept-loop error (a traceback every 0.1 s while ``accept`` fails with EMFILE)
+into one line per interval. ``install()`` puts both in place; it checks the hypercorn hooks it
+relies on, so a hypercorn release that moves them fails at start-up, not per connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import hypercorn.trio.run
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, RawData
+from hypercorn.trio import tcp_server
+from hypercorn.trio.tcp_server import TCPServer
+
+from ..config import HttpConfig
+from ..errors import ErrorCode, RegistryError
+from .responses import error_response
+
+log = logging.getLogger("registry.conn")
+
+# File descriptors kept free for everything but client sockets (listeners, epoll, logs, S3
+# connections, prometheus files); the default cap then leaves one more per connection for the
+# blob file an upload or download holds open.
+FD_RESERVE = 64
+FDS_PER_CONNECTION = 2
+# A default cap, whatever the fd limit (containers often allow 1M): an idle connection with a
+# partial head costs ~18 KiB of worker memory (measured: 1,000 of them), one uploading 100s of
+# KiB of buffers, so 4096 keep a worker's connection state near 72 MiB while idle.
+MAX_DEFAULT_CONNECTIONS = 4096
+LOG_INTERVAL = 10.0  # seconds between two log lines about refused or dropped connections
+REFUSE_SEND_SECONDS = 1.0  # the canned 503 fits the socket buffer; never wait on a flooder
+# Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
+# bound lets a manifest past the 4 MiB limit arrive whole; a client past it gets a reset.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+HEAD, BODY, OTHER = "head", "body", "other"  # what a connection's next read belongs to
+# Why a connection was dropped; READ_TIMEOUT is hypercorn's own and not a slow client.
+SLOW_HEAD = "request head not complete within http.headertimeout"
+STALLED_BODY = "request body idle for http.bodytimeout"
+SLOW_BODY = "request body slower than http.minbodyrate"
+READ_TIMEOUT = "read timeout"
+
+
+@dataclass(frozen=True)
+class ConnLimits:
+    """The limits one server enforces; defaults and meaning as the ``http.headertimeout``,
+    ``bodytimeout``, ``minbodyrate`` and ``maxconnections`` keys (config.HttpConfig). Apache's
+    mod_reqtimeout (20-40 s, 500 bytes/s) and nginx (client_body_timeout 60 s) are similar;
+    docker pushing over a 64 kbit/s link still sends 8 KiB/s."""
+
+    header_timeout: float = HttpConfig.headertimeout  # seconds
+    body_timeout: float = HttpConfig.bodytimeout  # seconds
+    min_body_rate: int = HttpConfig.minbodyrate  # bytes per second; 0 = only the idle deadline
+    max_connections: int = 0  # per worker process; 0 = no cap
+
+
+def default_max_connections(fd_limit: int) -> int:
+    """The cap for a process allowed ``fd_limit`` open files: reached before EMFILE."""
+    return max(1, min(MAX_DEFAULT_CONNECTIONS, (fd_limit - FD_RESERVE) // FDS_PER_CONNECTION))
+
+
+class ReadTimer:
+    """The deadline of each read on one connection, and whether a read's outcome means the
+    client is too slow. Pure: the caller passes the time; durations are seconds spent waiting.
+
+    Call :meth:`deadline` before a read with the phase the connection is in, then
+    :meth:`after_wait` with what the read got (``timed_out`` when its deadline expired); a
+    reason string from it means: drop the connection.
+    """
+
+    def __init__(self, limits: ConnLimits, read_timeout: float = math.inf) -> None:
+        self.limits = limits
+        self.read_timeout = read_timeout  # hypercorn's cap on any one read
+        self.phase = OTHER
+        self.cycle = -1  # the request (keep-alive cycle) the phase belongs to
+        self.head_started: float | None = None  # when the current head's first byte came
+        self.window_wait = 0.0  # seconds waited in the current rate window
+        self.window_bytes = 0
+        self.quiet = 0.0  # seconds waited since the body's last byte
+        self.expiry = READ_TIMEOUT  # what it means when the current deadline expires
+
+    def is_new(self, phase: str, cycle: int) -> bool:
+        """The next read starts ``phase`` of request ``cycle`` (the last read was elsewhere)."""
+        return (phase, cycle) != (self.phase, self.cycle)
+
+    def deadline(self, phase: str, cycle: int, now: float, buffered: bool = False) -> float:
+        """The deadline for the next read; ``buffered``: bytes of the next head are already
+        buffered (a pipelined request), so its clock has started."""
+        if self.is_new(phase, cycle):
+            self.phase, self.cycle = phase, cycle
+            self.head_started = now if phase == HEAD and buffered else None
+            self.window_wait, self.window_bytes, self.quiet = 0.0, 0, 0.0
+        limits = self.limits
+        candidates = [(now + self.read_timeout, READ_TIMEOUT)]
+        if phase == HEAD and self.head_started is not None:
+            candidates.append((self.head_started + limits.header_timeout, SLOW_HEAD))
+        elif phase == BODY:
+            candidates.append((now + max(0.0, limits.body_timeout - self.quiet), STALLED_BODY))
+            window_left = max(0.0, limits.body_timeout - self.window_wait)
+            candidates.append((now + window_left, SLOW_BODY))
+        when, self.expiry = min(candidates)
+        return when
+
+    def after_wait(self, now: float, waited: float, nbytes: int, timed_out: bool) -> str | None:
+        """Account a read that waited ``waited`` seconds until ``now`` and got ``nbytes``, or
+        whose deadline expired. Returns why to drop the connection, or None."""
+        if self.phase == HEAD and nbytes and self.head_started is None:
+            self.head_started = now
+        if self.phase == BODY:
+            self.window_wait += waited
+            self.window_bytes += nbytes
+            self.quiet = 0.0 if nbytes else self.quiet + waited
+            if timed_out and self.expiry == SLOW_BODY:  # the end of a rate window
+                self.window_wait = max(self.window_wait, self.limits.body_timeout)
+            if self.window_wait >= self.limits.body_timeout:
+                if self.window_bytes < self.limits.min_body_rate * self.window_wait:
+                    return SLOW_BODY
+                self.window_wait, self.window_bytes = 0.0, 0
+                if timed_out and self.expiry == SLOW_BODY:
+                    return None  # enough bytes came: a new window, same connection
+        return self.expiry if timed_out else None
+
+
+class ConnectionGate:
+    """One worker's open-connection count against its cap, and rate-limited log lines about
+    refused and dropped connections (at most one per kind per LOG_INTERVAL)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap  # 0: no cap
+        self.open = 0
+        self._counts: dict[str, int] = {}
+        self._logged: dict[str, float] = {}
+
+    def admit(self) -> bool:
+        """Count a new connection in, or return False (and log) when the cap is reached."""
+        if self.cap and self.open >= self.cap:
+            self._note("refused", f"connection limit reached: {self.open} open"
+                       " (http.maxconnections); refusing new connections")
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def dropped(self, reason: str) -> None:
+        self._note(reason, f"dropped a slow client: {reason}")
+
+    def _note(self, kind: str, text: str) -> None:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        now = time.monotonic()
+        last = self._logged.get(kind)
+        if last is not None and now - last < LOG_INTERVAL:
+            return
+        self._logged[kind] = now
+        count = self._counts.pop(kind)
+        if last is None:
+            log.warning("%s", text)
+        else:
+            log.warning("%s (%d times in the last %.0fs)", text, count, now - last)
+
+
+class ServerConfig(HyperConfig):
+    """Hypercorn's Config plus what RegistryTCPServer enforces. ``gate`` counts this process's
+    connections: a forked worker starts from its own copy (the parent serves none)."""
+
+    def __init__(self, limits: ConnLimits | None = None) -> None:
+        super().__init__()
+        self.limits = limits or ConnLimits()
+        self.gate = ConnectionGate(self.limits.max_connections)
+
+
+def _refusal() -> bytes:
+    err = RegistryError(ErrorCode.UNAVAILABLE, "too many open connections; retry later")
+    resp = error_response(err, head=False)
+    body = resp.body if isinstance(resp.body, bytes) else b""
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"docker-distribution-api-version: registry/2.0\r\nretry-after: 1\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+REFUSAL = _refusal()  # the whole answer to a connection past the cap, built once
+
+
+class RegistryTCPServer(TCPServer):
+    """Hypercorn's TCPServer with the limits of the module docstring. Reads happen in
+    ``_read_data`` (the connection's own task, "the reader"); ``_close`` is also called from
+    the app's task when a response that must close the connection has been sent."""
+
+    def __init__(
+        self, app: Any, config: HyperConfig, context: Any, state: Any, stream: Any
+    ) -> None:
+        super().__init__(app, config, context, state, stream)
+        self.limits: ConnLimits = getattr(config, "limits", None) or ConnLimits()
+        self.gate: ConnectionGate | None = getattr(config, "gate", None)
+        self._reader: trio.lowlevel.Task | None = None
+        self._wake: trio.CancelScope | None = None  # the reader's current read
+        self._drained = trio.Event()  # the reader has finished
+        self._lingering = False  # the reader should drain and stop
+        self._lingered = False
+        self._dropped = False
+
+    async def run(self) -> None:
+        gate = self.gate
+        if gate is not None and not gate.admit():
+            await self._refuse()
+            return
+        try:
+            await super().run()
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _refuse(self) -> None:
+        """Past the cap: the canned 503 (not over TLS: no handshake for a flooder), then close."""
+        with trio.move_on_after(REFUSE_SEND_SECONDS):
+            if not isinstance(self.stream, trio.SSLStream):
+                try:
+                    await self.stream.send_all(REFUSAL)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        await trio.aclose_forcefully(self.stream)
+
+    def _h11(self) -> h11.Connection | None:
+        """The HTTP/1.1 state machine, or None for HTTP/2 and WebSocket connections."""
+        conn = getattr(getattr(self, "protocol", None), "protocol", None)
+        state = getattr(conn, "connection", None)
+        return state if type(state) is h11.Connection else None
+
+    def _phase(self) -> tuple[str, int]:
+        """(phase, request number on this connection) for the next read."""
+        conn = self._h11()
+        if conn is None:
+            return OTHER, 0
+        cycle = getattr(self.protocol.protocol, "keep_alive_requests", 0)
+        if conn.their_state is h11.IDLE:
+            return HEAD, cycle
+        if conn.their_state is h11.SEND_BODY:
+            return BODY, cycle
+        return OTHER, cycle
+
+    def _head_buffered(self) -> bool:
+        """Bytes of a next request head already sit in h11's buffer (pipelining)."""
+        conn = self._h11()
+        return conn is not None and bool(conn.trailing_data[0])  # a copy: call it rarely
+
+    async def _read_data(self) -> None:
+        self._reader = trio.lowlevel.current_task()
+        timer = ReadTimer(self.limits, self.config.read_timeout or math.inf)
+        try:
+            while not self._lingering:
+                phase, cycle = self._phase()
+                buffered = phase == HEAD and timer.is_new(phase, cycle) and self._head_buffered()
+                started = trio.current_time()
+                data: bytes | None = None
+                deadline = timer.deadline(phase, cycle, started, buffered)
+                with trio.CancelScope(deadline=deadline) as self._wake:
+                    try:
+                        data = bytes(await self.stream.receive_some(tcp_server.MAX_RECV))
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        break
+                    finally:
+                        self._wake = None
+                if self._lingering:
+                    break
+                if data == b"":  # EOF: hypercorn's protocol learns it from empty data
+                    await self.protocol.handle(RawData(data))
+                    break
+                now = trio.current_time()
+                why = timer.after_wait(now, now - started, len(data or b""), data is None)
+                if why is not None:
+                    await self._drop(why)
+                    break
+                if data is not None:
+                    await self.protocol.handle(RawData(data))
+            if self._lingering:
+                await self._drain()
+        finally:
+            self._drained.set()
+        await self.protocol.handle(Closed())
+
+    async def _drop(self, why: str) -> None:
+        """Stop reading. A slow client's connection is closed at once (the keep-alive task
+        would hold it open); on hypercorn's read timeout a response in progress goes on."""
+        self._dropped = True
+        if why == READ_TIMEOUT:
+            return
+        if self.gate is not None:
+            self.gate.dropped(why)
+        await self.idle_task.stop()
+        await self.stream.aclose()
+
+    async def _close(self) -> None:
+        conn = self._h11()
+        unread = conn is not None and conn.their_state in (h11.SEND_BODY, h11.ERROR)
+        if unread and not (self._lingered or self._dropped or self._drained.is_set()):
+            self._lingered = True
+            if not isinstance(self.stream, trio.SSLStream):  # TLS has no half-close
+                try:
+                    await self.stream.send_eof()  # our answer is out: FIN follows it
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                    pass
+            if trio.lowlevel.current_task() is self._reader:
+                await self._drain()
+            else:  # the app's task: the reader drains, so that nothing reads twice at once
+                self._lingering = True
+                if self._wake is not None:
+                    self._wake.cancel()
+                with trio.move_on_after(LINGER_SECONDS + LINGER_IDLE_SECONDS):
+                    await self._drained.wait()
+        await super()._close()
+
+    async def _drain(self) -> None:
+        """Read and drop what the client still sends after our answer: until its EOF, for at
+        most LINGER_BYTES and LINGER_SECONDS, stopping after LINGER_IDLE_SECONDS of silence."""
+        left = LINGER_BYTES
+        with trio.move_on_after(LINGER_SECONDS):
+            while left > 0:
+                with trio.move_on_after(LINGER_IDLE_SECONDS) as idle:
+                    try:
+                        data = await self.stream.receive_some(min(left, 256 * 1024))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        return
+                if idle.cancelled_caught or not data:
+                    return
+                left -= len(data)
+
+
+ACCEPT_ERRNOS = {
+    errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOMEM: "ENOMEM", errno.ENOBUFS: "ENOBUFS"
+}
+
+
+class AcceptErrorFilter(logging.Filter):
+    """For trio's ``trio.serve_listeners`` logger, which logs each failed ``accept`` (out of
+    file descriptors or memory) with a traceback before retrying 0.1 s later: one line per
+    LOG_INTERVAL, without the traceback, with how many it held back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: float | None = None
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < LOG_INTERVAL:
+            self._held += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(exc, "errno", None) or 0
+        name = ACCEPT_ERRNOS.get(code, str(code))
+        record.msg = (
+            "cannot accept connections: %s (%s)%s;"
+            " lower http.maxconnections or raise the open-file limit"
+        )
+        since = ""
+        if self._last is not None:
+            since = f", {self._held + 1} times in the last {now - self._last:.0f}s"
+        record.args = (name, os.strerror(code) if code else "?", since)
+        record.exc_info = record.exc_text = None
+        self._last, self._held = now, 0
+        return True
+
+
+def install() -> None:
+    """Make hypercorn's trio worker use RegistryTCPServer, and quiet trio's accept errors."""
+    if not hasattr(hypercorn.trio.run, "TCPServer") or not all(
+        hasattr(TCPServer, name) for name in ("run", "_read_data", "_close", "protocol_send")
+    ):
+        raise RuntimeError("unsupported hypercorn version: no trio TCPServer hooks")
+    hypercorn.trio.run.TCPServer = RegistryTCPServer  # type: ignore[attr-defined,misc]
+    accept_log = logging.getLogger("trio.serve_listeners")
+    if not any(isinstance(f, AcceptErrorFilter) for f in accept_log.filters):
+        accept_log.addFilter(AcceptErrorFilter())
