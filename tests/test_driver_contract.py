@@ -48,20 +48,16 @@ MiB = 1024 * 1024
 TEST_TIMEOUT_S = 120
 
 
-@pytest.fixture(autouse=True)
-async def _bounded(nursery: trio.Nursery) -> None:
-    """Fail (and cancel) the test if it runs past TEST_TIMEOUT_S: pytest-trio cancels a
-    test whose ``nursery`` fixture has a crashed task and reports that task's error."""
+@pytest.fixture(params=sorted(FACTORIES))
+async def driver(request: Any, tmp_path: Any, nursery: trio.Nursery) -> AsyncIterator[Driver]:
+    """Each driver in turn, with a watchdog: a test still running after TEST_TIMEOUT_S fails
+    (pytest-trio cancels a test when a task in its fixture's ``nursery`` crashes)."""
 
     async def watchdog() -> None:
         await trio.sleep(TEST_TIMEOUT_S)
         raise TimeoutError(f"test still running after {TEST_TIMEOUT_S} s")
 
     nursery.start_soon(watchdog)
-
-
-@pytest.fixture(params=sorted(FACTORIES))
-async def driver(request: Any, tmp_path: Any) -> AsyncIterator[Driver]:
     async with FACTORIES[request.param](tmp_path) as d:
         yield d
 
