@@ -350,3 +350,12 @@ async def test_writer_copies_data_so_callers_may_reuse_their_buffer(driver):
             await w.write(memoryview(buffer))
         await w.commit()
     assert await _read(driver, "/u/11/data") == bytes(expected)
+
+
+async def test_walk_order_is_the_sorted_order_of_full_paths(driver):
+    """base.Driver.walk: "in sorted order" means of the paths yielded, also when a sibling's
+    name sorts before "/" ("-" and "." do): "/w/a-x" comes before "/w/a/1"."""
+    paths = ["/w/a/1", "/w/a-x", "/w/a.y/2", "/w/a_z", "/w/b"]
+    for p in paths:
+        await driver.put_content(p, b"x")
+    assert [i.path async for i in driver.walk("/w")] == sorted(paths)
