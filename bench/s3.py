@@ -6,7 +6,8 @@ runs for the whole scenario. Every round, each side gets its own fresh bucket on
 talks to it through a :class:`CountingProxy` of its own: a streaming HTTP/1.1 relay in this
 process that counts the S3 requests (by operation) without buffering bodies or changing
 keep-alive. After the side's round the moto state is reset, so both start from the same
-empty server. The storage config is the same for both (``storage.s3`` with region,
+empty server. The moto server and the counting proxy come from tests/s3kit.py, the S3
+kit the tests use too. The storage config is the same for both (``storage.s3`` with region,
 regionendpoint = the proxy, bucket, keys, rootdirectory, forcepathstyle, v4auth, chunksize
 10 MiB = both defaults; delete enabled; upload purging off).
 
@@ -34,34 +35,36 @@ same through the proxy, and our S3 driver alone writing the blob as a multipart 
 
 from __future__ import annotations
 
-import atexit
 import os
 import resource
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.s3kit import (
+    HOST,
+    MOTO_REGION,
+    CountingProxy,
+    MotoServer,
+    signed_headers,
+    start_moto,
+)
 
 from . import oci
 from .core import Env, Figure, Profile, RoundResult, Skip, Target
-from .http1 import Chunked, Connection, FileSlice, HTTPError
+from .http1 import Chunked, Connection
 from .procmem import tree_cpu_seconds
 from .servers import (
     REPO_ROOT,
     RunningServer,
     ServerSpec,
-    _stop,
     config_text,
     free_port,
     run_server,
@@ -70,8 +73,7 @@ from .servers import (
 from .transfer import ConcurrentPushes
 
 MiB = 1024 * 1024
-HOST = "127.0.0.1"
-REGION = "us-east-1"
+REGION = MOTO_REGION
 ACCESS_KEY = "AKIDREGISTRYBENCH"
 SECRET_KEY = "registry-bench-secret"  # moto runs without IAM auth: any key is accepted
 CHUNK_SIZE = 10 * MiB  # storage.s3.chunksize: the default of both registries
@@ -79,10 +81,7 @@ COUNT_BLOB = 64 * MiB  # "S3 requests per push of one 64 MiB blob"
 CONC_CLIENTS = 16
 CONC_DEADLINE = 600.0  # s, bound on the concurrent phase
 PULL_REPEATS = 3  # pulls per round; the round keeps the median one (a single 0.7 s pull was noisy)
-MOTO_START_TIMEOUT = 60.0  # s; importing moto takes a few seconds
 REPO = "bench/s3"
-RELAY_BUF = 1 * MiB
-HEAD_LIMIT = 64 * 1024
 
 S3_STORAGE = """\
   s3:
@@ -130,311 +129,18 @@ class Fewer(Target):
         return ours < ref
 
 
-# --- signing our own raw requests to moto ---------------------------------------------------
+# --- moto, from the S3 kit the tests use too (tests/s3kit.py) ------------------------------
 
 
-def signed_headers(method: str, port: int, target: str) -> dict[str, str]:
-    """SigV4 headers (UNSIGNED-PAYLOAD) for a raw request to moto. Moto without IAM auth
-    does not check them, but it answers anonymous requests to a private bucket with 403."""
-    from registry.drivers.s3.sigv4 import Signer
-
-    path, _, query = target.partition("?")
-    signer = Signer(ACCESS_KEY, SECRET_KEY, REGION)
-    return signer.sign_headers(
-        method,
-        f"{HOST}:{port}",
-        path,
-        parse_qsl(query, keep_blank_values=True),
-        {},
-        "UNSIGNED-PAYLOAD",
-        datetime.now(UTC),
-    )
+def start_bench_moto(log_path: Path) -> MotoServer:
+    """One moto server for the scenario, without IAM auth, in its own process group, that
+    dies with the bench (so no moto outlives a killed run)."""
+    return start_moto(free_port(), log=log_path, own_session=True, die_with_parent=True,
+                      access_key=ACCESS_KEY, secret_key=SECRET_KEY)  # fmt: skip
 
 
-# --- moto -----------------------------------------------------------------------------------
-
-
-def _pdeathsig() -> Callable[[], Any] | None:
-    """preexec_fn: SIGTERM the child when the bench dies, so no moto outlives a killed run."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-
-
-class Moto:
-    """``python -m moto.server`` on a free loopback port, in its own process group."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Moto:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self.port = free_port()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_pdeathsig(),  # noqa: PLW1509 -- one prctl call
-            )
-        atexit.register(self.stop)
-        deadline = time.monotonic() + MOTO_START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with Connection(HOST, self.port, timeout=2) as conn:
-                    if conn.request("GET", "/moto-api/data.json", sink="discard").status == 200:
-                        return self
-            except HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"moto did not answer within {MOTO_START_TIMEOUT:.0f} s")
-            time.sleep(0.1)
-
-    def log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
-        except OSError:
-            return ""
-
-    def request(self, method: str, target: str, body: FileSlice | bytes | None = None,
-                **kw: Any) -> Any:  # fmt: skip
-        with Connection(HOST, self.port, timeout=600) as conn:
-            return conn.request(method, target, signed_headers(method, self.port, target),
-                                body, **kw)  # fmt: skip
-
-    def create_bucket(self, name: str) -> None:
-        oci.expect(self.request("PUT", f"/{name}"), 200, what=f"moto: create bucket {name}")
-
-    def reset(self) -> None:
-        """Drop every bucket and object (moto keeps them in memory and temp files)."""
-        with Connection(HOST, self.port, timeout=120) as conn:
-            oci.expect(conn.request("POST", "/moto-api/reset"), 200, what="moto reset")
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-
-
-# --- the counting proxy ---------------------------------------------------------------------
-
-
-def classify(method: str, target: str, headers: dict[str, str]) -> str:
-    """The S3 operation of a path-style request."""
-    path, _, query = target.partition("?")
-    params = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
-    bucket_and_key = path.lstrip("/").split("/", 1)
-    on_object = len(bucket_and_key) == 2 and bucket_and_key[1] != ""
-    copy = "x-amz-copy-source" in headers
-    if method == "PUT":
-        if "partNumber" in params:
-            return "UploadPartCopy" if copy else "UploadPart"
-        if copy:
-            return "CopyObject"
-        return "PutObject" if on_object else "CreateBucket"
-    if method == "POST":
-        if "uploads" in params:
-            return "CreateMultipartUpload"
-        if "uploadId" in params:
-            return "CompleteMultipartUpload"
-        return "DeleteObjects" if "delete" in params else "POST"
-    if method == "DELETE":
-        if "uploadId" in params:
-            return "AbortMultipartUpload"
-        return "DeleteObject" if on_object else "DeleteBucket"
-    if method == "GET":
-        if not on_object:
-            return "ListMultipartUploads" if "uploads" in params else "ListObjects"
-        return "ListParts" if "uploadId" in params else "GetObject"
-    if method == "HEAD":
-        return "HeadObject" if on_object else "HeadBucket"
-    return method
-
-
-class RequestStream:
-    """Follows the client->S3 byte stream of one keep-alive connection and reports each
-    request head. Bodies (Content-Length or chunked) are skipped by counting, not copied."""
-
-    def __init__(self, on_request: Callable[[str, str, dict[str, str]], None]) -> None:
-        self.on_request = on_request
-        self.state = "head"  # head | body | size | chunk | crlf | trailer
-        self.pending = bytearray()  # a partial head or line
-        self.left = 0  # body or chunk bytes (or CRLF bytes) still to skip
-
-    def feed(self, data: memoryview) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            if self.state in ("body", "chunk", "crlf"):
-                take = min(self.left, n - i)
-                self.left -= take
-                i += take
-                if self.left == 0:
-                    self.state = {"body": "head", "chunk": "crlf", "crlf": "size"}[self.state]
-                    if self.state == "crlf":
-                        self.left = 2
-                continue
-            sep = b"\r\n\r\n" if self.state == "head" else b"\r\n"
-            piece = bytes(data[i : i + HEAD_LIMIT])
-            joined = self.pending + piece
-            idx = joined.find(sep, max(0, len(self.pending) - len(sep) + 1))
-            if idx < 0:
-                if len(joined) > HEAD_LIMIT:
-                    raise ValueError("request head or chunk line too long")
-                self.pending = joined
-                i += len(piece)
-                continue
-            end = idx + len(sep)
-            i += end - len(self.pending)
-            text = bytes(joined[:idx])
-            self.pending = bytearray()
-            if self.state == "head":
-                self._head(text)
-            elif self.state == "size":
-                size = int(text.split(b";")[0].strip(), 16)
-                self.state, self.left = ("trailer", 0) if size == 0 else ("chunk", size)
-            elif not text:  # trailer: an empty line ends the request
-                self.state = "head"
-
-    def _head(self, text: bytes) -> None:
-        lines = text.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        self.on_request(method, target, headers)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self.state = "size"
-        else:
-            length = int(headers.get("content-length", "0") or 0)
-            self.state, self.left = ("body", length) if length else ("head", 0)
-
-
-class CountingProxy:
-    """A loopback relay in front of moto (threads, blocking sockets, 1 MiB buffers).
-
-    Responses are relayed untouched; requests are parsed just enough to count them by
-    operation (:func:`classify`). ``snapshot()`` returns the counts so far.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self._listener = socket.create_server((HOST, 0), backlog=256)
-        self.port = int(self._listener.getsockname()[1])
-        self._lock = threading.Lock()
-        self._ops: Counter[str] = Counter()
-        self._sockets: set[socket.socket] = set()
-        self.parse_errors = 0
-        self.connections = 0
-        self._accept = threading.Thread(target=self._accept_loop, name="s3proxy", daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def __enter__(self) -> Self:
-        self._accept.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def snapshot(self) -> Counter[str]:
-        with self._lock:
-            return Counter(self._ops)
-
-    def _count(self, method: str, target: str, headers: dict[str, str]) -> None:
-        op = classify(method, target, headers)
-        with self._lock:
-            self._ops[op] += 1
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection((HOST, self.upstream_port), timeout=10)
-            except OSError:
-                client.close()
-                continue
-            pair = [client, upstream]
-            for s in pair:
-                s.settimeout(None)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets.update(pair)
-                self.connections += 1
-            done = [0]
-            for src, dst, parse in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(
-                    target=self._relay, args=(src, dst, parse, pair, done), daemon=True
-                ).start()
-
-    def _relay(
-        self,
-        src: socket.socket,
-        dst: socket.socket,
-        parse: bool,
-        pair: list[socket.socket],
-        done: list[int],
-    ) -> None:
-        stream = RequestStream(self._count) if parse else None
-        buf = bytearray(RELAY_BUF)
-        view = memoryview(buf)
-        try:
-            while True:
-                n = src.recv_into(buf)
-                if not n:
-                    break
-                if stream is not None:  # count before forwarding: never after the answer
-                    try:
-                        stream.feed(view[:n])
-                    except (ValueError, IndexError):
-                        stream = None
-                        with self._lock:
-                            self.parse_errors += 1
-                dst.sendall(view[:n])
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            with self._lock:
-                done[0] += 1
-                last = done[0] == 2
-                if last:
-                    self._sockets.difference_update(pair)
-            if last:
-                for s in pair:
-                    s.close()
-
-    def close(self) -> None:
-        self._listener.close()
-        with self._lock:
-            sockets = list(self._sockets)
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+def moto_cpu_seconds(moto: MotoServer) -> float:
+    return tree_cpu_seconds(moto.process.pid)
 
 
 # --- our registry processes on S3 -----------------------------------------------------------
@@ -444,7 +150,7 @@ class CountingProxy:
 class Side:
     """One side's round: its bucket on moto, behind its proxy."""
 
-    moto: Moto
+    moto: MotoServer
     proxy: CountingProxy
     bucket: str
     values: dict[str, float] = field(default_factory=dict)
@@ -518,12 +224,13 @@ def timed(srv: RunningServer | None, side: Side) -> Iterator[Timed]:
     if srv is not None:
         srv.rss.reset()
     cpu0 = srv.cpu_seconds() if srv is not None else 0.0
-    moto0, bench0, ops0 = side.moto.cpu_seconds(), bench_cpu_seconds(), side.proxy.snapshot()
+    moto0, bench0 = moto_cpu_seconds(side.moto), bench_cpu_seconds()
+    ops0 = side.proxy.snapshot()
     t0 = time.perf_counter()
     yield t
     t.elapsed = time.perf_counter() - t0
     t.server_cpu = srv.cpu_seconds() - cpu0 if srv is not None else 0.0
-    t.moto_cpu = side.moto.cpu_seconds() - moto0
+    t.moto_cpu = moto_cpu_seconds(side.moto) - moto0
     t.bench_cpu = bench_cpu_seconds() - bench0
     t.rss = srv.rss.peak_mb if srv is not None else 0.0
     t.requests = side.proxy.snapshot() - ops0
@@ -542,7 +249,7 @@ class S3Scenario:
     default = True
 
     def __init__(self) -> None:
-        self.moto: Moto | None = None
+        self.moto: MotoServer | None = None
         self.calibration: dict[str, Any] = {}
         self.runs = 0
 
@@ -609,9 +316,9 @@ class S3Scenario:
             raise Skip("moto is not installed (pip install 'moto[server]')") from None
         for offset, length in self._windows(env).values():
             env.data.digest(offset, length)
-        if self.moto is None or self.moto.proc is None or self.moto.proc.poll() is not None:
+        if self.moto is None or self.moto.process.poll() is not None:
             try:
-                self.moto = Moto(env.workdir / "moto.log").start()
+                self.moto = start_bench_moto(env.workdir / "moto.log")
             except (OSError, RuntimeError) as exc:
                 raise Skip(f"moto server did not start: {exc}") from None
         self.calibration = self._calibrate(env)
@@ -631,9 +338,10 @@ class S3Scenario:
                 for via, port in (("direct", moto.port), ("proxy", proxy.port)):
                     target = f"/{bucket}/{via}"
                     for op in ("put", "get"):
-                        m0, t0 = moto.cpu_seconds(), time.perf_counter()
+                        m0, t0 = moto_cpu_seconds(moto), time.perf_counter()
                         with Connection(HOST, port, timeout=600) as conn:
-                            headers = signed_headers(op.upper(), port, target)
+                            headers = signed_headers(op.upper(), f"{HOST}:{port}", target,
+                                                     ACCESS_KEY, SECRET_KEY)  # fmt: skip
                             if op == "put":
                                 resp = conn.request("PUT", target, headers, body)
                                 ok = resp.status == 200
@@ -645,7 +353,9 @@ class S3Scenario:
                         if not ok:
                             raise oci.ProtocolError(f"moto calibration {op} {via}: {resp.status}")
                         out[f"{op}_{via}_mbps"] = round(length / took / 1e6, 1)
-                        out[f"{op}_{via}_moto_cores"] = round((moto.cpu_seconds() - m0) / took, 2)
+                        out[f"{op}_{via}_moto_cores"] = round(
+                            (moto_cpu_seconds(moto) - m0) / took, 2
+                        )
             out.update(self._driver_write(env, bucket, off, length))
         finally:
             moto.reset()
@@ -702,11 +412,11 @@ class S3Scenario:
             finally:
                 await driver.aclose()
 
-        m0 = moto.cpu_seconds()
+        m0 = moto_cpu_seconds(moto)
         took = trio.run(write)
         return {
             "driver_write_mbps": round(length / took / 1e6, 1),
-            "driver_write_moto_cores": round((moto.cpu_seconds() - m0) / took, 2),
+            "driver_write_moto_cores": round((moto_cpu_seconds(moto) - m0) / took, 2),
         }
 
     # -- one round of one side ----------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Test support for the S3 driver: a real S3-speaking server and a fault-injecting proxy.
 
+The moto server itself (:class:`MotoServer`, :func:`start_moto_process`) and the request
+parsing are in tests/s3kit.py, the kit the bench uses too; this module adds what is pytest's.
+
 - :func:`moto_server` starts ONE moto server per test session (``python -m moto.server``
   on 127.0.0.1, a free port) with IAM authentication switched on: the first few actions
   (creating an IAM user, its policy and access key) run unauthenticated, then every
@@ -15,17 +18,10 @@ When ``CI=true`` a missing moto is a failure, not a skip.
 
 from __future__ import annotations
 
-import atexit
-import os
 import re
-import subprocess
-import sys
-import time
-import uuid
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,8 +29,20 @@ import pytest
 import trio
 from e2e_support import free_port, in_ci
 
+# The kit, as one module object whether tests/ is reached as a package or as a plain
+# directory on sys.path.
+try:
+    from tests import s3kit
+except ImportError:
+    import s3kit  # type: ignore[no-redef]
+
+# The kit's moto server, as tests have always reached it: through this module.
+MOTO_REGION = s3kit.MOTO_REGION
+MotoServer = s3kit.MotoServer
+start_moto_process = s3kit.start_moto_process
+wait_for_moto = s3kit.wait_for_moto
+
 IN_CI = in_ci()  # the same rule as every other e2e check
-MOTO_REGION = "us-east-1"
 # The first actions after reset-auth run without authentication: create_user,
 # put_user_policy, create_access_key. From the 4th on, signatures are checked.
 _SETUP_ACTIONS = 3
@@ -53,106 +61,7 @@ def require(module: str) -> None:
         pytest.skip(f"{module} not installed")
 
 
-@dataclass
-class MotoServer:
-    """A moto server subprocess with IAM auth on, and the credentials it accepts."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    tls: bool = False
-    access_key: str = ""
-    secret_key: str = ""
-    buckets: list[str] = field(default_factory=list)
-
-    @property
-    def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    def boto3(self, secret_key: str | None = None) -> Any:
-        """A boto3 S3 client (botocore signs; test-only) with our IAM key."""
-        require("boto3")
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            verify=not self.tls,  # the TLS server has a throwaway self-signed certificate
-            region_name=MOTO_REGION,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=secret_key or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
-
-    def new_bucket(self) -> str:
-        name = f"t-{uuid.uuid4().hex[:16]}"
-        with warnings.catch_warnings():  # urllib3's InsecureRequestWarning on the TLS server
-            warnings.simplefilter("ignore")
-            self.boto3().create_bucket(Bucket=name)
-        self.buckets.append(name)
-        return name
-
-    def params(self, bucket: str, **overrides: Any) -> dict[str, Any]:
-        """The ``storage.s3`` section (keys lower-cased) for a bucket on this server."""
-        params: dict[str, Any] = {
-            "accesskey": self.access_key,
-            "secretkey": self.secret_key,
-            "region": MOTO_REGION,
-            "regionendpoint": self.endpoint,
-            "bucket": bucket,
-            "forcepathstyle": True,
-            "secure": False,
-            "chunksize": 5 * 1024 * 1024,
-            "rootdirectory": "/registry-root",
-        }
-        params.update(overrides)
-        return params
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 _servers: dict[tuple[bool, bool], MotoServer] = {}
-
-
-def start_moto_process(port: int, *, tls: bool = False) -> subprocess.Popen[bytes]:
-    """``python -m moto.server`` on 127.0.0.1:port (no auth until reset-auth); ``tls``:
-    HTTPS with a self-signed certificate made at startup."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-        + (["--ssl"] if tls else []),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        # No PR_SET_PDEATHSIG here: it fires when the *thread* that spawned the child ends,
-        # and moto is started from trio worker threads, which the thread cache retires
-        # after ~10 s idle -- moto died mid-suite. atexit (moto_server) stops it instead.
-    )
-
-
-def wait_for_moto(endpoint: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}")
-        try:
-            answer = httpx.get(f"{endpoint}/moto-api/data.json", timeout=1, verify=False)
-            if answer.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"moto server did not come up in {timeout} s")
-        time.sleep(0.1)
 
 
 def _start_moto(auth: bool, tls: bool = False) -> MotoServer:
@@ -160,15 +69,7 @@ def _start_moto(auth: bool, tls: bool = False) -> MotoServer:
     require("boto3")
     import boto3
 
-    port = free_port()
-    process = start_moto_process(port, tls=tls)
-    server = MotoServer(process, port, tls)
-    atexit.register(server.stop)
-    try:
-        wait_for_moto(server.endpoint, process)
-    except RuntimeError:
-        server.stop()
-        raise
+    server = s3kit.start_moto(free_port(), tls=tls)
     import httpx
 
     if not auth:
@@ -421,15 +322,9 @@ async def _read_request(stream: trio.SocketStream) -> tuple[bytes, SeenRequest, 
             raise ValueError("connection closed before a request")
         buf += data
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    method, target, headers = s3kit.parse_head(head)
     lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    kept = [lines[0]]
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-        if name.strip().lower() != "connection":
-            kept.append(line)
+    kept = [line for line in lines if line.partition(":")[0].strip().lower() != "connection"]
     kept.append("Connection: close")
     length = int(headers.get("content-length", "0"))
     body = bytearray(rest)

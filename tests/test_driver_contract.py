@@ -1,7 +1,9 @@
 """The shared driver contract suite (DESIGN.md, Layers): every driver passes the same tests.
 
 Parametrized over filesystem, the in-memory fake, and S3 (a moto server with signature
-checking on, from tests/s3_support.py).
+checking on, from tests/s3_support.py). Every promise of ``registry/drivers/base.py`` that
+holds for all drivers is tested here; test_s3_driver.py keeps only what is S3's own (request
+counts, part sizes, multipart state, presigned URLs, TLS, purge, the memory budget).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from registry.drivers.base import Driver, InvalidOffset, InvalidPath, PathNotFound
+from registry.drivers.base import Driver, DriverError, InvalidOffset, InvalidPath, PathNotFound
 from registry.drivers.filesystem import FilesystemDriver
 from registry.drivers.memory import MemoryDriver
 
@@ -40,10 +42,22 @@ async def _s3(tmp_path: Any) -> AsyncIterator[Driver]:
 
 
 FACTORIES = {"filesystem": _filesystem, "memory": _memory, "s3": _s3}
+MiB = 1024 * 1024
+# A bound per test so that a driver that hangs fails its test instead of the run; generous
+# because S3 runs on moto, on a shared 2-core machine.
+TEST_TIMEOUT_S = 120
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-async def driver(request: Any, tmp_path: Any) -> AsyncIterator[Driver]:
+async def driver(request: Any, tmp_path: Any, nursery: trio.Nursery) -> AsyncIterator[Driver]:
+    """Each driver in turn, with a watchdog: a test still running after TEST_TIMEOUT_S fails
+    (pytest-trio cancels a test when a task in its fixture's ``nursery`` crashes)."""
+
+    async def watchdog() -> None:
+        await trio.sleep(TEST_TIMEOUT_S)
+        raise TimeoutError(f"test still running after {TEST_TIMEOUT_S} s")
+
+    nursery.start_soon(watchdog)
     async with FACTORIES[request.param](tmp_path) as d:
         yield d
 
@@ -61,7 +75,12 @@ async def test_put_get_stat_roundtrip(driver):
     assert await driver.get_content("/a/b/c") == b"hello"
     info = await driver.stat("/a/b/c")
     assert info.size == 5 and not info.is_dir and info.path == "/a/b/c"
+    assert info.mtime > 0
     assert (await driver.stat("/a/b")).is_dir
+    with pytest.raises(PathNotFound):
+        await driver.get_content("/a/b/missing")
+    with pytest.raises(PathNotFound):
+        await driver.stat("/a/b/missing")
     await driver.put_content("/a/b/c", b"replaced")
     assert await driver.get_content("/a/b/c") == b"replaced"
 
@@ -82,12 +101,29 @@ async def test_missing_paths_raise_path_not_found(driver):
             pass
 
 
-@pytest.mark.parametrize("bad", ["relative", "/a/../b", "/a//b", "/a/./b", "/a/b/", "", "/a\x00b", "/ü"])
+@pytest.mark.parametrize(
+    "bad", ["relative", "/a/../b", "/a//b", "/a/./b", "/a/b/", "", "/a\x00b", "/ü", "/a b"]
+)
 async def test_invalid_paths_are_refused(driver, bad):
     with pytest.raises(InvalidPath):
         await driver.put_content(bad, b"x")
     with pytest.raises(InvalidPath):
         await driver.get_content(bad)
+    for call in (driver.stat, driver.list, driver.delete):
+        with pytest.raises(InvalidPath):
+            await call(bad)
+    with pytest.raises(InvalidPath):
+        await driver.move(bad, "/ok/dst")
+    with pytest.raises(InvalidPath):
+        await driver.move("/ok/src", bad)
+    with pytest.raises(InvalidPath):
+        async with driver.reader(bad):
+            pass
+    with pytest.raises(InvalidPath):
+        async with driver.writer(bad):
+            pass
+    with pytest.raises(InvalidPath):
+        _ = [info async for info in driver.walk(bad)]
 
 
 async def test_list_returns_immediate_children_sorted(driver):
@@ -103,6 +139,9 @@ async def test_walk_yields_every_file_sorted(driver):
         await driver.put_content(p, p.encode())
     got = [(i.path, i.size) async for i in driver.walk("/w")]
     assert got == [(p, len(p)) for p in paths]
+    assert not any([i.is_dir async for i in driver.walk("/w")])
+    with pytest.raises(PathNotFound):
+        _ = [info async for info in driver.walk("/nothing")]
 
 
 async def test_move_replaces_destination_and_removes_source(driver):
@@ -112,18 +151,27 @@ async def test_move_replaces_destination_and_removes_source(driver):
     assert await driver.get_content("/m2/dst") == b"new"
     with pytest.raises(PathNotFound):
         await driver.stat("/m/src")
+    with pytest.raises(PathNotFound):
+        await driver.move("/m/src", "/m2/dst")
+    await driver.move("/m2/dst", "/m3/new/folder/dst")  # the destination's folder is new
+    assert await driver.get_content("/m3/new/folder/dst") == b"new"
 
 
 async def test_delete_removes_trees(driver):
     for p in ("/d/x/1", "/d/x/2/3", "/d/y"):
         await driver.put_content(p, b"x")
+    await driver.put_content("/d/x-sibling", b"s")  # shares the prefix "/d/x"
     await driver.delete("/d/x")
     with pytest.raises(PathNotFound):
         await driver.stat("/d/x/1")
     assert await driver.get_content("/d/y") == b"x"
+    assert await driver.list("/d") == ["/d/x-sibling", "/d/y"]
     await driver.delete("/d/y")
     with pytest.raises(PathNotFound):
         await driver.get_content("/d/y")
+    with pytest.raises(PathNotFound):
+        await driver.delete("/d/y")
+    assert await driver.get_content("/d/x-sibling") == b"s"
 
 
 async def test_reader_offsets_and_lengths(driver):
@@ -132,9 +180,13 @@ async def test_reader_offsets_and_lengths(driver):
     assert await _read(driver, "/r/blob") == data
     assert await _read(driver, "/r/blob", 1000) == data[1000:]
     assert await _read(driver, "/r/blob", 1000, 5000) == data[1000:6000]
-    assert await _read(driver, "/r/blob", len(data)) == b""
+    assert await _read(driver, "/r/blob", len(data) - 3, 100) == data[-3:]  # clamps at the end
+    assert await _read(driver, "/r/blob", len(data)) == b""  # offset == size: empty, no error
+    assert await _read(driver, "/r/blob", 7, 0) == b""
     with pytest.raises(InvalidOffset):
         await _read(driver, "/r/blob", len(data) + 1)
+    with pytest.raises(PathNotFound):
+        await _read(driver, "/r/blobx")
 
 
 async def test_writer_appends_across_sessions_and_commits(driver):
@@ -151,6 +203,17 @@ async def test_writer_appends_across_sessions_and_commits(driver):
         assert w.size == len(data)
         await w.commit()
     assert await _read(driver, "/u/1/data") == data
+
+
+async def test_commit_is_idempotent_and_refuses_more_writes(driver):
+    async with driver.writer("/u/12/data") as w:
+        await w.write(b"done")
+        await w.commit()
+        await w.commit()  # idempotent
+        with pytest.raises(DriverError):
+            await w.write(b"more")
+        assert w.size == 4
+    assert await _read(driver, "/u/12/data") == b"done"
 
 
 async def test_writer_without_append_starts_over(driver):
@@ -198,3 +261,101 @@ async def _exists(driver: Driver, path: str) -> bool:
     except PathNotFound:
         return False
     return True
+
+
+# --- promises first tested for S3 alone (moved from test_s3_driver.py, in its order) ------
+
+
+async def test_stat_does_not_confuse_siblings_sharing_a_prefix(driver):
+    await driver.put_content("/repo/library/x", b"1")
+    with pytest.raises(PathNotFound):
+        await driver.stat("/repo/lib")
+    with pytest.raises(PathNotFound):
+        await driver.list("/repo/lib")
+    with pytest.raises(PathNotFound):
+        await driver.delete("/repo/lib")
+    assert await driver.get_content("/repo/library/x") == b"1"
+
+
+async def test_empty_object(driver):
+    await driver.put_content("/e/blob", b"")
+    assert await _read(driver, "/e/blob") == b""
+    assert (await driver.stat("/e/blob")).size == 0
+
+
+async def test_cancel_of_a_resumed_writer_removes_everything_and_refuses_writes(driver):
+    """base.FileWriter: cancel() removes every byte, also those of earlier writers; it is
+    idempotent, and the writer refuses writes after it."""
+    async with driver.writer("/u/6/data") as w:
+        await w.write(os.urandom(12 * MiB))  # S3: parts of an open multipart upload
+    async with driver.writer("/u/6/data", append=True) as w:
+        await w.cancel()
+        await w.cancel()  # idempotent
+        with pytest.raises(DriverError):
+            await w.write(b"more")
+    with pytest.raises(PathNotFound):
+        await driver.stat("/u/6/data")
+
+
+async def test_empty_writer_persists_size_zero(driver):
+    async with driver.writer("/u/7/data"):
+        pass
+    assert (await driver.stat("/u/7/data")).size == 0
+    async with driver.writer("/u/7/data", append=True) as w:
+        await w.commit()
+    assert await driver.get_content("/u/7/data") == b""
+
+
+async def test_append_to_a_committed_object_continues_after_it(driver):
+    small, big = os.urandom(1000), os.urandom(11 * MiB + 9)
+    for first in (small, big):
+        await driver.put_content("/u/8/data", first)
+        async with driver.writer("/u/8/data", append=True) as w:
+            assert w.size == len(first)
+            await w.write(b"tail")
+            await w.commit()
+        assert await _read(driver, "/u/8/data") == first + b"tail"
+
+
+async def test_cancelled_write_then_deleted_session_leaves_nothing(driver):
+    chunk = os.urandom(MiB)
+    with trio.move_on_after(0.5):
+        async with driver.writer("/u/9/data") as w:
+            while True:
+                await w.write(chunk)
+    await driver.delete("/u/9")
+    with pytest.raises(PathNotFound):
+        await driver.stat("/u/9/data")
+    with pytest.raises(PathNotFound):
+        _ = [info async for info in driver.walk("/u/9")]
+
+
+async def test_walk_and_list_show_an_in_progress_upload_with_its_size(driver):
+    async with driver.writer("/u/10/data") as w:
+        await w.write(b"12345")
+    await driver.put_content("/u/10/startedat", b"now")
+    assert await driver.list("/u/10") == ["/u/10/data", "/u/10/startedat"]
+    infos = {i.path: i.size async for i in driver.walk("/u/10")}
+    assert infos == {"/u/10/data": 5, "/u/10/startedat": 3}
+
+
+async def test_writer_copies_data_so_callers_may_reuse_their_buffer(driver):
+    """base.FileWriter.write: the writer must not keep a reference to ``data``."""
+    expected = bytearray()
+    buffer = bytearray(3 * MiB)
+    async with driver.writer("/u/11/data") as w:
+        for _ in range(5):  # 15 MiB through one reused buffer (S3: parts in flight meanwhile)
+            buffer[:] = os.urandom(3 * MiB)
+            expected += buffer
+            await w.write(memoryview(buffer))
+        await w.commit()
+    assert await _read(driver, "/u/11/data") == bytes(expected)
+
+
+async def test_walk_order_is_the_sorted_order_of_full_paths(driver):
+    """base.Driver.walk: "in sorted order" means of the paths yielded, also when a sibling's
+    name sorts before "/" ("-" and "." do): "/w/a-x" comes before "/w/a/1"."""
+    paths = ["/w/a/1", "/w/a-x", "/w/a.y/2", "/w/a_z", "/w/b"]
+    for p in paths:
+        await driver.put_content(p, b"x")
+    assert [i.path async for i in driver.walk("/w")] == sorted(paths)

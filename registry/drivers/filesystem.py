@@ -456,7 +456,9 @@ def _scan(full: str) -> list[tuple[str, bool, int, float]]:
                 continue
             is_dir = e.is_dir(follow_symlinks=False)
             out.append((e.name, is_dir, 0 if is_dir else st.st_size, st.st_mtime))
-    out.sort()
+    # A directory's files all start with "name/": sorting it as that makes the depth-first
+    # walk yield full paths in sorted order ("a-x" before "a/1"), as S3 lists keys.
+    out.sort(key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
     return out
 
 
