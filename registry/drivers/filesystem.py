@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
+from .base import (
+    AlreadyExists,
+    FileInfo,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+    check_path,
+)
 
 T = TypeVar("T")
 
@@ -73,6 +80,20 @@ class FilesystemDriver:
 
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         await self._run(_atomic_write, self._full(path), content, durable)
+
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        """A temp file hard-linked to the name: link(2) fails if the name exists (also
+        on NFS), and the content is complete before the name appears."""
+        full = self._full(path)
+        try:
+            await self._run(_create_exclusive, full, content)
+        except FileExistsError:
+            try:
+                if await self._run(_read_file, full) == content:
+                    return  # the contract's retry of our own create
+            except FileNotFoundError:
+                pass
+            raise AlreadyExists(path) from None
 
     @asynccontextmanager
     async def reader(
@@ -324,6 +345,21 @@ def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
         raise
     os.close(fd)
     os.replace(tmp, full)
+
+
+def _create_exclusive(full: str, content: bytes) -> None:
+    d = os.path.dirname(full)
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            _write_all(fd, content)
+        finally:
+            os.close(fd)
+        os.link(tmp, full)
+    finally:
+        os.unlink(tmp)
 
 
 WRITEBACK_EVERY = 16 * 1024 * 1024  # start disk writeback early so commit's fsync is short
