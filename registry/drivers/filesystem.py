@@ -39,6 +39,7 @@ CHUNK = 512 * 1024
 SMALL_READ = 64 * 1024  # link files and manifests: read on the event loop if cached
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux >= 4.14, Python >= 3.7
 DEFAULT_MAX_THREADS = 100  # the reference's filesystem.maxthreads default
+CREATE_ATTEMPTS = 3  # create_exclusive: tries when its directory is removed meanwhile
 
 
 class FilesystemDriver:
@@ -86,7 +87,13 @@ class FilesystemDriver:
         on NFS), and the content is complete before the name appears."""
         full = self._full(path)
         try:
-            await self._run(_create_exclusive, full, content)
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    await self._run(_create_exclusive, full, content)
+                    return
+                except FileNotFoundError:  # the directory was removed as we created in it
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise PathNotFound(path) from None
         except FileExistsError:
             try:
                 if await self._run(_read_file, full) == content:
@@ -359,7 +366,10 @@ def _create_exclusive(full: str, content: bytes) -> None:
             os.close(fd)
         os.link(tmp, full)
     finally:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:  # removed with its directory meanwhile
+            pass
 
 
 WRITEBACK_EVERY = 16 * 1024 * 1024  # start disk writeback early so commit's fsync is short

@@ -147,6 +147,9 @@ class Uploads:
                     yield lease
             except SessionBusy:
                 raise await self._busy(name, upload_id) from None
+            except PathNotFound:  # its directory vanished as we took the lease: removed
+                await self._check(name, upload_id)
+                raise
         finally:
             lock.release()
             if lock.statistics().tasks_waiting == 0:
@@ -364,13 +367,24 @@ class Uploads:
         return h
 
     async def _remove(self, name: str, upload_id: str) -> None:
+        """Remove the session (shielded, bounded). ``startedat`` goes first: from then on
+        the session is gone for everyone, and a request that takes the lease meanwhile
+        (creating it inside the directory being removed) removes the directory itself
+        (_check_after_lease), so a failure to remove it here is only logged."""
         self._hashers.pop((name, upload_id), None)
         with trio.move_on_after(30) as cs:
             cs.shield = True
-            try:
-                await self.driver.delete(paths.upload_dir(name, upload_id))
-            except PathNotFound:
-                pass
+            for path in (paths.upload_startedat(name, upload_id), paths.upload_dir(name, upload_id)):
+                for _ in range(3):
+                    try:
+                        await self.driver.delete(path)
+                        break
+                    except PathNotFound:
+                        break
+                    # OSError: a filesystem directory that gained a file while removed
+                    # (ENOTEMPTY); drivers are to raise it as a DriverError.
+                    except (DriverError, OSError) as e:
+                        log.warning("upload %s: could not remove %s: %s", upload_id, path, e)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         """Remove a session and its data; BLOB_UPLOAD_UNKNOWN if there is none."""
