@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import trio
 
-from registry.drivers.base import Driver, DriverError, InvalidOffset, InvalidPath, PathNotFound
+from registry.drivers.base import (
+    AlreadyExists,
+    Driver,
+    DriverError,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+)
 from registry.drivers.filesystem import FilesystemDriver
 from registry.drivers.memory import MemoryDriver
 
@@ -261,6 +268,36 @@ async def _exists(driver: Driver, path: str) -> bool:
     except PathNotFound:
         return False
     return True
+
+
+async def test_create_exclusive_creates_once_and_refuses_a_second_creator(driver):
+    await driver.create_exclusive("/x/lease", b"mine")
+    assert await driver.get_content("/x/lease") == b"mine"
+    await driver.create_exclusive("/x/lease", b"mine")  # a retry of our own create
+    with pytest.raises(AlreadyExists):
+        await driver.create_exclusive("/x/lease", b"theirs")
+    assert await driver.get_content("/x/lease") == b"mine"
+    assert await driver.list("/x") == ["/x/lease"]  # no temp files left behind
+    await driver.delete("/x/lease")
+    await driver.create_exclusive("/x/lease", b"next")
+    assert await driver.get_content("/x/lease") == b"next"
+
+
+async def test_create_exclusive_has_one_winner_among_concurrent_creators(driver):
+    winners: list[int] = []
+
+    async def create(i: int) -> None:
+        try:
+            await driver.create_exclusive("/y/lease", b"creator %d" % i)
+            winners.append(i)
+        except AlreadyExists:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(create, i)
+    assert len(winners) == 1
+    assert await driver.get_content("/y/lease") == b"creator %d" % winners[0]
 
 
 # --- promises first tested for S3 alone (moved from test_s3_driver.py, in its order) ------

@@ -93,6 +93,10 @@ class SteppedDriver:
         await self._gate()
         await self.inner.put_content(path, content, durable=durable)
 
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        await self._gate()
+        await self.inner.create_exclusive(path, content)
+
     @asynccontextmanager
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> Any:
         await self._gate()

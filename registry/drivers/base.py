@@ -33,6 +33,14 @@ class InvalidPath(DriverError):
     pass
 
 
+class AlreadyExists(DriverError):
+    """``create_exclusive`` found an object at the path (someone else created it first)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"already exists: {path}")
+        self.path = path
+
+
 class InvalidOffset(DriverError):
     def __init__(self, path: str, offset: int) -> None:
         super().__init__(f"invalid offset {offset} for {path}")
@@ -123,6 +131,15 @@ class Driver(Protocol):
         """Atomically replace the object at path (readers see old or new, never partial).
         ``durable=False``: a cache whose loss in a crash costs only time; a driver may skip
         flushing it to disk (it may then be missing or empty after a crash, never mixed)."""
+        ...
+
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        """Create the small object at path only if nothing is there, atomically across
+        processes and hosts sharing the storage: of two concurrent creators exactly one
+        succeeds and the other gets AlreadyExists. Readers see the whole content or nothing.
+        Not flushed to disk (the only user, a writer lease, may be lost in a crash).
+        A retried call whose first attempt did create the object succeeds (the content
+        is compared), so callers should make ``content`` unique."""
         ...
 
     def reader(

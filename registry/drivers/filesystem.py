@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
+from .base import (
+    AlreadyExists,
+    FileInfo,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+    check_path,
+)
 from .oserrors import copy_move, driver_error, make_dirs, os_errors, remove_made_dirs
 
 T = TypeVar("T")
@@ -42,6 +49,7 @@ CHUNK = 512 * 1024
 SMALL_READ = 64 * 1024  # link files and manifests: read on the event loop if cached
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux >= 4.14, Python >= 3.7
 DEFAULT_MAX_THREADS = 100  # the reference's filesystem.maxthreads default
+CREATE_ATTEMPTS = 3  # create_exclusive: tries when its directory is removed meanwhile
 
 
 class FilesystemDriver:
@@ -87,6 +95,30 @@ class FilesystemDriver:
         full = self._full(path)
         with os_errors(path):
             await self._run(_atomic_write, full, content, durable)
+
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        """A temp file hard-linked to the name: link(2) fails if the name exists (also
+        on NFS), and the content is complete before the name appears."""
+        full = self._full(path)
+        with os_errors(path):
+            await self._create_exclusive(path, full, content)
+
+    async def _create_exclusive(self, path: str, full: str, content: bytes) -> None:
+        try:
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    await self._run(_create_exclusive, full, content)
+                    return
+                except FileNotFoundError:  # the directory was removed as we created in it
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise PathNotFound(path) from None
+        except FileExistsError:
+            try:
+                if await self._run(_read_file, full) == content:
+                    return  # the contract's retry of our own create
+            except FileNotFoundError:
+                pass
+            raise AlreadyExists(path) from None
 
     @asynccontextmanager
     async def reader(
@@ -377,6 +409,24 @@ def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
     except BaseException:
         remove_made_dirs(made)
         raise
+
+
+def _create_exclusive(full: str, content: bytes) -> None:
+    d = os.path.dirname(full)
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            _write_all(fd, content)
+        finally:
+            os.close(fd)
+        os.link(tmp, full)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:  # removed with its directory meanwhile
+            pass
 
 
 WRITEBACK_EVERY = 16 * 1024 * 1024  # start disk writeback early so commit's fsync is short

@@ -11,7 +11,14 @@ from typing import Any
 
 import trio
 
-from .base import FileInfo, InvalidOffset, InvalidPath, PathNotFound, check_path
+from .base import (
+    AlreadyExists,
+    FileInfo,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+    check_path,
+)
 
 CHUNK = 1024 * 1024
 
@@ -42,6 +49,15 @@ class MemoryDriver:
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         check_path(path)
         await trio.lowlevel.checkpoint()
+        self._files[path] = (bytes(content), time.time())
+
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        check_path(path)
+        await trio.lowlevel.checkpoint()
+        if path in self._files or self._is_dir(path):
+            if self._files.get(path, (None, 0.0))[0] == content:
+                return  # a retry of our own create
+            raise AlreadyExists(path)
         self._files[path] = (bytes(content), time.time())
 
     @asynccontextmanager

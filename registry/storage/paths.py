@@ -12,6 +12,8 @@ Nothing else in the project spells a key. The tree, under the driver's root::
             _uploads/<uuid>/data                             upload bytes in progress
             _uploads/<uuid>/startedat                        RFC 3339 time the session began
             _uploads/<uuid>/hashstates/<alg>/<offset>        hash state after <offset> bytes (Go format)
+            _uploads/<uuid>/lease                            ours: the one writer's lease (upload_lease.py)
+            _uploads/<uuid>/leasetakeover/<id>               ours: who took over an expired lease
         _gc/lock                                             online GC: one collection at a time
         _gc/lastrun                                          online GC: when the last one finished
         _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
@@ -127,6 +129,19 @@ def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> 
     if algorithm not in ("sha256", "sha512") or offset < 0:
         raise ValueError(f"invalid hash state {algorithm!r} at {offset}")
     return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}/{offset}"
+
+
+def upload_lease(name: str, upload_id: str) -> str:
+    """The session's writer lease (ours; the reference ignores it, and it goes with the
+    session)."""
+    return f"{upload_dir(name, upload_id)}/lease"
+
+
+def upload_lease_takeover(name: str, upload_id: str, expired: str) -> str:
+    """Created exclusively by whoever takes over the expired lease ``expired`` (hex id)."""
+    if not expired or not all(c in "0123456789abcdef" for c in expired):
+        raise ValueError(f"invalid lease id {expired!r}")
+    return f"{upload_dir(name, upload_id)}/leasetakeover/{expired}"
 
 
 GC = f"{ROOT}/_gc"

@@ -12,6 +12,17 @@ States: started (size 0) -> receiving (size n, any number of appends) -> finishe
 verified, moved to its content address, linked into the repo, session removed) or
 cancelled (session removed). A digest mismatch cancels the session, as the reference does.
 
+One writer at a time: every append, finish and cancel holds the session's writer lease
+(upload_lease: in storage, so it spans workers and replicas; this process's trio.Lock
+answers first, without a storage call). A second request on a session being written gets
+RANGE_INVALID (416, BLOB_UPLOAD_INVALID on the wire) with the current ``Range``, as the
+reference's offset check answers, instead of appending beside the first.
+
+Publishing checks that the bytes it moves are the bytes it hashed: the stored size must
+equal the hashed length (and a loaded hash state's offset its own); otherwise the stored
+data is re-hashed and published only if that matches the digest (issue 12: mixed bytes
+under a digest they do not have would poison every repository, blobs being global).
+
 Cancellation: a client that disconnects mid-append leaves the session at a consistent size
 (the bytes the driver persisted) and nothing visible; ``finish`` runs its publishing steps
 (move, link, cleanup) shielded, so a blob is either fully published or not at all.
@@ -25,7 +36,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Union
@@ -37,6 +48,7 @@ from ..drivers.base import Driver, DriverError, FileWriter, PathNotFound
 from ..errors import ErrorCode, RegistryError
 from . import paths, sha256state
 from .blobs import BlobStore
+from .upload_lease import Lease, LeasedWriter, SessionBusy, open_lease
 
 log = logging.getLogger("registry.storage")
 
@@ -112,16 +124,58 @@ class Uploads:
         except DriverError as e:
             log.warning("upload %s: could not save hash state at %d: %s", upload_id, offset, e)
 
-    def _lock(self, name: str, upload_id: str) -> trio.Lock:
+    @asynccontextmanager
+    async def _writing(self, name: str, upload_id: str) -> AsyncIterator[Lease]:
+        """Be the session's one writer for the body: this process's lock (no storage call
+        when another task here has it), then the storage lease (other workers/replicas).
+        Raises BLOB_UPLOAD_UNKNOWN for no such session, RANGE_INVALID (416) with the
+        current Range while another request writes it."""
+        try:
+            paths.upload_dir(name, upload_id)
+        except ValueError:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN) from None
         key = (name, upload_id)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = trio.Lock()
-        return lock
+        lock = self._locks.setdefault(key, trio.Lock())
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            raise await self._busy(name, upload_id) from None
+        try:
+            try:
+                async with open_lease(self.driver, name, upload_id) as lease:
+                    await self._check_after_lease(name, upload_id, lease)
+                    yield lease
+            except SessionBusy:
+                raise await self._busy(name, upload_id) from None
+            except PathNotFound:  # its directory vanished as we took the lease: removed
+                await self._check(name, upload_id)
+                raise
+        finally:
+            lock.release()
+            if lock.statistics().tasks_waiting == 0:
+                self._locks.pop(key, None)
 
-    def _release(self, name: str, upload_id: str, lock: trio.Lock) -> None:
-        if not lock.locked() and lock.statistics().tasks_waiting == 0:
-            self._locks.pop((name, upload_id), None)
+    async def _check_after_lease(self, name: str, upload_id: str, lease: Lease) -> None:
+        """The session still exists now that we hold its lease (it may have been finished
+        or cancelled just before): else remove what taking the lease created, and 404."""
+        try:
+            await self._check(name, upload_id)
+        except RegistryError:
+            lease.gone = True
+            await self._remove(name, upload_id)  # only our lease is there: no startedat
+            raise
+
+    async def _busy(self, name: str, upload_id: str) -> RegistryError:
+        """The 416 for a session another request is writing (or its 404 if it is gone)."""
+        try:
+            size = (await self.status(name, upload_id)).size
+        except RegistryError as e:
+            return e
+        return RegistryError(
+            ErrorCode.RANGE_INVALID,
+            "another request is writing this upload",
+            headers={"Range": f"0-{size - 1}" if size else "0-0"},
+        )
 
     # --- the state machine ---------------------------------------------------------------
 
@@ -162,20 +216,17 @@ class Uploads:
     ) -> Upload:
         """Append a request body. ``start`` (from Content-Range) must equal the current size,
         else RANGE_INVALID (416) with the current ``Range``. Returns the new size."""
-        await self._check(name, upload_id)
-        lock = self._lock(name, upload_id)
-        try:
-            async with lock:
-                async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
-                    self._check_start(w, start)
-                    h = await self._take_hasher(name, upload_id, w.size)
-                    await _pump(body, w, h)
-                    size = w.size
-                if h is not None:  # once the writer has stored the bytes
-                    await self._save_hasher(name, upload_id, size, h)
-                return Upload(name, upload_id, size)
-        finally:
-            self._release(name, upload_id, lock)
+        async with self._writing(name, upload_id) as lease:
+            async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
+                self._check_start(w, start)
+                opened = w.size
+                h = await self._take_hasher(name, upload_id, opened)
+                pumped = await _pump(body, LeasedWriter(w, lease), h)
+                size = w.size
+            if h is not None and size == opened + pumped:  # once the writer stored the bytes
+                lease.check()
+                await self._save_hasher(name, upload_id, size, h)
+            return Upload(name, upload_id, size)
 
     @staticmethod
     def _check_start(w: FileWriter, start: int | None) -> None:
@@ -197,31 +248,45 @@ class Uploads:
     ) -> int:
         """Append the last body (if any), verify ``digest``, publish the blob, link it into
         the repo and remove the session. DIGEST_INVALID (session cancelled) on mismatch."""
-        await self._check(name, upload_id)
         data_path = paths.upload_data(name, upload_id)
-        lock = self._lock(name, upload_id)
-        try:
-            async with lock:
-                if await self._can_write_direct(data_path, digest, body, start):
-                    assert body is not None
-                    return await self._finish_direct(name, upload_id, digest, body)
-                async with self.driver.writer(data_path, append=True) as w:
-                    self._check_start(w, start)
-                    h = None
-                    if digest.algorithm == "sha256":
-                        h = await self._take_hasher(name, upload_id, w.size)
-                    if body is not None:
-                        await _pump(body, w, h)
-                    size = w.size
-                    await w.commit()
-                if h is None:
-                    h = await self._rehash(data_path, digest.algorithm)
-                if h.hexdigest() != digest.hex:
-                    raise await self._reject(name, upload_id, digest)
-                await self._publish(name, upload_id, digest, data_path)
-                return size
-        finally:
-            self._release(name, upload_id, lock)
+        async with self._writing(name, upload_id) as lease:
+            if await self._can_write_direct(data_path, digest, body, start):
+                assert body is not None
+                return await self._finish_direct(name, upload_id, digest, body, lease)
+            async with self.driver.writer(data_path, append=True) as w:
+                self._check_start(w, start)
+                opened = w.size
+                h = None
+                if digest.algorithm == "sha256":
+                    h = await self._take_hasher(name, upload_id, opened)
+                pumped = 0
+                if body is not None:
+                    pumped = await _pump(body, LeasedWriter(w, lease), h)
+                lease.check()
+                await w.commit()
+            h = await self._verified(upload_id, data_path, digest, h, opened + pumped)
+            if h.hexdigest() != digest.hex:
+                lease.gone = True
+                raise await self._reject(name, upload_id, digest)
+            lease.check()
+            size = await self._publish(name, upload_id, digest, data_path)
+            lease.gone = True
+            return size
+
+    async def _verified(
+        self, upload_id: str, data_path: str, digest: Digest, h: Hasher | None, hashed: int
+    ) -> Hasher:
+        """The hash of exactly the stored data: ``h`` (which hashed ``hashed`` bytes) if the
+        committed data has that size, else a re-hash of what storage holds."""
+        stored = (await self.driver.stat(data_path)).size
+        if h is not None and stored == hashed and getattr(h, "length", hashed) == hashed:
+            return h
+        if h is not None:
+            log.warning(
+                "upload %s: %d bytes stored but %d hashed; re-hashing the stored data",
+                upload_id, stored, hashed,
+            )
+        return await self._rehash(data_path, digest.algorithm)
 
     async def _can_write_direct(
         self, data_path: str, digest: Digest, body: AsyncIterator[bytes] | None, start: int | None
@@ -240,7 +305,7 @@ class Uploads:
         return await self.blobs.size(digest) is None
 
     async def _finish_direct(
-        self, name: str, upload_id: str, digest: Digest, body: AsyncIterator[bytes]
+        self, name: str, upload_id: str, digest: Digest, body: AsyncIterator[bytes], lease: Lease
     ) -> int:
         """Write the body at the blob's own path and commit it only once its digest is
         verified: no server-side copy afterwards (a 512 MiB copy is most of a push on
@@ -249,34 +314,44 @@ class Uploads:
         h = hashlib.sha256()
         async with self.driver.writer(paths.blob_data(digest)) as w:
             try:
-                await _pump(body, w, h)
+                pumped = await _pump(body, LeasedWriter(w, lease), h)
                 size = w.size
-                if h.hexdigest() == digest.hex:
+                # This writer is private (a fresh multipart upload at the blob's key that no
+                # other request can address), so what it commits is what it was given: the
+                # bytes hashed, if their count is the writer's size.
+                verified = h.hexdigest() == digest.hex and size == pumped
+                if verified:
                     await w.commit()
             except BaseException:
                 await _abandon(w)
                 raise
-            if h.hexdigest() != digest.hex:
+            if not verified:
                 await _abandon(w)
+                lease.gone = True
                 raise await self._reject(name, upload_id, digest)
         await self._publish(name, upload_id, digest, None)
+        lease.gone = True
         return size
 
     async def _publish(
         self, name: str, upload_id: str, digest: Digest, data_path: str | None
-    ) -> None:
+    ) -> int:
         """Shielded, at most PUBLISH_TIMEOUT (else UNAVAILABLE): move the verified session
         bytes at ``data_path`` to the blob's address unless it holds them already (None:
-        they were written there), link the blob into the repo, remove the session."""
+        they were written there), link the blob into the repo, remove the session.
+        Returns the blob's size."""
         with trio.move_on_after(PUBLISH_TIMEOUT) as cs:
             cs.shield = True
-            if data_path is not None and await self.blobs.size(digest) is None:
+            size = await self.blobs.size(digest)
+            if data_path is not None and size is None:
+                size = (await self.driver.stat(data_path)).size
                 await self.driver.move(data_path, paths.blob_data(digest))
             await self.blobs.link(name, digest)
             await self._remove(name, upload_id)
         if cs.cancelled_caught:
             step = "linking" if data_path is None else "publishing"
             raise RegistryError(ErrorCode.UNAVAILABLE, f"storage too slow {step} blob")
+        return size or 0
 
     async def _reject(self, name: str, upload_id: str, digest: Digest) -> RegistryError:
         """A digest mismatch cancels the session (as the reference does): remove it and
@@ -292,20 +367,32 @@ class Uploads:
         return h
 
     async def _remove(self, name: str, upload_id: str) -> None:
+        """Remove the session (shielded, bounded). ``startedat`` goes first: from then on
+        the session is gone for everyone, and a request that takes the lease meanwhile
+        (creating it inside the directory being removed) removes the directory itself
+        (_check_after_lease), so a failure to remove it here is only logged."""
         self._hashers.pop((name, upload_id), None)
         with trio.move_on_after(30) as cs:
             cs.shield = True
-            try:
-                await self.driver.delete(paths.upload_dir(name, upload_id))
-            except PathNotFound:
-                pass
+            for path in (paths.upload_startedat(name, upload_id), paths.upload_dir(name, upload_id)):
+                for _ in range(3):
+                    try:
+                        await self.driver.delete(path)
+                        break
+                    except PathNotFound:
+                        break
+                    # OSError: a filesystem directory that gained a file while removed
+                    # (ENOTEMPTY); drivers are to raise it as a DriverError.
+                    except (DriverError, OSError) as e:
+                        log.warning("upload %s: could not remove %s: %s", upload_id, path, e)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         """Remove a session and its data; BLOB_UPLOAD_UNKNOWN if there is none."""
-        await self._check(name, upload_id)
-        async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
-            await w.cancel()  # aborts backend state (an S3 multipart upload)
-        await self._remove(name, upload_id)
+        async with self._writing(name, upload_id) as lease:
+            async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
+                await w.cancel()  # aborts backend state (an S3 multipart upload)
+            lease.gone = True
+            await self._remove(name, upload_id)
 
     async def mount(self, name: str, digest: Digest, from_name: str) -> bool:
         """Link ``digest`` from ``from_name`` into ``name`` if it is there (SPEC Push 16)."""
@@ -344,9 +431,10 @@ async def _abandon(w: FileWriter) -> None:
             log.warning("could not abandon a blob write: %s", exc)
 
 
-async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> None:
+async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> int:
     """Stream ``body`` into ``w`` in ~1 MiB pieces, hashing each piece in a worker thread
-    while the driver writes it, and receiving the next piece meanwhile.
+    while the driver writes it, and receiving the next piece meanwhile. Returns the number
+    of bytes written (each of them hashed into ``h``).
 
     Two fixed buffers per upload (double buffering): pieces are copied into one while the
     other is hashed and written, so memory per upload is 2 x COALESCE whatever the body
@@ -369,6 +457,7 @@ async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> 
     buffers = (bytearray(COALESCE), bytearray(COALESCE))
     current = 0
     filled = 0
+    total = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
         async with send, aclosing(body) as pieces:  # type: ignore[type-var]
@@ -379,6 +468,7 @@ async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> 
                     n = min(len(view), COALESCE - filled)
                     buf[filled : filled + n] = view[:n]
                     filled += n
+                    total += n
                     view = view[n:]
                     if filled == COALESCE:
                         await send.send(memoryview(buf))
@@ -386,3 +476,4 @@ async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> 
                         filled = 0
             if filled:
                 await send.send(memoryview(buffers[current])[:filled])
+    return total

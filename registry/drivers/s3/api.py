@@ -150,10 +150,22 @@ class S3Api:
         return (await self.client.request("GET", key)).body
 
     async def put_object(
-        self, key: str, body: bytes, *, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        body: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> str:
-        """PutObject; returns the ETag. Idempotent (same key, same bytes)."""
+        """PutObject; returns the ETag. Idempotent (same key, same bytes).
+
+        ``if_absent``: a conditional PUT (``If-None-Match: *``, supported by S3, R2 and
+        moto) that raises PreconditionFailed (412) when the key exists, or an S3Error
+        with status 409 (ConditionalRequestConflict) when another conditional write to
+        the key is in progress."""
         headers = {"content-type": OCTET_STREAM, **self._class_header()}
+        if if_absent:
+            headers["if-none-match"] = "*"
         for name, value in (metadata or {}).items():
             headers[META_PREFIX + name] = value
         response = await self.client.request("PUT", key, headers=headers, body=body)

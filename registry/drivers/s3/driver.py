@@ -114,6 +114,26 @@ class S3Driver:
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         await self.api.put_object(self._key(path), bytes(content))
 
+    async def create_exclusive(self, path: str, content: bytes) -> None:
+        """A conditional PutObject (If-None-Match: *). The client retries a PUT whose
+        answer was lost, and the retry finds our own object (412): so a refusal reads the
+        object back and succeeds if it holds exactly ``content``."""
+        key = self._key(path)
+        try:
+            await self.api.put_object(key, bytes(content), if_absent=True)
+            return
+        except errors.PreconditionFailed:
+            pass
+        except errors.S3Error as exc:
+            if exc.status != 409:  # 409: another conditional write to the key won the race
+                raise
+        try:
+            if await self.api.get_object(key) == content:
+                return
+        except errors.NoSuchKey:
+            pass  # created and deleted meanwhile: still someone else's
+        raise base.AlreadyExists(path)
+
     # -- reading -----------------------------------------------------------------------------
 
     @asynccontextmanager
