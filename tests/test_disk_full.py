@@ -224,7 +224,8 @@ async def test_a_patch_whose_bytes_fit_but_whose_hash_state_does_not_is_accepted
     chunk = BLOB[: 32 * PAGE]
     with trio.fail_after(TEST_TIMEOUT_S):
         loc = await session(c)
-        filler = fill(small_fs, leave=len(chunk))  # exactly the chunk's pages
+        # exactly the chunk's pages, and one for the writer lease (upload_lease.py)
+        filler = fill(small_fs, leave=len(chunk) + PAGE)
         caplog.set_level(logging.INFO)
         r = await c.patch(loc, content=chunk, headers={"Content-Range": f"0-{len(chunk) - 1}"})
         assert r.status_code == 202, r.text

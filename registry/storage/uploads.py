@@ -44,7 +44,7 @@ from typing import Union
 import trio
 
 from ..digest import Digest
-from ..drivers.base import Driver, DriverError, FileWriter, PathNotFound
+from ..drivers.base import Driver, DriverError, FileWriter, PathNotFound, StorageFull
 from ..errors import ErrorCode, RegistryError
 from . import paths, sha256state
 from .blobs import BlobStore
@@ -387,12 +387,30 @@ class Uploads:
                         log.warning("upload %s: could not remove %s: %s", upload_id, path, e)
 
     async def cancel(self, name: str, upload_id: str) -> None:
-        """Remove a session and its data; BLOB_UPLOAD_UNKNOWN if there is none."""
-        async with self._writing(name, upload_id) as lease:
-            async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
-                await w.cancel()  # aborts backend state (an S3 multipart upload)
-            lease.gone = True
+        """Remove a session and its data; BLOB_UPLOAD_UNKNOWN if there is none.
+
+        On a full storage, where even the lease cannot be written, the session is removed
+        without it: the full storage refuses a concurrent writer's bytes too, so nothing can
+        be mixed, and removing sessions (DELETE, the purger) is how space comes back.
+        """
+        leased = False
+        try:
+            async with self._writing(name, upload_id) as lease:
+                leased = True
+                await self._discard(name, upload_id)
+                lease.gone = True
+                await self._remove(name, upload_id)
+        except StorageFull:
+            if leased:
+                raise
+            await self._check(name, upload_id)
+            log.warning("upload %s: storage full; removing it without its lease", upload_id)
+            await self._discard(name, upload_id)
             await self._remove(name, upload_id)
+
+    async def _discard(self, name: str, upload_id: str) -> None:
+        async with self.driver.writer(paths.upload_data(name, upload_id), append=True) as w:
+            await w.cancel()  # aborts backend state (an S3 multipart upload)
 
     async def mount(self, name: str, digest: Digest, from_name: str) -> bool:
         """Link ``digest`` from ``from_name`` into ``name`` if it is there (SPEC Push 16)."""
