@@ -27,6 +27,7 @@ import pytest
 import trio
 from conftest import serve_asgi
 from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
+from oci import push_blob
 from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
 
@@ -38,10 +39,12 @@ from registry.http.conn import (
     READ_TIMEOUT,
     SLOW_BODY,
     SLOW_HEAD,
+    SLOW_READER,
     STALLED_BODY,
     ConnLimits,
     ReadTimer,
     default_max_connections,
+    write_deadline,
 )
 from registry.server import build_app, hypercorn_config
 
@@ -515,3 +518,44 @@ def test_limits_reach_the_server_config(tmp_path: Path) -> None:
         REGISTRY_HTTP_MINBODYRATE="10", REGISTRY_HTTP_MAXCONNECTIONS="7",
     )
     assert hypercorn_config(config).limits == ConnLimits(5.0, 120.0, 10, 7)  # type: ignore[attr-defined]
+
+
+# --- a client that stops reading -------------------------------------------------------------
+
+
+def test_write_deadline_grows_with_the_write() -> None:
+    limits = ConnLimits(body_timeout=60.0, min_body_rate=1024)
+    assert write_deadline(limits, 0) == 60.0
+    assert write_deadline(limits, 512 * 1024) == 60.0 + 512
+    assert write_deadline(ConnLimits(body_timeout=1.0, min_body_rate=0), 1024) == 2.0
+
+
+async def test_a_client_that_stops_reading_a_blob_is_dropped_while_others_are_served(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pull whose client never reads: hypercorn's shielded write waited forever, holding the
+    connection and an open blob; now the write deadline (1 s + size at 1 MB/s) closes it."""
+    config = registry_config(
+        tmp_path, REGISTRY_HTTP_BODYTIMEOUT="1s", REGISTRY_HTTP_MINBODYRATE="1000000"
+    )
+    host, port = await serve_registry(nursery, config)
+    url = f"http://{host}:{port}"
+    blob = os.urandom(32 * 1024 * 1024)  # far more than loopback's socket buffers hold
+    async with httpx.AsyncClient(base_url=url, timeout=BOUND) as client:
+        digest = await push_blob(client, "stuck/reader", blob)
+    statuses: list[int] = []
+    stop = trio.Event()
+    nursery.start_soon(normal_traffic, url, stop, statuses)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    await sock.connect((host, port))
+    request = b"GET /v2/stuck/reader/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n" % digest.encode()
+    async with trio.SocketStream(sock) as stream:
+        await stream.send_all(request)
+        with trio.fail_after(BOUND):  # main: the server waits on this client for ever
+            while not any(SLOW_READER in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.1)
+            got = await until_closed(stream)
+    stop.set()
+    assert len(got) < len(blob), "the whole blob was sent: the server waited for the reader"
+    assert statuses and set(statuses) == {200}, statuses

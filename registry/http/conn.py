@@ -12,12 +12,14 @@ and adds, for HTTP/1.1:
   app is busy (backpressure) a slow storage never makes a client look slow;
 - a cap on open connections per worker (:class:`ConnectionGate`): past it a new connection
   gets a canned 503 and is closed at once, and one log line per interval says so;
+- a deadline on each write (:func:`write_deadline`): a client that stops reading a response
+  is dropped, as one that stops sending a body;
 - lingering after an early answer: when the app answered before reading the whole body (a
   413, 401 or 404) the connection is half-closed and what the client still sends is read and
   dropped, bounded in bytes and time, so that a client that writes its whole body before
   reading (Python's http.client) reads the answer instead of a connection reset.
 
-HTTP/2 connections keep hypercorn's behaviour apart from the cap. :class:`AcceptErrorFilter`
+HTTP/2 connections keep hypercorn's read behaviour; the cap and the write deadline apply. :class:`AcceptErrorFilter`
 turns trio's accept-loop error (a traceback every 0.1 s while ``accept`` fails with EMFILE)
 into one line per interval. ``install()`` puts both in place; it checks the hypercorn hooks it
 relies on, so a hypercorn release that moves them fails at start-up, not per connection.
@@ -69,6 +71,7 @@ HEAD, BODY, OTHER = "head", "body", "other"  # what a connection's next read bel
 SLOW_HEAD = "request head not complete within http.headertimeout"
 STALLED_BODY = "request body idle for http.bodytimeout"
 SLOW_BODY = "request body slower than http.minbodyrate"
+SLOW_READER = "response not read within http.bodytimeout plus its size at http.minbodyrate"
 READ_TIMEOUT = "read timeout"
 
 
@@ -83,6 +86,18 @@ class ConnLimits:
     body_timeout: float = HttpConfig.bodytimeout  # seconds
     min_body_rate: int = HttpConfig.minbodyrate  # bytes per second; 0 = only the idle deadline
     max_connections: int = 0  # per worker process; 0 = no cap
+
+
+# A write of n bytes may take body_timeout + n / rate seconds. With minbodyrate 0 ("only the
+# idle deadline"), writes still need some rate: a socket write cannot tell idle from slow.
+WRITE_FALLBACK_RATE = 1024  # bytes per second
+
+
+def write_deadline(limits: ConnLimits, nbytes: int) -> float:
+    """Seconds one write of ``nbytes`` to a client may take before the client counts as not
+    reading (the same bounds as a request body, in the other direction). A 512 KiB piece of a
+    blob at the defaults: 60 s + 512 s."""
+    return limits.body_timeout + nbytes / (limits.min_body_rate or WRITE_FALLBACK_RATE)
 
 
 def default_max_connections(fd_limit: int) -> int:
@@ -311,6 +326,31 @@ class RegistryTCPServer(TCPServer):
         finally:
             self._drained.set()
         await self.protocol.handle(Closed())
+
+    async def protocol_send(self, event: Any) -> None:
+        """Hypercorn's, with a deadline on writes: its own waits forever (shielded) for a
+        client that stops reading, holding the connection, its buffers and an open blob.
+        A write past :func:`write_deadline` closes the connection, as a dead client would."""
+        if type(event) is not RawData:
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            deadline = trio.current_time() + write_deadline(self.limits, len(event.data))
+            try:
+                # Shielded as hypercorn's (a cancelled write would break a TLS stream for
+                # the rest of the response), but with a deadline of its own.
+                with trio.CancelScope(deadline=deadline, shield=True) as scope:
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+            if scope.cancelled_caught:
+                self._dropped = True
+                if self.gate is not None:
+                    self.gate.dropped(SLOW_READER)
+                await self.idle_task.stop()  # else the closed connection lingers 75 s
+                await trio.aclose_forcefully(self.stream)
+                await self.protocol.handle(Closed())
 
     async def _drop(self, why: str) -> None:
         """Stop reading. A slow client's connection is closed at once (the keep-alive task
