@@ -166,6 +166,20 @@ def _build_log(root: Node) -> LogConfig:
     )
 
 
+def _patterns(section: Node, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each checked to compile (the reference panics at
+    start-up on a bad one; we refuse it with one line naming the key)."""
+    patterns = section.get_strs(key)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"{section.key(key)}: invalid regular expression {pattern!r}: {exc}"
+            ) from None
+    return patterns
+
+
 def _build_validation(root: Node) -> ValidationConfig:
     validation = root.section("validation")
     manifests = validation.section("manifests")
@@ -174,8 +188,8 @@ def _build_validation(root: Node) -> ValidationConfig:
     enabled = validation.get_bool("enabled", False)
     return ValidationConfig(
         disabled=validation.get_bool("disabled", False) and not enabled,
-        manifests_urls_allow=urls.get_strs("allow"),
-        manifests_urls_deny=urls.get_strs("deny"),
+        manifests_urls_allow=_patterns(urls, "allow"),
+        manifests_urls_deny=_patterns(urls, "deny"),
         indexes_platforms=manifests.section("indexes").get_choice(
             "platforms", "all", {p: p for p in INDEX_PLATFORMS}, "platforms setting"
         ),
