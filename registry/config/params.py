@@ -8,8 +8,9 @@ while the YAML text still exists and config may not import the drivers (it is a 
 
 - which parameters are strings even when YAML reads a number (an all-digit secret key keeps
   its text, ``0042`` stays "0042"): freeze() turns YAML numbers into plain ints;
-- the filesystem root and thread-count checks, so that ``registry serve`` and
-  ``garbage-collect`` refuse them with one line at load time, as the reference does.
+- the filesystem root default and the root / thread-count checks, so that ``registry serve``
+  and ``garbage-collect`` refuse a bad value with one line at load time (the filesystem
+  driver's own ``from_params`` only fills in defaults).
 
 tests/test_config_package.py checks the S3 list against the driver's own ``KNOWN`` keys.
 """
