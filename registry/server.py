@@ -33,6 +33,7 @@ from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .notifications import build_notifier
 from .storage.gc_service import OnlineGC
+from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
 from .storage.store import Storage
 
@@ -56,7 +57,9 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     ops, driver = build_operations(
         config, driver, multiprocess_dir, (notifier.observe,) if notifier else ()
     )
-    storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit)
+    v = config.validation  # manifests.urls: the layer URLs pushes may carry
+    urls = URLRules.compile(v.manifests_urls_allow, v.manifests_urls_deny, enabled=not v.disabled)
+    storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls)
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, values in config.http.headers.items()

@@ -23,6 +23,7 @@ from ..drivers.base import Driver, PathNotFound
 from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore, link_content
+from .manifest_urls import NO_URL_LISTS, URLRules
 from .manifests import ManifestSummary, ParsedManifest, parse_manifest, sniff_media_type, summarize
 from .tags import TagStore
 from .walk import digests_in
@@ -64,12 +65,16 @@ class _LRUBytes:
 
 
 class ManifestStore:
-    """Manifests of every repository on ``driver``; one per app (it owns the caches)."""
+    """Manifests of every repository on ``driver``; one per app (it owns the caches).
+    Layer URLs of pushed manifests are held to `url_rules` (validation.manifests.urls)."""
 
-    def __init__(self, driver: Driver, blobs: BlobStore, tags: TagStore) -> None:
+    def __init__(
+        self, driver: Driver, blobs: BlobStore, tags: TagStore, url_rules: URLRules = NO_URL_LISTS
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
+        self.url_rules = url_rules
         self._manifest_bytes = _LRUBytes(MANIFEST_CACHE_BYTES)
         self._summaries: OrderedDict[Digest, ManifestSummary] = OrderedDict()
 
@@ -101,10 +106,11 @@ class ManifestStore:
     ) -> tuple[Digest, ParsedManifest]:
         """Validate, check references, store bytes, link the revision, move the tag.
 
-        Raises MANIFEST_INVALID, DIGEST_INVALID (bytes do not hash to the reference), or
-        MANIFEST_BLOB_UNKNOWN with one entry per missing blob or child manifest.
+        Raises MANIFEST_INVALID (also for a layer URL the rules refuse), DIGEST_INVALID
+        (bytes do not hash to the reference), or MANIFEST_BLOB_UNKNOWN with one entry per
+        missing blob or child manifest.
         """
-        parsed = parse_manifest(content_type, body)
+        parsed = parse_manifest(content_type, body, self.url_rules)
         algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
         d = Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
         if isinstance(reference, Digest) and d != reference:

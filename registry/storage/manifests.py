@@ -8,12 +8,14 @@ the referrers API.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import safejson
 from ..digest import Digest, DigestError, canonical
 from ..errors import ErrorCode, RegistryError
+from .manifest_urls import NO_URL_LISTS, URLRules
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -28,6 +30,41 @@ INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # SPEC Push 20, the reference's limit too
+# A refused URL is echoed in the error detail cut to this many characters: enough to see
+# which one it is, while a 4 MiB manifest of long URLs cannot make a huge error body.
+MAX_URL_IN_DETAIL = 512
+
+DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+
+
+class URLRule(enum.Enum):
+    """What a reference's ``urls`` mean (a media type not in URL_RULES: urls are ignored and
+    the blob must exist)."""
+
+    FOREIGN = "foreign"  # urls required and checked; the blob is not looked up
+    NONDISTRIBUTABLE = "nondistributable"  # with urls: checked, not looked up; else must exist
+    DISTRIBUTABLE = "distributable"  # urls (if any) checked; the blob must exist regardless
+
+
+# manifest type -> reference media type -> rule, as the reference's schema2 and OCI manifest
+# handlers switch on them (config and layers alike). Ours: a docker foreign layer inside an
+# OCI manifest is read as OCI non-distributable (the reference requires its blob; we never
+# did, and tests/test_protocol_tables.py holds us to that). Zstd layer types are in neither
+# of the reference's lists, so their urls are ignored there and here.
+URL_RULES: dict[str, dict[str, URLRule]] = {
+    DOCKER_MANIFEST: {DOCKER_FOREIGN_LAYER: URLRule.FOREIGN},
+    OCI_MANIFEST: {
+        OCI_LAYER: URLRule.DISTRIBUTABLE,
+        OCI_LAYER_GZIP: URLRule.DISTRIBUTABLE,
+        OCI_NONDISTRIBUTABLE: URLRule.NONDISTRIBUTABLE,
+        OCI_NONDISTRIBUTABLE_GZIP: URLRule.NONDISTRIBUTABLE,
+        DOCKER_FOREIGN_LAYER: URLRule.NONDISTRIBUTABLE,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +75,7 @@ class Descriptor:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
     platform: dict[str, Any] | None = None
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +96,7 @@ def _invalid(message: str, detail: Any = None) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_INVALID, message, detail)
 
 
-def _descriptor(obj: Any, where: str, *, urls_ok: bool = True) -> Descriptor:
+def _descriptor(obj: Any, where: str) -> Descriptor:
     if not isinstance(obj, dict):
         raise _invalid(f"{where}: descriptor must be an object")
     mt = obj.get("mediaType")
@@ -85,15 +123,70 @@ def _descriptor(obj: Any, where: str, *, urls_ok: bool = True) -> Descriptor:
     platform = obj.get("platform")
     if platform is not None and not isinstance(platform, dict):
         raise _invalid(f"{where}: platform must be an object")
-    return Descriptor(mt, d, size, at, ann, platform)
+    urls = obj.get("urls")
+    if urls is not None and (
+        not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
+    ):
+        raise _invalid(f"{where}: urls must be a list of strings")
+    return Descriptor(mt, d, size, at, ann, platform, tuple(urls or ()))
 
 
-def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
-    """Validate ``body`` pushed with ``content_type``.
+def url_problem(manifest_type: str, desc: Descriptor, rules: URLRules) -> tuple[str, str] | None:
+    """The first refused URL of `desc` in a manifest of `manifest_type` and why ("" for the
+    URL when a foreign layer has none), or None. The reference stops at the first one."""
+    rule = URL_RULES.get(manifest_type, {}).get(desc.media_type)
+    if rule is None:
+        return None
+    if rule is URLRule.FOREIGN and not desc.urls:
+        return "", "a foreign layer must carry urls"
+    for url in desc.urls:
+        reason = rules.problem(url)
+        if reason is not None:
+            return url, reason
+    return None
+
+
+def must_exist(manifest_type: str, desc: Descriptor) -> bool:
+    """Whether the blob of `desc` (URLs accepted) must be linked in the repository."""
+    rule = URL_RULES.get(manifest_type, {}).get(desc.media_type)
+    if rule is URLRule.FOREIGN:
+        return False
+    return rule is not URLRule.NONDISTRIBUTABLE or not desc.urls
+
+
+def _check_urls(manifest_type: str, refs: tuple[Descriptor, ...], rules: URLRules) -> None:
+    """Raise one MANIFEST_INVALID per reference with a refused URL, each followed by the
+    MANIFEST_BLOB_UNKNOWN the reference adds for it. (The reference answers 500 UNKNOWN for
+    a refused URL; bad input is a 400 here, with the URL in the detail.)"""
+    err: RegistryError | None = None
+    for desc in refs:
+        found = url_problem(manifest_type, desc, rules)
+        if found is None:
+            continue
+        url, reason = found
+        message = "invalid URL on layer" if url else "missing URL on layer"
+        detail: dict[str, str] = {"digest": str(desc.digest), "reason": reason}
+        if url:
+            detail["url"] = url[:MAX_URL_IN_DETAIL]
+        if err is None:
+            err = RegistryError(ErrorCode.MANIFEST_INVALID, message, detail)
+        else:
+            err.add(ErrorCode.MANIFEST_INVALID, message, detail)
+        err.add(ErrorCode.MANIFEST_BLOB_UNKNOWN, detail={"digest": str(desc.digest)})
+    if err is not None:
+        raise err
+
+
+def parse_manifest(
+    content_type: str | None, body: bytes, urls: URLRules = NO_URL_LISTS
+) -> ParsedManifest:
+    """Validate ``body`` pushed with ``content_type``; layer URLs against `urls`
+    (manifest_urls.py; the default has no allow/deny lists).
 
     Raises RegistryError: MANIFEST_INVALID for unsupported types (incl. schema1), invalid
-    JSON, a body ``mediaType`` contradicting the Content-Type, or malformed descriptors;
-    DIGEST_INVALID for a malformed digest inside it.
+    JSON, a body ``mediaType`` contradicting the Content-Type, malformed descriptors, or
+    refused layer URLs (each followed by MANIFEST_BLOB_UNKNOWN for its digest, as the
+    reference lists them); DIGEST_INVALID for a malformed digest inside it.
     """
     ct = (content_type or "").split(";", 1)[0].strip().lower()
     try:
@@ -156,10 +249,11 @@ def parse_manifest(content_type: str | None, body: bytes) -> ParsedManifest:
         effective_type = config.media_type
     else:
         effective_type = artifact_type
-    # Foreign (non-distributable) layers carrying urls are not stored here; skip checking them.
-    blobs = (config,) + tuple(
-        d for d, raw in zip(layer_descs, layers) if not (isinstance(raw, dict) and raw.get("urls"))
-    )
+    # The reference checks the config like the layers (References() holds both); layers
+    # fetched from their URLs are not stored here, so they need not exist.
+    refs = (config, *layer_descs)
+    _check_urls(ct, refs, urls)
+    blobs = tuple(d for d in refs if must_exist(ct, d))
     return ParsedManifest(ct, blobs, (), subject, effective_type, annotations)
 
 

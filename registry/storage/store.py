@@ -20,6 +20,7 @@ from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore
 from .manifest_store import ManifestStore
+from .manifest_urls import NO_URL_LISTS, URLRules
 from .tags import TagStore
 from .uploads import Uploads
 from .walk import enumerate_repositories
@@ -55,12 +56,18 @@ def as_registry_error(exc: BaseException) -> RegistryError | None:
 class Storage:
     """One per app: the parts over one driver. Owns the parts' per-process caches."""
 
-    def __init__(self, driver: Driver, *, tag_concurrency: int = 100) -> None:
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        tag_concurrency: int = 100,
+        manifest_urls: URLRules = NO_URL_LISTS,
+    ) -> None:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = Uploads(driver, self.blobs)
         self.tags = TagStore(driver, tag_concurrency)
-        self.manifests = ManifestStore(driver, self.blobs, self.tags)
+        self.manifests = ManifestStore(driver, self.blobs, self.tags, manifest_urls)
 
     async def catalog(self) -> list[str]:
         """Repositories with manifests, sorted, as the reference lists them. One ``list``

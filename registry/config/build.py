@@ -1,0 +1,272 @@
+"""The per-section builders and :func:`load_config`, which runs the whole pipeline:
+read the file (loader.py), apply ``REGISTRY_*`` overrides (env.py), build each section
+with typed reads (reader.py, params.py), then warn about unknown keys (schema.py).
+
+Driver sections created only by ``REGISTRY_STORAGE_<DRIVER>_*`` while another driver is
+selected are dropped with a warning that says to set ``REGISTRY_STORAGE=<driver>``; the
+reference would refuse to start with "multiple storage drivers".
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from .env import (
+    CONFIG_PATH_VARIABLE,
+    ENV_PREFIX,
+    apply_env_overrides,
+    env_path,
+    normalise_selectors,
+    storage_drivers,
+)
+from .loader import read_file
+from .model import (
+    AUTH_SCHEMES,
+    DEFAULT_ROOTDIRECTORY,
+    INDEX_PLATFORMS,
+    LOG_FORMATTERS,
+    LOG_LEVELS,
+    STORAGE_DRIVERS,
+    AuthConfig,
+    Config,
+    ConfigError,
+    GCConfig,
+    HttpConfig,
+    LogConfig,
+    StorageConfig,
+    UploadPurging,
+    ValidationConfig,
+)
+from .params import check_filesystem_params, read_params
+from .reader import Node, freeze
+from .schema import SCHEMA, unknown_keys
+
+
+def _build_storage(root: Node) -> StorageConfig:
+    if root.data.get("storage") is None:
+        raise ConfigError("no storage driver specified")
+    storage = root.section("storage")
+    drivers = storage_drivers(storage.data)
+    if len(drivers) > 1:
+        raise ConfigError(f"multiple storage drivers specified: {', '.join(drivers)}")
+    if not drivers:
+        raise ConfigError("no storage driver specified")
+    driver = drivers[0]
+    if driver not in STORAGE_DRIVERS:
+        supported = ", ".join(STORAGE_DRIVERS)
+        raise ConfigError(
+            f"storage: unsupported storage driver {driver!r} (supported: {supported})"
+        )
+    params = read_params(storage, driver)
+    if driver == "filesystem":
+        check_filesystem_params(params)
+    maintenance = storage.section("maintenance")
+    purging = maintenance.section("uploadpurging")
+    enabled = purging.get_bool("enabled", True)
+    return StorageConfig(
+        driver=driver,
+        params=freeze(params),
+        delete_enabled=storage.section("delete").get_bool("enabled", False),
+        readonly=maintenance.section("readonly").get_bool("enabled", False),
+        uploadpurging=UploadPurging(
+            enabled=enabled,
+            age=purging.get_duration("age", UploadPurging.age),
+            interval=purging.get_duration("interval", UploadPurging.interval, positive=enabled),
+            dryrun=purging.get_bool("dryrun", False),
+        ),
+        redirect_disable=storage.section("redirect").get_bool("disable", False),
+        cache=freeze(storage.section("cache").data),
+        tag_concurrencylimit=storage.section("tag").get_int("concurrencylimit", 100, minimum=1),
+    )
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field name
+
+
+def _build_headers(http: Node) -> Mapping[str, tuple[str, ...]]:
+    section = http.section("headers")
+    headers: dict[str, tuple[str, ...]] = {}
+    for name in section.data:
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"http.headers: invalid header name {name!r}")
+        values = section.get_strs(name)
+        if any("\r" in v or "\n" in v for v in values):
+            raise ConfigError(f"http.headers.{name}: header values must not contain line breaks")
+        # Canonical form, as Go's http.Header: x-content-type-options -> X-Content-Type-Options
+        canonical = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+        headers[canonical] = headers.get(canonical, ()) + values
+    return MappingProxyType(headers)
+
+
+def _build_http(root: Node) -> HttpConfig:
+    http = root.section("http")
+    host = http.get_str("host", None) or None
+    if host is not None:
+        parts = urllib.parse.urlsplit(host)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"http.host: expected an absolute URL such as https://registry.example.com,"
+                f" got {host!r}"
+            )
+    prefix = (http.get_str("prefix", "") or "").strip("/")
+    tls = http.section("tls")
+    certificate = tls.get_str("certificate", None) or None
+    key = tls.get_str("key", None) or None
+    if (certificate is None) != (key is None):
+        missing, present = ("key", "certificate") if key is None else ("certificate", "key")
+        raise ConfigError(f"http.tls.{missing}: required when http.tls.{present} is set")
+    debug = http.section("debug")
+    prometheus = debug.section("prometheus")
+    return HttpConfig(
+        addr=http.get_str("addr", None) or ":5000",
+        host=host,
+        prefix=f"/{prefix}" if prefix else "",
+        relativeurls=http.get_bool("relativeurls", False),
+        secret=http.get_str("secret", None) or None,
+        tls_certificate=certificate,
+        tls_key=key,
+        tls_clientcas=tls.get_strs("clientcas"),
+        debug_addr=debug.get_str("addr", None) or None,
+        debug_prometheus_enabled=prometheus.get_bool("enabled", False),
+        debug_prometheus_path=prometheus.get_str("path", None) or "/metrics",
+        headers=_build_headers(http),
+        draintimeout=http.get_duration("draintimeout", 0.0),
+        workers=http.get_int("workers", 0, minimum=0),
+        headertimeout=http.get_duration("headertimeout", HttpConfig.headertimeout, positive=True),
+        bodytimeout=http.get_duration("bodytimeout", HttpConfig.bodytimeout, positive=True),
+        minbodyrate=http.get_int("minbodyrate", HttpConfig.minbodyrate, minimum=0),
+        maxconnections=http.get_int("maxconnections", 0, minimum=0),
+    )
+
+
+def _build_auth(root: Node) -> AuthConfig | None:
+    auth = root.section("auth")
+    schemes = sorted(auth.data)
+    if len(schemes) > 1:
+        raise ConfigError(f"multiple auth schemes specified: {', '.join(schemes)}")
+    if not schemes:
+        return None
+    scheme = schemes[0]
+    if scheme not in AUTH_SCHEMES:
+        supported = ", ".join(AUTH_SCHEMES)
+        raise ConfigError(f"auth: unsupported auth scheme {scheme!r} (supported: {supported})")
+    params = read_params(auth, scheme)
+    return None if scheme == "none" else AuthConfig(scheme=scheme, params=freeze(params))
+
+
+def _build_log(root: Node) -> LogConfig:
+    log = root.section("log")
+    level_node = log if log.data.get("level") is not None else root
+    level_key = "level" if level_node is log else "loglevel"
+    return LogConfig(
+        level=level_node.get_choice(level_key, "info", LOG_LEVELS, "log level"),
+        formatter=log.get_choice("formatter", "text", LOG_FORMATTERS, "log formatter"),
+        accesslog_disabled=log.section("accesslog").get_bool("disabled", False),
+        fields=freeze(log.section("fields").data),
+    )
+
+
+def _patterns(section: Node, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each checked to compile (the reference panics at
+    start-up on a bad one; we refuse it with one line naming the key)."""
+    patterns = section.get_strs(key)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"{section.key(key)}: invalid regular expression {pattern!r}: {exc}"
+            ) from None
+    return patterns
+
+
+def _build_validation(root: Node) -> ValidationConfig:
+    validation = root.section("validation")
+    manifests = validation.section("manifests")
+    urls = manifests.section("urls")
+    # The reference: the deprecated `enabled: true` wins over `disabled`.
+    enabled = validation.get_bool("enabled", False)
+    return ValidationConfig(
+        disabled=validation.get_bool("disabled", False) and not enabled,
+        manifests_urls_allow=_patterns(urls, "allow"),
+        manifests_urls_deny=_patterns(urls, "deny"),
+        indexes_platforms=manifests.section("indexes").get_choice(
+            "platforms", "all", {p: p for p in INDEX_PLATFORMS}, "platforms setting"
+        ),
+    )
+
+
+def _build_gc(root: Node) -> GCConfig:
+    gc = root.section("gc")
+    online = gc.section("online").get_bool("enabled", False)
+    return GCConfig(
+        online_enabled=online,
+        interval=gc.get_duration("interval", GCConfig.interval, positive=online),
+        graceperiod=gc.get_duration("graceperiod", GCConfig.graceperiod),
+        delete_untagged=gc.get_bool("deleteuntagged", False),
+    )
+
+
+def _build(tree: dict[str, Any]) -> Config:
+    root = Node(tree, "")
+    version = root.get_str("version", "0.1")
+    if version != "0.1":
+        raise ConfigError(f"version: unsupported configuration version {version!r} (expected 0.1)")
+    for free in ("redis", "reporting", "middleware", "proxy", "compatibility", "catalog"):
+        root.section(free)  # type check only: later code reads these from Config.raw
+    tree["version"] = version  # the text, not YAML's float 0.1
+    return Config(
+        version=version,
+        log=_build_log(root),
+        storage=_build_storage(root),
+        http=_build_http(root),
+        auth=_build_auth(root),
+        validation=_build_validation(root),
+        notifications=freeze(root.section("notifications").data),
+        health=freeze(root.section("health").data),
+        gc=_build_gc(root),
+        raw=freeze(tree),
+    )
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, list[str]]:
+    """Read the YAML file (if `path`), apply ``REGISTRY_*`` overrides from `environ`, validate.
+
+    Returns the config and human-readable warnings (unknown keys, ignored variables) for the
+    caller to log. Raises ConfigError (one line naming the key) for a missing or unreadable file,
+    invalid YAML, a wrong type or value, or a storage section without exactly one driver.
+    """
+    tree: dict[str, Any] = read_file(path) if path is not None else {"version": "0.1"}
+    normalise_selectors(tree)
+    tree.setdefault("storage", {"filesystem": {"rootdirectory": DEFAULT_ROOTDIRECTORY}})
+    warnings = [
+        f"ignoring environment variable {name}: empty key component"
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_VARIABLE and not env_path(name)
+    ]
+    # The drivers chosen by the file or by REGISTRY_STORAGE itself; any other driver section
+    # was created by REGISTRY_STORAGE_<DRIVER>_* alone.
+    selection = {k: v for k, v in environ.items() if env_path(k) == ["storage"]}
+    chosen = storage_drivers(apply_env_overrides(tree, selection).get("storage"))
+    merged = apply_env_overrides(tree, environ)
+    normalise_selectors(merged)
+    storage = merged.get("storage")
+    drivers = storage_drivers(storage)
+    kept = [d for d in drivers if d in chosen]
+    if kept and isinstance(storage, dict):
+        for stray in (d for d in drivers if d not in chosen):
+            prefix = f"{ENV_PREFIX}STORAGE_{stray.upper()}_"
+            names = ", ".join(sorted(n for n in environ if n.startswith(prefix[:-1])))
+            warnings.append(
+                f"{prefix}* variables are set ({names}) but the storage driver is"
+                f" {', '.join(kept)}, so they are ignored; set REGISTRY_STORAGE={stray} to use"
+                f" the {stray} driver"
+            )
+            del storage[stray]
+    config = _build(merged)
+    warnings.extend(unknown_keys(merged, SCHEMA, ""))
+    return config, warnings

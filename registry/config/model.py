@@ -1,0 +1,128 @@
+"""The configuration's shape: frozen dataclasses, their defaults, and the names of choices.
+
+Pure data (no parsing here). A :class:`Config` is built once at the edge by
+:func:`registry.config.load_config` and passed down; mappings in it are read-only views,
+sequences are tuples. Durations are seconds (floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_ROOTDIRECTORY = "./data"  # storage with no storage section at all
+FILESYSTEM_ROOTDIRECTORY = "/var/lib/registry"  # the reference's filesystem default
+STORAGE_SUBSECTIONS = frozenset({"delete", "maintenance", "redirect", "cache", "tag"})
+STORAGE_DRIVERS = ("filesystem", "inmemory", "s3")
+AUTH_SCHEMES = ("htpasswd", "none", "silly", "token")  # "none" -> Config.auth is None
+LOG_LEVELS = {"error": "error", "warn": "warn", "warning": "warn", "info": "info", "debug": "debug"}
+LOG_FORMATTERS = {"text": "text", "json": "json", "logstash": "json"}
+INDEX_PLATFORMS = ("all", "list", "none")
+HOUR = 3600.0  # seconds
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line naming the key."""
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"  # error | warn | info | debug
+    formatter: str = "text"  # text | json (logstash is read as json)
+    accesslog_disabled: bool = False
+    fields: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class UploadPurging:
+    """storage.maintenance.uploadpurging; durations in seconds."""
+
+    enabled: bool = True
+    age: float = 168 * HOUR
+    interval: float = 24 * HOUR
+    dryrun: bool = False
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    driver: str = "filesystem"  # filesystem | s3 | inmemory
+    params: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({"rootdirectory": DEFAULT_ROOTDIRECTORY})
+    )
+    delete_enabled: bool = False
+    readonly: bool = False
+    uploadpurging: UploadPurging = field(default_factory=UploadPurging)
+    redirect_disable: bool = False
+    cache: Mapping[str, Any] = field(default_factory=_empty)
+    tag_concurrencylimit: int = 100
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    addr: str = ":5000"
+    host: str | None = None  # absolute URL (scheme and host) for Location headers
+    prefix: str = ""  # "" or "/a/b": leading slash, no trailing slash
+    relativeurls: bool = False
+    secret: str | None = None
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    tls_clientcas: tuple[str, ...] = ()
+    debug_addr: str | None = None
+    debug_prometheus_enabled: bool = False
+    debug_prometheus_path: str = "/metrics"
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)  # canonical names
+    draintimeout: float = 0.0  # seconds; 0 = not configured
+    workers: int = 0  # our extension: 0 = auto
+    # Our extensions for slow and many clients (registry/http/conn.py):
+    headertimeout: float = 30.0  # seconds from a request head's first byte to its end
+    bodytimeout: float = 60.0  # seconds a request body may stall; also the rate window
+    minbodyrate: int = 1024  # bytes/s averaged over bodytimeout; 0 = no minimum rate
+    maxconnections: int = 0  # per worker process; 0 = derived from the open-file limit
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    scheme: str  # htpasswd | token | silly
+    params: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """The ``validation`` section. ``disabled`` already folds in the deprecated ``enabled``
+    (which wins, as in the reference). The URL lists are regular expressions, checked to
+    compile when the config is loaded; what they mean is registry/storage/manifest_urls.py."""
+
+    disabled: bool = False
+    manifests_urls_allow: tuple[str, ...] = ()
+    manifests_urls_deny: tuple[str, ...] = ()
+    indexes_platforms: str = "all"  # all | list | none
+
+
+@dataclass(frozen=True)
+class GCConfig:
+    """Our extension ``gc:`` (see the package docstring); durations in seconds."""
+
+    online_enabled: bool = False
+    interval: float = 24 * HOUR
+    graceperiod: float = 1 * HOUR
+    delete_untagged: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    version: str = "0.1"
+    log: LogConfig = field(default_factory=LogConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    auth: AuthConfig | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    notifications: Mapping[str, Any] = field(default_factory=_empty)
+    health: Mapping[str, Any] = field(default_factory=_empty)
+    gc: GCConfig = field(default_factory=GCConfig)
+    raw: Mapping[str, Any] = field(default_factory=_empty)
