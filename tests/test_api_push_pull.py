@@ -454,3 +454,34 @@ async def test_upload_continues_in_a_second_app_on_the_same_directory(served, nu
         r = await c2.put(f"/v2/{path}", params={"digest": digest(data)})
         assert r.status_code == 201, r.text
     assert (await served.client.get(f"/v2/two/blobs/{digest(data)}")).content == data
+
+
+async def test_single_request_push_leaves_no_session_when_it_fails_push_10(served):
+    """POST ?digest= makes a session the client never learns of: a body cut short by a
+    disconnect, or one whose digest does not match, must not leave it for the purger."""
+    import pathlib
+
+    import trio
+
+    uploads = pathlib.Path(served.root, "docker/registry/v2/repositories/single/_uploads")
+    data = os.urandom(4 * 1024 * 1024)
+    r = await served.client.post(
+        "/v2/single/blobs/uploads/", params={"digest": digest(b"other")}, content=data
+    )
+    assert r.status_code == 400, r.text
+    assert list(uploads.glob("*")) == []
+    host, port = served.url.split("//")[1].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = (
+        f"POST /v2/single/blobs/uploads/?digest={digest(data)} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    await stream.send_all(head + data[: len(data) // 2])
+    with trio.fail_after(10):  # the server has the session once startedat exists
+        while not list(uploads.glob("*/startedat")):
+            await trio.sleep(0.05)
+    await stream.aclose()
+    with trio.fail_after(10):  # main: the session stays until the purger's age (7 days)
+        while list(uploads.glob("*")):
+            await trio.sleep(0.05)
+    assert (await served.client.get(f"/v2/single/blobs/{digest(data)}")).status_code == 404

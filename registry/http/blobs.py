@@ -113,9 +113,8 @@ async def start_upload(app: RegistryApp, req: Request) -> Response:
     if digest_param is not None:
         d = parse_digest(digest_param)
         length = parse_content_length(req.headers.get("content-length"))
-        up = await st.uploads.start(name)
         body = req.body() if length != 0 else None
-        await st.uploads.finish(name, up.id, d, body)
+        await st.uploads.upload_whole(name, d, body)
         return _blob_created(app, req, name, d)
     up = await st.uploads.start(name)
     return Response(202, _upload_headers(app, req, name, up.id, 0))

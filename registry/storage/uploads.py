@@ -56,6 +56,7 @@ COALESCE = 512 * 1024  # hash+write unit; 2 buffers per upload (DESIGN.md says ~
 # that measured as fast here and keeps 64 concurrent pushes inside the memory budget)
 HASHER_CACHE_ENTRIES = 4096  # live hashers kept per process (~200 bytes each)
 PUBLISH_TIMEOUT = 300.0  # seconds a shielded move+link may take (a multi-GB S3 copy)
+ABANDON_TIMEOUT = 120.0  # seconds removing a failed single-request upload may take (S3 abort)
 
 
 Hasher = Union["hashlib._Hash", sha256state.Sha256]  # hashlib._Hash exists for typing only
@@ -184,6 +185,28 @@ class Uploads:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
         await self.driver.put_content(paths.upload_startedat(name, upload_id), stamp)
         return Upload(name, upload_id, 0)
+
+    async def upload_whole(
+        self, name: str, digest: Digest, body: AsyncIterator[bytes] | None
+    ) -> None:
+        """A blob in one request (``POST ?digest=``, SPEC Push 10): a session of its own,
+        finished at once. The client never learns the session's id, so nobody could resume
+        or cancel it: whatever ends the request early (a full disk, a disconnect, a wrong
+        digest) removes it here, shielded, instead of leaving it for the purger's 7 days.
+        Raises what ``finish`` raises."""
+        up = await self.start(name)
+        try:
+            await self.finish(name, up.id, digest, body)
+        except BaseException:
+            with trio.move_on_after(ABANDON_TIMEOUT) as cs:
+                cs.shield = True
+                try:
+                    await self.cancel(name, up.id)
+                except RegistryError:
+                    pass  # already removed (finish rejects a wrong digest by cancelling)
+                except DriverError as e:
+                    log.warning("upload %s: could not remove it: %s", up.id, e)
+            raise
 
     async def _check(self, name: str, upload_id: str) -> None:
         try:
