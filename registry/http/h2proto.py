@@ -1,0 +1,239 @@
+"""HTTP/2 that a hostile client cannot turn into a crash, and h2c only when configured.
+
+Hypercorn's H2Protocol (0.18) trusts its peer in places where a wrong guess raises out of the
+connection task (and, under the trio worker, out of the accept loop: the worker dies):
+
+- DATA for a stream whose answer has already gone out (an early 413, 401, 404) looks the
+  stream up in a dict it has left (KeyError);
+- a request without ``:path`` (a plain CONNECT) or with a ``:method`` or ``:path`` that is not
+  ASCII is turned into a scope with ``str`` operations that raise;
+- PRIORITY frames for streams that never open grow its priority tree until the tree's limit
+  raises.
+
+:class:`RegistryH2Protocol` looks at each h2 event before hypercorn's handler does, and:
+
+- drops DATA for a stream hypercorn has finished with, hands its flow-control credit back
+  (else the whole connection stalls) and, once our END_STREAM is out, resets the stream with
+  NO_ERROR so the client stops sending (RFC 9113 section 8.1);
+- resets with PROTOCOL_ERROR a request hypercorn cannot represent (see :func:`representable`);
+- ignores PRIORITY for streams that are not open;
+- answers a flood of client resets (the "rapid reset" attack: every stream opened has cost an
+  app task) with GOAWAY ENHANCE_YOUR_CALM and closes the connection.
+
+Anything else that still escapes is the connection guard's (http/connections.py): it closes
+that connection, never the worker.
+
+:class:`H2cGate` is mixed into the HTTP/1.1 protocol: cleartext HTTP/2 (the prior-knowledge
+preface ``PRI * HTTP/2.0`` and ``Upgrade: h2c``) only when ``http.h2c.enabled`` (the
+reference's key, off by default). When off, ``Upgrade: h2c`` is ignored (RFC 9110 section
+7.8 lets a server do so; the request is answered over HTTP/1.1) and a preface gets one
+HTTP/1.1 505 with the JSON error envelope, then the connection closes. Over TLS, HTTP/2 is
+chosen by ALPN (``http.http2.disabled`` turns it off), and a preface is allowed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import h2.events
+import h2.exceptions
+import h11
+import hypercorn.protocol
+import priority
+from h2.errors import ErrorCodes
+from h2.stream import StreamState
+from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h2 import H2Protocol
+
+from ..errors import ErrorCode, RegistryError
+from .responses import error_response
+
+log = logging.getLogger("registry.http")
+
+# Client resets (RST_STREAM) a connection may send within RESET_WINDOW_S before it is closed.
+# Browsers and registry clients reset a stream when a pull is cancelled: a few per second at
+# most; the rapid-reset attack sends thousands. 200 per 10 s leaves room for the first.
+MAX_CLIENT_RESETS = 200
+RESET_WINDOW_S = 10.0
+# RFC 9110 section 5.6.2: a method is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A request target hypercorn can decode as ASCII: visible characters, no spaces.
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+
+
+class ServerConfig(HyperConfig):
+    """Hypercorn's configuration plus the switches our protocol classes read."""
+
+    h2c_enabled: bool = False  # http.h2c.enabled
+
+
+def representable(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether hypercorn can turn these request headers into an ASGI scope without raising:
+    a ``:method`` that is a token and a ``:path`` of visible ASCII (a plain CONNECT has none)."""
+    method = path = None
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+    return (
+        method is not None and path is not None
+        and _TOKEN.fullmatch(method) is not None and _TARGET.fullmatch(path) is not None
+    )
+
+
+class RegistryH2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2 protocol with each event screened first (see the module doc)."""
+
+    _resets = 0  # client resets in the current window
+    _reset_window_start = 0.0  # time.monotonic() at the start of that window
+
+    async def initiate(
+        self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+    ) -> None:
+        """As hypercorn's; an ``Upgrade: h2c`` whose HTTP2-Settings do not decode closes
+        the connection instead of raising."""
+        try:
+            await super().initiate(headers, settings)
+        except (ValueError, h2.exceptions.ProtocolError) as exc:
+            log.info("h2c upgrade refused: bad HTTP2-Settings (%s)", type(exc).__name__)
+            await self.send(Closed())
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        # One event at a time: an app task may end a stream while hypercorn's handler awaits,
+        # so each event is screened against the state just before it is handled.
+        for event in events:
+            if self.closed:
+                return
+            if await self._screen(event):
+                await super()._handle_events([event])
+        await self._flush()
+
+    async def _screen(self, event: h2.events.Event) -> bool:
+        """False when the event has been dealt with here and hypercorn must not see it."""
+        if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+            self._drop_data(event)
+            return False
+        if isinstance(event, h2.events.RequestReceived) and not representable(
+            list(event.headers or [])
+        ):
+            self._reset(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return False
+        if isinstance(event, h2.events.PriorityUpdated):
+            if event.stream_id not in self.stream_buffers:
+                return False  # no stream to order; a later HEADERS gets the default priority
+            try:
+                await super()._priority_updated(event)
+            except priority.PriorityError:
+                pass  # a dependency on a stream that is gone: keep the current order
+            return False
+        if isinstance(event, h2.events.StreamReset) and event.remote_reset:
+            return not await self._count_reset()
+        return True
+
+    def _drop_data(self, event: h2.events.DataReceived) -> None:
+        """DATA for a stream whose answer is out: give the credit back, and once our side
+        of the stream is closed, ask the client to stop (RST_STREAM NO_ERROR)."""
+        stream_id = event.stream_id
+        if event.flow_controlled_length:
+            self.connection.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        stream = self.connection.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state == StreamState.HALF_CLOSED_LOCAL:
+            self._reset(stream_id, ErrorCodes.NO_ERROR)
+
+    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+        try:
+            self.connection.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            pass  # already closed: nothing to stop
+
+    async def _count_reset(self) -> bool:
+        """Count a client reset; True (and the connection is closing) past the limit."""
+        now = time.monotonic()
+        if now - self._reset_window_start > RESET_WINDOW_S:
+            self._reset_window_start, self._resets = now, 0
+        self._resets += 1
+        if self._resets <= MAX_CLIENT_RESETS:
+            return False
+        log.warning(
+            "HTTP/2 connection from %s closed: more than %d stream resets in %.0f s",
+            _peer(self.client), MAX_CLIENT_RESETS, RESET_WINDOW_S,
+        )
+        self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+        await self._flush()
+        await self.send(Closed())
+        return True
+
+
+class H2cGate:
+    """Mixed into the HTTP/1.1 protocol (before hypercorn's H11Protocol): decides whether a
+    request may switch the connection to HTTP/2 (see the module doc)."""
+
+    config: HyperConfig
+    connection: Any
+    ssl: bool
+    send: Any
+    _refused = False  # a prior-knowledge preface was answered with 505: make no stream
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if getattr(self.config, "h2c_enabled", False):
+            await super()._check_protocol(event)  # type: ignore[misc]
+            return
+        preface = event.method == b"PRI" and event.target == b"*"
+        if preface and self.ssl:  # h2 over TLS without ALPN: HTTP/2, not h2c
+            await super()._check_protocol(event)  # type: ignore[misc]
+        elif preface:
+            await self._refuse_preface()
+        # else: an Upgrade: h2c is ignored and the request is answered over HTTP/1.1
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        if not self._refused:
+            await super()._create_stream(request)  # type: ignore[misc]
+
+    async def _refuse_preface(self) -> None:
+        self._refused = True
+        err = RegistryError(
+            ErrorCode.UNSUPPORTED,
+            "cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1, or HTTP/2 over TLS",
+            status=505,
+        )
+        resp = error_response(err, head=False)
+        assert isinstance(resp.body, bytes)
+        headers = [
+            (b"docker-distribution-api-version", b"registry/2.0"),  # SPEC General 1
+            *resp.headers,
+            *self.config.response_headers("h11"),
+            (b"content-length", str(len(resp.body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            data = self.connection.send(h11.Response(status_code=505, headers=headers))
+            data += self.connection.send(h11.Data(data=resp.body))
+            data += self.connection.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            data = b""
+        if data:
+            await self.send(RawData(data=data))
+        await self.send(Closed())
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+def install() -> None:
+    """Make hypercorn's connection wrapper build RegistryH2Protocol for HTTP/2; checks the
+    hooks it relies on exist (a hypercorn release that moves them fails at start-up)."""
+    hooks = ("_handle_events", "_priority_updated", "initiate", "_flush")
+    missing = [name for name in hooks if not hasattr(H2Protocol, name)]
+    if not hasattr(StreamState, "HALF_CLOSED_LOCAL"):
+        missing.append("h2.stream.StreamState.HALF_CLOSED_LOCAL")
+    if getattr(hypercorn.protocol, "H2Protocol", None) not in (H2Protocol, RegistryH2Protocol):
+        missing.append("hypercorn.protocol.H2Protocol")
+    if missing:
+        raise RuntimeError(f"unsupported hypercorn version: no {', '.join(missing)}")
+    hypercorn.protocol.H2Protocol = RegistryH2Protocol  # type: ignore[misc]
