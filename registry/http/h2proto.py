@@ -50,6 +50,7 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
 
 from ..errors import ErrorCode, RegistryError
+from . import conn
 from .responses import error_response
 
 log = logging.getLogger("registry.http")
@@ -65,8 +66,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 
 
-class ServerConfig(HyperConfig):
-    """Hypercorn's configuration plus the switches our protocol classes read."""
+class ServerConfig(conn.ServerConfig):
+    """The server configuration (conn.py's) plus the switches our protocol classes read."""
 
     h2c_enabled: bool = False  # http.h2c.enabled
 
