@@ -182,6 +182,7 @@ def _run_child(target: Callable[..., Any], ready_w: int) -> None:
         signal.signal(signum, signal.SIG_DFL)
 
     def notify() -> None:
+        log.info("worker %d serving", os.getpid())
         try:
             os.write(ready_w, b"r")
         except OSError:

@@ -8,7 +8,9 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
 - a request without ``:path`` (a plain CONNECT) or with a ``:method`` or ``:path`` that is not
   ASCII is turned into a scope with ``str`` operations that raise;
 - PRIORITY frames for streams that never open grow its priority tree until the tree's limit
-  raises.
+  raises;
+- and h2 itself buffers a frame whole before it checks the frame's length against the limit,
+  so one frame header claiming 16 MiB makes the connection hold up to 16 MiB.
 
 :class:`RegistryH2Protocol` looks at each h2 event before hypercorn's handler does, and:
 
@@ -17,6 +19,8 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   NO_ERROR so the client stops sending (RFC 9113 section 8.1);
 - resets with PROTOCOL_ERROR a request hypercorn cannot represent (see :func:`representable`);
 - ignores PRIORITY for streams that are not open;
+- closes the connection (GOAWAY FRAME_SIZE_ERROR) as soon as a frame header claims more than
+  the frame size limit, before its payload is buffered;
 - answers a flood of client resets (the "rapid reset" attack: every stream opened has cost an
   app task) with GOAWAY ENHANCE_YOUR_CALM and closes the connection.
 
@@ -44,9 +48,10 @@ import h11
 import hypercorn.protocol
 import priority
 from h2.errors import ErrorCodes
+from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
 from hypercorn.config import Config as HyperConfig
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
 
 from ..errors import ErrorCode, RegistryError
@@ -103,6 +108,20 @@ class RegistryH2Protocol(H2Protocol):
         except (ValueError, h2.exceptions.ProtocolError) as exc:
             log.info("h2c upgrade refused: bad HTTP2-Settings (%s)", type(exc).__name__)
             await self.send(Closed())
+
+    async def handle(self, event: Event) -> None:
+        await super().handle(event)
+        if isinstance(event, RawData) and not self.closed and self._oversized_frame_pending():
+            self.connection.close_connection(error_code=ErrorCodes.FRAME_SIZE_ERROR)
+            await self._flush()
+            await self.send(Closed())
+
+    def _oversized_frame_pending(self) -> bool:
+        """Whether the partial frame h2 is buffering declares a length past the limit (h2
+        would only refuse it once the whole payload had arrived)."""
+        buffer = self.connection.incoming_buffer
+        pending = getattr(buffer, "_data", b"")
+        return len(pending) >= 9 and int.from_bytes(pending[:3], "big") > buffer.max_frame_size
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         # One event at a time: an app task may end a stream while hypercorn's handler awaits,
@@ -231,6 +250,8 @@ def install() -> None:
     hooks it relies on exist (a hypercorn release that moves them fails at start-up)."""
     hooks = ("_handle_events", "_priority_updated", "initiate", "_flush")
     missing = [name for name in hooks if not hasattr(H2Protocol, name)]
+    if not hasattr(FrameBuffer(server=True), "_data"):
+        missing.append("h2.frame_buffer.FrameBuffer._data")
     if not hasattr(StreamState, "HALF_CLOSED_LOCAL"):
         missing.append("h2.stream.StreamState.HALF_CLOSED_LOCAL")
     if getattr(hypercorn.protocol, "H2Protocol", None) not in (H2Protocol, RegistryH2Protocol):
