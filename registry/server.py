@@ -279,10 +279,16 @@ def run(config: Config) -> int:
         return supervise(
             n, partial(serve_worker, config, hc, sockets, debug, multiprocess_dir),
             on_exit=partial(_worker_gone, multiprocess_dir),
+            on_stop=partial(_close_listeners, sockets),
         )
     finally:
         if multiprocess_dir:
             shutil.rmtree(multiprocess_dir, ignore_errors=True)
+
+
+def _close_listeners(sockets: Any) -> None:
+    for sock in sockets.secure_sockets + sockets.insecure_sockets:
+        sock.close()
 
 
 def _worker_gone(multiprocess_dir: str | None, pid: int) -> None:

@@ -66,11 +66,15 @@ def supervise(
     n: int,
     target: Callable[..., Any],
     on_exit: Callable[[int], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> int:
     """Run ``n`` workers, each ``trio.run(partial(target, ready=notify))`` in a forked child
     (``notify()`` must be called once the worker serves), until SIGTERM/SIGINT, which is
-    forwarded to them. ``on_exit(pid)`` runs for each worker that ends. Returns 0 after a
-    signal once every worker has ended, 1 after giving up on start-up failures."""
+    forwarded to them. ``on_exit(pid)`` runs for each worker that ends; ``on_stop()`` once
+    when stopping begins (close the parent's copies of the listening sockets there: the
+    kernel must refuse new connections once the workers stop accepting, not queue them).
+    Returns 0 after a signal once every worker has ended, 1 after giving up on start-up
+    failures."""
     children: dict[int, _Worker] = {}
     pending: dict[int, float] = {}  # slot -> time.monotonic() at which to start it
     streak = [0] * n  # crashes in a row per slot, after it had been ready
@@ -95,6 +99,8 @@ def supervise(
 
     def forward(signum: int, frame: Any) -> None:
         nonlocal stopping
+        if not stopping and on_stop is not None:
+            on_stop()
         stopping = True
         pending.clear()
         for pid in list(children):
