@@ -30,6 +30,8 @@ from hyperframe.frame import PriorityFrame
 from test_auth_process import Proc, run_registry
 from test_tls import make_certs, tls_config
 
+from registry.config import load_config
+
 pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
@@ -39,6 +41,7 @@ RESET_FLOOD = 1000  # streams opened and reset at once on one connection (rapid 
 PRIORITY_FLOOD = 2000  # PRIORITY frames for streams that never open (tree limit: 1000)
 RESTART_WAIT_S = 30.0  # a killed worker's replacement serves within this (backoff cap 10 s)
 UNLOGGED_READY_S = 3.0  # a worker serves this long after its fork (for builds that do not log it)
+FD_RELEASE_WAIT_S = 10.0  # a closed connection's socket goes at once; hypercorn held it 75 s
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -107,19 +110,23 @@ def assert_still_serving(target: Target) -> None:
     assert serving_pids(target.reg.proc) == target.pids, "a worker died and was replaced"
 
 
-def push_after_answer(peer: H2Peer, method: str, path: str) -> int:
-    """Declare an EARLY_BODY body, and keep sending DATA after the server has answered,
-    up to PUSH_AFTER_ANSWER bytes past the answer or until the server stops the stream."""
-    sid = peer.request(
-        method, path, [("content-type", OCI_MANIFEST), ("content-length", str(EARLY_BODY))],
-        end_stream=False,
-    )
+def push_after_answer(
+    peer: H2Peer, method: str, path: str, declared: int | None = EARLY_BODY
+) -> int:
+    """Declare a ``declared``-byte body (None: no Content-Length, as HTTP/2 allows), and keep
+    sending DATA after the server has answered, up to PUSH_AFTER_ANSWER bytes past the
+    answer or until the server stops the stream."""
+    extra = [("content-type", OCI_MANIFEST)]
+    if declared is not None:
+        extra.append(("content-length", str(declared)))
+    sid = peer.request(method, path, extra, end_stream=False)
     sent = after = 0
+    limit = declared if declared is not None else EARLY_BODY
     deadline = time.monotonic() + 20
     while after < PUSH_AFTER_ANSWER and not peer.closed and time.monotonic() < deadline:
         if peer.reset_code(sid) is not None:
             break
-        window = min(peer.conn.local_flow_control_window(sid), 16384, EARLY_BODY - sent)
+        window = min(peer.conn.local_flow_control_window(sid), 16384, limit - sent)
         if window > 0:
             try:
                 peer.conn.send_data(sid, b"x" * window)
@@ -155,6 +162,27 @@ def test_data_after_an_early_answer_closes_only_that_stream(
         assert json.loads(peer.body(sid))["errors"][0]["code"] == code
         assert peer.reset_code(sid) in (None, h2.errors.ErrorCodes.NO_ERROR)
         assert peer.get("/v2/")[0] == 200, "the connection stalls after the early answer"
+    assert_still_serving(target)
+
+
+def open_fds(target: Target) -> int:
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in target.pids)
+
+
+def test_connections_the_client_closed_release_their_sockets_at_once(target: Target) -> None:
+    """On main hypercorn's h2 protocol left the socket of a connection the client had closed
+    open (CLOSE-WAIT) until the 75 s keep-alive timer ended; an app that answered a body
+    without Content-Length early blocked on its own last send for good."""
+    baseline = open_fds(target)
+    for _ in range(5):
+        with target.peer() as peer:
+            sid = push_after_answer(peer, "PUT", "/v2/", declared=None)
+            assert peer.status(sid) == 405
+            assert peer.get("/v2/")[0] == 200
+    deadline = time.monotonic() + FD_RELEASE_WAIT_S
+    while open_fds(target) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds(target) <= baseline, "sockets of closed connections are still open"
     assert_still_serving(target)
 
 
@@ -388,3 +416,14 @@ def test_workers_killed_again_and_again_are_restarted(
         assert reg.proc.poll() is None
         assert reg.stop() == 0
     assert "keep crashing" not in reg.log()
+
+
+def test_h2c_and_http2_keys_follow_the_reference_in_yaml_and_env(tmp_path: Path) -> None:
+    assert not load_config(None, {})[0].http.h2c_enabled
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\nhttp:\n  h2c:\n    enabled: true\n  http2:\n    disabled: true\n")
+    http = load_config(str(config), {})[0].http
+    assert http.h2c_enabled and http.http2_disabled
+    env = {"REGISTRY_HTTP_H2C_ENABLED": "false", "REGISTRY_HTTP_HTTP2_DISABLED": "false"}
+    http = load_config(str(config), env)[0].http
+    assert not http.h2c_enabled and not http.http2_disabled

@@ -9,6 +9,10 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   ASCII is turned into a scope with ``str`` operations that raise;
 - PRIORITY frames for streams that never open grow its priority tree until the tree's limit
   raises;
+- when a response ends, it hands the app a disconnect message through the request's bounded
+  queue; if the app answered without reading a body that keeps coming (an early answer to a
+  request without Content-Length, which HTTP/2 allows), the queue is full, and the app's own
+  last send blocks forever: the app task and the connection (fd, CLOSE-WAIT) leak;
 - and h2 itself buffers a frame whole before it checks the frame's length against the limit,
   so one frame header claiming 16 MiB makes the connection hold up to 16 MiB.
 
@@ -19,6 +23,9 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   NO_ERROR so the client stops sending (RFC 9113 section 8.1);
 - resets with PROTOCOL_ERROR a request hypercorn cannot represent (see :func:`representable`);
 - ignores PRIORITY for streams that are not open;
+- once a response has ended, offers the disconnect without waiting (the app, done with the
+  request, may never read again);
+- closes the socket as soon as the peer has gone (hypercorn kept it for the keep-alive time);
 - closes the connection (GOAWAY FRAME_SIZE_ERROR) as soon as a frame header claims more than
   the frame size limit, before its payload is buffered;
 - answers a flood of client resets (the "rapid reset" attack: every stream opened has cost an
@@ -40,6 +47,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import suppress
 from typing import Any
 
 import h2.events
@@ -47,12 +55,14 @@ import h2.exceptions
 import h11
 import hypercorn.protocol
 import priority
+import trio
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
 from hypercorn.config import Config as HyperConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
 from ..errors import ErrorCode, RegistryError
 from . import conn
@@ -110,7 +120,14 @@ class RegistryH2Protocol(H2Protocol):
             await self.send(Closed())
 
     async def handle(self, event: Event) -> None:
+        first_close = isinstance(event, Closed) and not self.closed
         await super().handle(event)
+        if first_close:
+            # The peer went away (EOF): hypercorn's h2 protocol, unlike its h11 one, does not
+            # ask the server to close the socket, which then waits in CLOSE-WAIT for the
+            # keep-alive timer (75 s). Closing here re-enters handle(), as a second close.
+            await self.send(Closed())
+            return
         if isinstance(event, RawData) and not self.closed and self._oversized_frame_pending():
             self.connection.close_connection(error_code=ErrorCodes.FRAME_SIZE_ERROR)
             await self._flush()
@@ -154,6 +171,21 @@ class RegistryH2Protocol(H2Protocol):
         if isinstance(event, h2.events.StreamReset) and event.remote_reset:
             return not await self._count_reset()
         return True
+
+    async def _close_stream(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if not isinstance(stream, HTTPStream) or stream.state != ASGIHTTPState.CLOSED:
+            await super()._close_stream(stream_id)  # the app may still be reading: wait
+            return
+        # The response has ended, so the app needs nothing more of the request: offer the
+        # disconnect without waiting for room in its queue (see the module doc).
+        del self.streams[stream_id]
+        stream.closed = True
+        channel = getattr(getattr(stream, "app_put", None), "__self__", None)
+        if isinstance(channel, trio.MemorySendChannel):
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.send_nowait({"type": "http.disconnect"})
+        await self.has_data.set()
 
     def _drop_data(self, event: h2.events.DataReceived) -> None:
         """DATA for a stream whose answer is out: give the credit back, and once our side
@@ -248,7 +280,7 @@ def _peer(client: tuple[str, int] | None) -> str:
 def install() -> None:
     """Make hypercorn's connection wrapper build RegistryH2Protocol for HTTP/2; checks the
     hooks it relies on exist (a hypercorn release that moves them fails at start-up)."""
-    hooks = ("_handle_events", "_priority_updated", "initiate", "_flush")
+    hooks = ("_handle_events", "_priority_updated", "initiate", "_flush", "_close_stream")
     missing = [name for name in hooks if not hasattr(H2Protocol, name)]
     if not hasattr(FrameBuffer(server=True), "_data"):
         missing.append("h2.frame_buffer.FrameBuffer._data")
