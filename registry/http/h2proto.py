@@ -9,10 +9,11 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   ASCII is turned into a scope with ``str`` operations that raise;
 - PRIORITY frames for streams that never open grow its priority tree until the tree's limit
   raises;
-- when a response ends, it hands the app a disconnect message through the request's bounded
-  queue; if the app answered without reading a body that keeps coming (an early answer to a
-  request without Content-Length, which HTTP/2 allows), the queue is full, and the app's own
-  last send blocks forever: the app task and the connection (fd, CLOSE-WAIT) leak;
+- it hands body and, when a response ends, a disconnect message to the app through the
+  request's bounded queue, waiting for room; if the app answered without reading a body that
+  keeps coming (an early answer to a request without Content-Length, which HTTP/2 allows),
+  the queue stays full: the app's own last send, or the connection's reader, waits forever
+  (the connection stalls, its task and socket leak);
 - and h2 itself buffers a frame whole before it checks the frame's length against the limit,
   so one frame header claiming 16 MiB makes the connection hold up to 16 MiB.
 
@@ -23,8 +24,8 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   NO_ERROR so the client stops sending (RFC 9113 section 8.1);
 - resets with PROTOCOL_ERROR a request hypercorn cannot represent (see :func:`representable`);
 - ignores PRIORITY for streams that are not open;
-- once a response has ended, offers the disconnect without waiting (the app, done with the
-  request, may never read again);
+- once a response has ended, offers the disconnect without waiting, and stops the reader's
+  wait to hand that stream more body (the app, done with the request, may never read again);
 - closes the socket as soon as the peer has gone (hypercorn kept it for the keep-alive time);
 - closes the connection (GOAWAY FRAME_SIZE_ERROR) as soon as a frame header claims more than
   the frame size limit, before its payload is buffered;
@@ -61,6 +62,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
 from hypercorn.config import Config as HyperConfig
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Body
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
@@ -108,6 +110,11 @@ class RegistryH2Protocol(H2Protocol):
     _resets = 0  # client resets in the current window
     _reset_window_start = 0.0  # time.monotonic() at the start of that window
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # stream id -> the scope of the reader's wait for room in that stream's app queue
+        self._body_waits: dict[int, trio.CancelScope] = {}
+
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
     ) -> None:
@@ -152,8 +159,11 @@ class RegistryH2Protocol(H2Protocol):
 
     async def _screen(self, event: h2.events.Event) -> bool:
         """False when the event has been dealt with here and hypercorn must not see it."""
-        if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
-            self._drop_data(event)
+        if isinstance(event, h2.events.DataReceived):
+            if event.stream_id in self.streams:
+                await self._deliver_data(event)
+            else:
+                self._drop_data(event)
             return False
         if isinstance(event, h2.events.RequestReceived) and not representable(
             list(event.headers or [])
@@ -172,6 +182,19 @@ class RegistryH2Protocol(H2Protocol):
             return not await self._count_reset()
         return True
 
+    async def _deliver_data(self, event: h2.events.DataReceived) -> None:
+        """As hypercorn: the data to the stream, then its flow-control credit back; but the
+        wait for room in the app's queue ends when the stream's response does (an app that
+        answered without reading would never make room, and this wait blocks the reader)."""
+        stream_id = event.stream_id
+        with trio.CancelScope() as scope:
+            self._body_waits[stream_id] = scope
+            try:
+                await self.streams[stream_id].handle(Body(stream_id=stream_id, data=event.data))
+            finally:
+                self._body_waits.pop(stream_id, None)
+        self.connection.acknowledge_received_data(event.flow_controlled_length, stream_id)
+
     async def _close_stream(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if not isinstance(stream, HTTPStream) or stream.state != ASGIHTTPState.CLOSED:
@@ -181,6 +204,9 @@ class RegistryH2Protocol(H2Protocol):
         # disconnect without waiting for room in its queue (see the module doc).
         del self.streams[stream_id]
         stream.closed = True
+        waiting = self._body_waits.get(stream_id)
+        if waiting is not None:
+            waiting.cancel()  # the reader stops waiting to hand this stream more body
         channel = getattr(getattr(stream, "app_put", None), "__self__", None)
         if isinstance(channel, trio.MemorySendChannel):
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
