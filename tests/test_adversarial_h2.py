@@ -372,6 +372,11 @@ def test_http2_disabled_offers_only_http11_over_tls(tmp_path: Path) -> None:
         raw = socket.create_connection(("127.0.0.1", reg.port), timeout=10)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             assert sock.selected_alpn_protocol() == "http/1.1"
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # HTTP/2 by prior knowledge
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 505"), reply[:200]
 
 
 # --- the supervisor -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ connection task (and, under the trio worker, out of the accept loop: the worker 
   keeps coming (an early answer to a request without Content-Length, which HTTP/2 allows),
   the queue stays full: the app's own last send, or the connection's reader, waits forever
   (the connection stalls, its task and socket leak);
+- when the peer closes the connection, it leaves the socket open (CLOSE-WAIT) until the
+  keep-alive timer (75 s here) ends;
 - and h2 itself buffers a frame whole before it checks the frame's length against the limit,
   so one frame header claiming 16 MiB makes the connection hold up to 16 MiB.
 
@@ -40,7 +42,8 @@ preface ``PRI * HTTP/2.0`` and ``Upgrade: h2c``) only when ``http.h2c.enabled`` 
 reference's key, off by default). When off, ``Upgrade: h2c`` is ignored (RFC 9110 section
 7.8 lets a server do so; the request is answered over HTTP/1.1) and a preface gets one
 HTTP/1.1 505 with the JSON error envelope, then the connection closes. Over TLS, HTTP/2 is
-chosen by ALPN (``http.http2.disabled`` turns it off), and a preface is allowed there.
+chosen by ALPN (``http.http2.disabled`` turns it off), and a preface is allowed there unless
+HTTP/2 is off.
 """
 
 from __future__ import annotations
@@ -258,11 +261,12 @@ class H2cGate:
     _refused = False  # a prior-knowledge preface was answered with 505: make no stream
 
     async def _check_protocol(self, event: h11.Request) -> None:
-        if getattr(self.config, "h2c_enabled", False):
+        if getattr(self.config, "h2c_enabled", False) and not self.ssl:  # h2c is cleartext
             await super()._check_protocol(event)  # type: ignore[misc]
             return
         preface = event.method == b"PRI" and event.target == b"*"
-        if preface and self.ssl:  # h2 over TLS without ALPN: HTTP/2, not h2c
+        if preface and self.ssl and "h2" in self.config.alpn_protocols:
+            # HTTP/2 over TLS by prior knowledge (no ALPN): h2, not h2c
             await super()._check_protocol(event)  # type: ignore[misc]
         elif preface:
             await self._refuse_preface()
@@ -274,11 +278,11 @@ class H2cGate:
 
     async def _refuse_preface(self) -> None:
         self._refused = True
-        err = RegistryError(
-            ErrorCode.UNSUPPORTED,
-            "cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1, or HTTP/2 over TLS",
-            status=505,
+        why = (
+            "HTTP/2 is disabled here (http.http2.disabled); use HTTP/1.1" if self.ssl
+            else "cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1, or HTTP/2 over TLS"
         )
+        err = RegistryError(ErrorCode.UNSUPPORTED, why, status=505)
         resp = error_response(err, head=False)
         assert isinstance(resp.body, bytes)
         headers = [
