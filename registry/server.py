@@ -2,7 +2,8 @@
 
 One process per worker (``http.workers``; 0 = one per CPU, at most 2): the parent binds
 the listening socket once, forks the workers, forwards SIGTERM/SIGINT to them and restarts
-one that dies. Each worker builds its own driver and app, so nothing is shared but storage.
+one that dies (supervisor.py). Each worker builds its own driver and app, so nothing is
+shared but storage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from hypercorn.utils import wrap_app
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .drivers import make_driver
-from .http import conn, h11proto
+from .http import conn, connections, h2proto, h11proto, upgrades
 from .http.app import AppOptions, RegistryApp
 from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
@@ -36,6 +37,7 @@ from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
 from .storage.store import Storage
+from .supervisor import supervise
 
 log = logging.getLogger("registry")
 
@@ -142,7 +144,7 @@ def connection_limits(config: Config) -> conn.ConnLimits:
 
 
 def hypercorn_config(config: Config) -> HyperConfig:
-    hc = conn.ServerConfig(connection_limits(config))
+    hc = h2proto.ServerConfig(connection_limits(config))
     hc.bind = [bind_address(config.http.addr)]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
@@ -163,17 +165,24 @@ def hypercorn_config(config: Config) -> HyperConfig:
     if config.http.tls_certificate and config.http.tls_key:
         hc.certfile = config.http.tls_certificate
         hc.keyfile = config.http.tls_key
+    # HTTP/2: over TLS by ALPN unless http.http2.disabled; cleartext only with http.h2c.enabled
+    # (both the reference's keys). Hostile h2 traffic is screened by http/h2proto.py.
+    hc.alpn_protocols = ["http/1.1"] if config.http.http2_disabled else ["h2", "http/1.1"]
+    hc.h2c_enabled = config.http.h2c_enabled
     tune_hypercorn()
     return hc
 
 
 def tune_hypercorn() -> None:
     """Process-wide hypercorn settings that are not Config options: the socket read size
-    (a module constant, read at every read), the HTTP/1.1 protocol class (h11proto) and the
-    per-connection TCP server with its limits (conn)."""
+    (a module constant, read at every read), the HTTP/1.1 and HTTP/2 protocol classes
+    (h11proto, h2proto), the per-connection TCP server with its limits (conn) and the
+    per-connection guard (connections; installed last, so it wraps conn's server)."""
     hypercorn.trio.tcp_server.MAX_RECV = RECV_SIZE  # type: ignore[attr-defined]
     h11proto.install()
     conn.install()
+    h2proto.install()
+    connections.install()
 
 
 def worker_count(config: Config) -> int:
@@ -190,20 +199,29 @@ async def _shutdown_on_signal() -> None:
 
 async def serve_worker(
     config: Config, hc: HyperConfig, sockets: Any, debug_sockets: Any = None,
-    multiprocess_dir: str | None = None,
+    multiprocess_dir: str | None = None, *, ready: Callable[[], None] | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT; ``ready()`` is called once the app has started and the
+    listeners accept (the supervisor tells start-up failures from later crashes by it)."""
     app = build_app(config, multiprocess_dir=multiprocess_dir)
     ops = app.ops
-    async with trio.open_nursery() as nursery:
-        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
-            await nursery.start(partial(serve_debug, ops.debug_app(), debug_sockets))
+
+    async def serve(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await worker_serve(
-            wrap_app(ops.wrap(app), hc.wsgi_max_body_size, "asgi"),
+            wrap_app(upgrades.refuse_websockets(ops.wrap(app)), hc.wsgi_max_body_size, "asgi"),
             hc,
             sockets=sockets,
             shutdown_trigger=_shutdown_on_signal,
+            task_status=task_status,
         )
         nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
+            await nursery.start(partial(serve_debug, ops.debug_app(), debug_sockets))
+        await nursery.start(serve)
+        if ready is not None:
+            ready()
 
 
 def _check_startup(config: Config) -> None:
@@ -252,24 +270,28 @@ def run(config: Config) -> int:
     for host, port, *_ in bound:
         log.info("registry listening on %s://%s:%d (%d worker%s)", scheme, host, port, n, "s" * (n > 1))
     debug = _debug_sockets(config)
-    if n == 1:
-        trio.run(partial(serve_worker, config, hc, sockets, debug))
-        return 0
     multiprocess_dir = None
-    if config.http.debug_prometheus_enabled:
+    if config.http.debug_prometheus_enabled and n > 1:
         # Workers share one debug socket, so any of them may answer a scrape: they keep
         # their metrics in files here (prometheus-client's multiprocess mode, see debug.py).
         # prometheus_client reads this variable when a worker creates its metrics.
         multiprocess_dir = tempfile.mkdtemp(prefix="registry-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
     try:
-        return _supervise(
+        # Even one worker runs in a child: a worker that dies is restarted (supervisor.py).
+        return supervise(
             n, partial(serve_worker, config, hc, sockets, debug, multiprocess_dir),
             on_exit=partial(_worker_gone, multiprocess_dir),
+            on_stop=partial(_close_listeners, sockets),
         )
     finally:
         if multiprocess_dir:
             shutil.rmtree(multiprocess_dir, ignore_errors=True)
+
+
+def _close_listeners(sockets: Any) -> None:
+    for sock in sockets.secure_sockets + sockets.insecure_sockets:
+        sock.close()
 
 
 def _worker_gone(multiprocess_dir: str | None, pid: int) -> None:
@@ -277,68 +299,3 @@ def _worker_gone(multiprocess_dir: str | None, pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, multiprocess_dir)
-
-
-def _supervise(n: int, target: Any, on_exit: Any = None) -> int:
-    children: dict[int, int] = {}
-    stopping = False
-
-    def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            # Until trio installs its own receiver, a SIGTERM must end this worker, not run
-            # the parent's forwarding handler (which would ignore it and orphan the worker).
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                trio.run(target)
-            except BaseException:
-                log.exception("worker crashed")
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children[pid] = slot
-
-    def forward(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for first in range(n):
-        spawn(first)
-    last_restart = 0.0
-    failures = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        slot = children.pop(pid, -1)
-        if on_exit is not None and slot >= 0:
-            on_exit(pid)
-        if slot < 0 or stopping:
-            continue
-        log.error("worker %d exited with status %d; restarting", pid, status)
-        if time.monotonic() - last_restart < 5:
-            failures += 1
-            if failures > 5:  # workers die at start: give up instead of spinning
-                log.error("workers keep crashing; stopping")
-                forward(signal.SIGTERM, None)
-                continue
-            time.sleep(1)
-        else:
-            failures = 0
-        last_restart = time.monotonic()
-        spawn(slot)
-    return 0

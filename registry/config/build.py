@@ -140,6 +140,8 @@ def _build_http(root: Node) -> HttpConfig:
         bodytimeout=http.get_duration("bodytimeout", HttpConfig.bodytimeout, positive=True),
         minbodyrate=http.get_int("minbodyrate", HttpConfig.minbodyrate, minimum=0),
         maxconnections=http.get_int("maxconnections", 0, minimum=0),
+        h2c_enabled=http.section("h2c").get_bool("enabled", False),
+        http2_disabled=http.section("http2").get_bool("disabled", False),
     )
 
 

@@ -84,6 +84,8 @@ class HttpConfig:
     bodytimeout: float = 60.0  # seconds a request body may stall; also the rate window
     minbodyrate: int = 1024  # bytes/s averaged over bodytimeout; 0 = no minimum rate
     maxconnections: int = 0  # per worker process; 0 = derived from the open-file limit
+    h2c_enabled: bool = False  # http.h2c.enabled: cleartext HTTP/2 (prior knowledge, Upgrade)
+    http2_disabled: bool = False  # http.http2.disabled: offer only http/1.1 over TLS (ALPN)
 
 
 @dataclass(frozen=True)

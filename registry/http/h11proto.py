@@ -24,10 +24,12 @@ from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 
+from .h2proto import H2cGate
+
 MAX_PIECE = 256 * 1024  # joining stops once an ASGI message holds this many body bytes
 
 
-class RegistryH11Protocol(H11Protocol):
+class RegistryH11Protocol(H2cGate, H11Protocol):  # H2cGate: h2c only when configured
     _held: bytes | None = None  # a final response head waiting for its first body bytes
 
     async def _send_h11_event(self, event: Any) -> None:
