@@ -17,8 +17,8 @@ from oci import OCI_MANIFEST, push_image
 from test_auth_htpasswd import write_htpasswd
 
 from registry.config import ConfigError, load_config
-from registry.http.debug import Exchange
 from registry.notifications import EVENTS_MEDIA_TYPE, Endpoint, Notifier, parse_endpoints
+from registry.ops.exchange import EventKind, Exchange
 from registry.server import build_app
 
 
@@ -76,7 +76,7 @@ async def start_registry(nursery: trio.Nursery, env: dict[str, str]) -> str:
     config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory",
                                    "REGISTRY_STORAGE_DELETE_ENABLED": "true", **env})
     app = build_app(config)
-    return await start(nursery, app.ops.wrap(app))
+    return await start(nursery, app)
 
 
 def endpoint_env(url: str, **extra: str) -> dict[str, str]:
@@ -153,7 +153,8 @@ async def test_failed_deliveries_are_retried_in_order(nursery: trio.Nursery) -> 
 
 def exchange(n: int) -> Exchange:
     return Exchange(
-        method="DELETE", route="manifest", params={"name": "r", "reference": f"t{n}"},
+        method="DELETE", label="manifest", event=EventKind.MANIFEST,
+        params={"name": "r", "reference": f"t{n}"},
         path=f"/v2/r/manifests/t{n}", client="127.0.0.1", request_headers={}, status=202,
     )
 
