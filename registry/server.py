@@ -28,7 +28,7 @@ from hypercorn.utils import wrap_app
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .drivers import make_driver
-from .http import conn, connections, h2proto, h11proto, upgrades
+from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
 from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
@@ -133,14 +133,14 @@ def bind_address(addr: str) -> str:
     return f"{host}:{port or 5000}"
 
 
-def connection_limits(config: Config) -> conn.ConnLimits:
+def connection_limits(config: Config) -> deadlines.ConnLimits:
     """The http.headertimeout/bodytimeout/minbodyrate/maxconnections settings; a cap of 0
     becomes one derived from this process's open-file limit (cli.py raised it already)."""
     h = config.http
-    cap = h.maxconnections or conn.default_max_connections(
+    cap = h.maxconnections or deadlines.default_max_connections(
         resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     )
-    return conn.ConnLimits(h.headertimeout, h.bodytimeout, h.minbodyrate, cap)
+    return deadlines.ConnLimits(h.headertimeout, h.bodytimeout, h.minbodyrate, cap)
 
 
 def hypercorn_config(config: Config) -> HyperConfig:

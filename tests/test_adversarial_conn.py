@@ -32,7 +32,7 @@ from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
 
 from registry.config import Config, ConfigError, load_config
-from registry.http.conn import (
+from registry.http.deadlines import (
     BODY,
     HEAD,
     OTHER,

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import trio
 from oci import OCI_MANIFEST, descriptor, digest, error_codes, push_blob
-from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, issuer, repo
+from test_auth_token import ISSUER, SERVICE, Issuer, bearer, issuer, repo, token_registry
 
 from registry import safejson
-from registry.auth import build_authenticator
 from registry.auth.token import TokenError, TokenVerifier
-from registry.config import load_config
 from registry.storage.manifests import parse_references, sniff_media_type, summarize
 
-_ = issuer  # the fixture, used below
+_ = issuer, token_registry  # fixtures, used below
 
 DEPTHS = (safejson.MAX_DEPTH + 1, 1_000, 100_000)
 
@@ -149,23 +145,11 @@ async def test_deeply_nested_signed_claims_are_refused(issuer: Issuer) -> None:
         verifier_for(issuer).verify(issuer.token([repo("a", "pull")], now=NOW, x=deep))
 
 
-@pytest.fixture
-async def token_url(nursery: trio.Nursery, tmp_path: Path, issuer: Issuer) -> str:
-    from test_auth_htpasswd import serve_with_auth
-
-    config, _ = load_config(None, {
-        "REGISTRY_AUTH": "token", "REGISTRY_AUTH_TOKEN_REALM": REALM,
-        "REGISTRY_AUTH_TOKEN_SERVICE": SERVICE, "REGISTRY_AUTH_TOKEN_ISSUER": ISSUER,
-        "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(issuer.bundle),
-    })
-    return await serve_with_auth(nursery, tmp_path, build_authenticator(config))  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("depth", DEPTHS[:2])
 async def test_deeply_nested_bearer_token_is_401_before_authentication(
-    token_url: str, caplog: pytest.LogCaptureFixture, depth: int
+    token_registry: str, caplog: pytest.LogCaptureFixture, depth: int
 ) -> None:
-    async with httpx.AsyncClient(base_url=token_url) as c:
+    async with httpx.AsyncClient(base_url=token_registry) as c:
         with caplog.at_level(logging.ERROR):
             for token in (_unsigned(nested(depth), "{}"),
                           _unsigned('{"alg":"ES256","kid":"k"}', nested(depth))):

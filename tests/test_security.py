@@ -245,16 +245,10 @@ async def serve_with_timeouts(nursery: trio.Nursery, tmp_path: Path, seconds: fl
 
 async def closed_within(stream: trio.SocketStream, seconds: float) -> bytes:
     """Read until the server closes; fail if it takes longer than ``seconds``."""
-    got = b""
+    from test_adversarial_conn import until_closed
+
     with trio.fail_after(seconds):
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return got
-            if not data:
-                return got
-            got += data
+        return await until_closed(stream)
 
 
 async def test_half_a_header_block_is_dropped_after_the_timeout(

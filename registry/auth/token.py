@@ -30,6 +30,9 @@ Access needed per request: pull for GET/HEAD, pull and push for uploads and mani
 delete for DELETE, ``registry:catalog:*`` for the catalog, ``registry:admin:*`` for our
 administration endpoints (``/admin/gc``), nothing beyond a valid token for ``GET /v2/``. A cross-repository mount additionally needs pull on the source repository,
 else it falls back to a normal upload.
+
+Size: just past ~400 lines: JWS verification, key loading and the challenge are one
+scheme; the pure verifier (TokenVerifier) is tested apart from the HTTP side.
 """
 
 from __future__ import annotations

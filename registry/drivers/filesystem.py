@@ -16,13 +16,10 @@ partial file at the destination.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import stat as stat_mod
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,6 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from . import fsio
 from .base import (
     AlreadyExists,
     FileInfo,
@@ -38,7 +36,7 @@ from .base import (
     PathNotFound,
     check_path,
 )
-from .oserrors import copy_move, driver_error, make_dirs, os_errors, remove_made_dirs
+from .oserrors import driver_error, os_errors
 
 T = TypeVar("T")
 
@@ -82,7 +80,7 @@ class FilesystemDriver:
         try:
             data = self._read_small_nowait(full) if self._nowait else None
             if data is None:
-                data = await self._run(_read_file, full)
+                data = await self._run(fsio.read_file, full)
             else:
                 await trio.lowlevel.checkpoint()
             return data
@@ -94,7 +92,7 @@ class FilesystemDriver:
     async def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
         with os_errors(path):
-            await self._run(_atomic_write, full, content, durable)
+            await self._run(fsio.atomic_write, full, content, durable)
 
     async def create_exclusive(self, path: str, content: bytes) -> None:
         """A temp file hard-linked to the name: link(2) fails if the name exists (also
@@ -107,14 +105,14 @@ class FilesystemDriver:
         try:
             for attempt in range(CREATE_ATTEMPTS):
                 try:
-                    await self._run(_create_exclusive, full, content)
+                    await self._run(fsio.create_exclusive, full, content)
                     return
                 except FileNotFoundError:  # the directory was removed as we created in it
                     if attempt == CREATE_ATTEMPTS - 1:
                         raise PathNotFound(path) from None
         except FileExistsError:
             try:
-                if await self._run(_read_file, full) == content:
+                if await self._run(fsio.read_file, full) == content:
                     return  # the contract's retry of our own create
             except FileNotFoundError:
                 pass
@@ -204,7 +202,7 @@ class FilesystemDriver:
     async def writer(self, path: str, append: bool = False) -> AsyncIterator[FileWriter]:
         full = self._full(path)
         with os_errors(path):
-            fd, size = await self._run(_open_writer, full, append)
+            fd, size = await self._run(fsio.open_writer, full, append)
         w = FileWriter(fd, path, full, size, self._run)
         try:
             yield w
@@ -228,7 +226,7 @@ class FilesystemDriver:
     async def list(self, path: str) -> list[str]:
         full = self._full(path) if path != "/" else self.root
         try:
-            names = await self._run(_list_dir, full)
+            names = await self._run(fsio.list_dir, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         except OSError as exc:
@@ -239,7 +237,7 @@ class FilesystemDriver:
     async def move(self, src: str, dst: str) -> None:
         fsrc, fdst = self._full(src), self._full(dst)
         try:
-            await self._run(_move, fsrc, fdst)
+            await self._run(fsio.move, fsrc, fdst)
         except FileNotFoundError:
             raise PathNotFound(src) from None
         except OSError as exc:
@@ -248,7 +246,7 @@ class FilesystemDriver:
     async def delete(self, path: str) -> None:
         full = self._full(path)
         try:
-            await self._run(_delete, full)
+            await self._run(fsio.delete, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         except OSError as exc:
@@ -257,7 +255,7 @@ class FilesystemDriver:
     async def walk(self, path: str) -> AsyncIterator[FileInfo]:
         full = self._full(path) if path != "/" else self.root
         try:
-            entries = await self._run(_scan, full)
+            entries = await self._run(fsio.scan, full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         except OSError as exc:
@@ -274,7 +272,7 @@ class FilesystemDriver:
                 yield FileInfo(child, size, mtime, False)
                 continue
             try:
-                sub = await self._run(_scan, self.root + child)
+                sub = await self._run(fsio.scan, self.root + child)
             except FileNotFoundError:
                 continue  # removed while we walked
             except OSError as exc:
@@ -335,7 +333,7 @@ class FileWriter:
         fd = self._fd
         start = self._size
         with os_errors(self._path):
-            await self._run(_append, fd, data, start)
+            await self._run(fsio.append, fd, data, start)
         self._size += len(data)
 
     async def commit(self) -> None:
@@ -361,176 +359,3 @@ class FileWriter:
             fd, self._fd = self._fd, None
             with os_errors(self._path):  # NFS may report a deferred write error here
                 os.close(fd)
-
-
-# --- blocking helpers, run in worker threads -------------------------------------------
-
-
-def _read_file(full: str) -> bytes:
-    with open(full, "rb") as f:
-        return f.read()
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(full: str, content: bytes, durable: bool = True) -> None:
-    d = os.path.dirname(full)
-    made = make_dirs(d)
-    tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        try:
-            fd = os.open(tmp, flags, 0o644)
-        except FileNotFoundError:
-            # A concurrent write that failed removed the directory it made, just after we
-            # found it there (remove_made_dirs): make it again, once.
-            made += make_dirs(d)
-            fd = os.open(tmp, flags, 0o644)
-        try:
-            _write_all(fd, content)
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, full)
-    except BaseException:
-        remove_made_dirs(made)
-        raise
-
-
-def _create_exclusive(full: str, content: bytes) -> None:
-    d = os.path.dirname(full)
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{d}/.tmp-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        try:
-            _write_all(fd, content)
-        finally:
-            os.close(fd)
-        os.link(tmp, full)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:  # removed with its directory meanwhile
-            pass
-
-
-WRITEBACK_EVERY = 16 * 1024 * 1024  # start disk writeback early so commit's fsync is short
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        fn.restype = ctypes.c_int
-        return fn  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def _write_all(fd: int, data: bytes, start: int = -1) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    end = start + len(data)
-    if start >= 0 and _sync_file_range is not None and end // WRITEBACK_EVERY != start // WRITEBACK_EVERY:
-        # Kick off writeback of the window behind us without waiting for it (Linux
-        # sync_file_range(SYNC_FILE_RANGE_WRITE)), so the fsync at commit has little left
-        # to flush and a large push does not end with seconds of disk wait. The pages stay
-        # cached, so a pull right after the push is served from memory.
-        upto = (end // WRITEBACK_EVERY) * WRITEBACK_EVERY
-        _sync_file_range(fd, upto - WRITEBACK_EVERY, WRITEBACK_EVERY, _SYNC_FILE_RANGE_WRITE)
-
-
-def _append(fd: int, data: bytes, start: int) -> None:
-    """Append ``data`` to a file of ``start`` bytes, or leave it at ``start`` bytes: a write
-    that fails part-way (ENOSPC) is cut back, so the upload stays at the size its client
-    was last told and the same chunk can be sent again once there is space."""
-    try:
-        _write_all(fd, data, start)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-        raise
-
-
-def _open_writer(full: str, append: bool) -> tuple[int, int]:
-    """(fd, size) of the file opened for appending (truncated unless ``append``)."""
-    made = make_dirs(os.path.dirname(full))
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    try:
-        fd = os.open(full, flags, 0o644)
-    except BaseException:
-        remove_made_dirs(made)
-        raise
-    return fd, os.fstat(fd).st_size
-
-
-def _list_dir(full: str) -> list[str]:
-    with os.scandir(full) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".tmp-"))
-
-
-def _scan(full: str) -> list[tuple[str, bool, int, float]]:
-    out = []
-    with os.scandir(full) as it:
-        for e in it:
-            if e.name.startswith(".tmp-"):
-                continue
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            is_dir = e.is_dir(follow_symlinks=False)
-            out.append((e.name, is_dir, 0 if is_dir else st.st_size, st.st_mtime))
-    # A directory's files all start with "name/": sorting it as that makes the depth-first
-    # walk yield full paths in sorted order ("a-x" before "a/1"), as S3 lists keys.
-    out.sort(key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
-    return out
-
-
-def _move(fsrc: str, fdst: str) -> None:
-    if not os.path.exists(fsrc):
-        raise FileNotFoundError(fsrc)
-    made = make_dirs(os.path.dirname(fdst))
-    try:
-        try:
-            os.replace(fsrc, fdst)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            copy_move(fsrc, fdst)
-        _fsync_dir(os.path.dirname(fdst))
-    except BaseException:
-        remove_made_dirs(made)  # only empty ones: a moved file keeps its directory
-        raise
-
-
-def _delete(full: str) -> None:
-    if os.path.isdir(full) and not os.path.islink(full):
-        shutil.rmtree(full)
-    else:
-        os.unlink(full)

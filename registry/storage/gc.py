@@ -26,6 +26,9 @@ documents.
 The pure parts (:func:`select_kept`, :func:`plan_restore`, and
 ``manifests.parse_references``) do no I/O and are tested with tables. Digests are handled as canonical strings
 (``"sha256:<hex>"``) inside the engine.
+
+Size: past ~400 lines on purpose: the collector is one state machine (scan, mark, plan,
+sweep) whose steps share its marks and caches; everything around it lives apart.
 """
 
 from __future__ import annotations

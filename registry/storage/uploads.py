@@ -26,6 +26,10 @@ under a digest they do not have would poison every repository, blobs being globa
 Cancellation: a client that disconnects mid-append leaves the session at a consistent size
 (the bytes the driver persisted) and nothing visible; ``finish`` runs its publishing steps
 (move, link, cleanup) shielded, so a blob is either fully published or not at all.
+
+Size: one module past ~400 lines on purpose: it is the one upload state machine (start,
+append, finish, cancel and their races); the lease and the hash state format live apart
+(upload_lease.py, sha256state.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Contracts:
   request in between just raises ``Unavailable``.
 - R2 rejects ACL, SSE, ``x-amz-checksum-*`` and aws-chunked headers and
   ``Expect: 100-continue``: nothing here sends them (httpx never sends ``Expect``).
+
+Size: past ~400 lines on purpose: signing, deadlines and retries of one request are one
+loop (S3Client.request) that must be read whole; the S3 operations live in api.py.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ context, at most ``parallel`` at a time (a CapacityLimiter taken by ``write``: a
 window makes ``write`` wait), and at most ``shared_slots`` across all writers of a driver.
 Memory per writer is bounded by about ``part_size * (parallel + 2)``, and per process by
 ``part_size * (writers + shared slots)``.
+
+Size: past ~400 lines on purpose: the writer is one state machine (parts in flight, the
+carried tail, the persisted state) whose invariants must be read together.
 """
 
 from __future__ import annotations
