@@ -48,6 +48,8 @@ import httpx
 import trio
 
 from .config import ConfigError, duration_setting
+from .http.routes import BLOB, MANIFEST
+from .ops.exchange import UPLOAD_EVENTS, EventKind, Exchange
 
 log = logging.getLogger("registry.notifications")
 
@@ -137,17 +139,19 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
-def event_for(ex: Any, source: dict[str, str], base_url: str) -> dict[str, Any] | None:
-    """The reference's event for a finished exchange (registry.http.debug.Exchange), or None
-    when the exchange is not one the reference notifies about."""
-    route, method, status = ex.route, ex.method, ex.status
+def event_for(ex: Exchange, source: dict[str, str], base_url: str) -> dict[str, Any] | None:
+    """The reference's event for a finished exchange, or None when the exchange is not one
+    the reference notifies about. Which exchanges those are follows from the event kind the
+    route table gives the route (``ex.event``); target URLs are the table's MANIFEST and
+    BLOB paths."""
+    kind, method, status = ex.event, ex.method, ex.status
     name = ex.params.get("name")
-    if name is None:
+    if name is None or kind is None:
         return None
     headers = ex.response_headers
     target: dict[str, Any] = {"repository": name}
     action = None
-    if route == "manifest":
+    if kind is EventKind.MANIFEST:
         ref = ex.params.get("reference", "")
         digest = headers.get("docker-content-digest") or (ref if ":" in ref else None)
         if method == "PUT" and status == 201:
@@ -164,10 +168,10 @@ def event_for(ex: Any, source: dict[str, str], base_url: str) -> dict[str, Any] 
             return None
         if digest:
             target["digest"] = digest
-            target["url"] = f"{base_url}/v2/{name}/manifests/{digest}"
+            target["url"] = base_url + MANIFEST.path(name=name, reference=digest)
         if ":" not in ref:
             target["tag"] = ref
-    elif route == "blob":
+    elif kind is EventKind.BLOB:
         digest = ex.params.get("digest", "")
         if method == "GET" and status in (200, 206):
             action = "pull"
@@ -176,15 +180,16 @@ def event_for(ex: Any, source: dict[str, str], base_url: str) -> dict[str, Any] 
             action, size = "delete", 0
         else:
             return None
-        target.update(digest=digest, mediaType=BLOB_MEDIA_TYPE, url=f"{base_url}/v2/{name}/blobs/{digest}")
+        target.update(digest=digest, mediaType=BLOB_MEDIA_TYPE,
+                      url=base_url + BLOB.path(name=name, digest=digest))
         if action == "pull":
             target["size"] = target["length"] = size
-    elif route in ("uploads", "upload") and status == 201:
+    elif kind in UPLOAD_EVENTS and status == 201:
         digest = headers.get("docker-content-digest", "")
         action = "push"
         target.update(digest=digest, mediaType=BLOB_MEDIA_TYPE,
-                      url=f"{base_url}/v2/{name}/blobs/{digest}")
-        if route == "uploads" and "mount=" in ex.query:
+                      url=base_url + BLOB.path(name=name, digest=digest))
+        if kind is EventKind.UPLOAD_START and "mount" in ex.query:
             action = "mount"
             target["fromRepository"] = ex.query_param("from") or ""
     else:
@@ -234,7 +239,7 @@ class Notifier:
             self.sinks.append(_Sink(ep, send, receive))
         self.source = {"addr": self.source_addr, "instanceID": self.instance_id}
 
-    def observe(self, ex: Any) -> None:
+    def observe(self, ex: Exchange) -> None:
         """An exchange listener: enqueue its event on every endpoint that wants it."""
         if not self.sinks:
             return

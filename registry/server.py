@@ -30,9 +30,11 @@ from .config import Config, ConfigError
 from .drivers import make_driver
 from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
 from .http.app import AppOptions, RegistryApp
-from .http.debug import REQUEST_USER, build_operations, serve_debug
 from .http.ratelimit import RateLimiter, build_ratelimiter
+from .http.request import Request
 from .notifications import build_notifier
+from .ops import build_operations, parse_health
+from .ops.debug import serve_debug
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
@@ -50,9 +52,10 @@ RECV_SIZE = 128 * 1024
 
 
 def build_app(config: Config, *, multiprocess_dir: str | None = None) -> RegistryApp:
-    """The app for ``config``; ``app.ops`` holds its metrics, health check and listeners
-    (see http/debug.py). Raises ConfigError for unusable auth/policy/health/notification
-    settings (run() checks them before forking)."""
+    """The app for ``config``, built in one step from everything it uses; ``app.ops`` holds
+    its metrics, health check and exchange listeners (``registry/ops/``). Raises ConfigError
+    for unusable auth/policy/health/notification settings (run() checks them before
+    forking)."""
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
     notifier = build_notifier(config)
@@ -95,15 +98,13 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
             storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
             dry_run=purging.dryrun,
         ).start)
-    app = RegistryApp(
+    return RegistryApp(
         storage, options, background=background,
         authenticate=_gate(build_ratelimiter(config.raw), authenticate),
+        can_pull=authenticate.can_pull if authenticate is not None else None,
+        gc=collector,  # POST /admin/gc (http/admin.py)
+        ops=ops,  # serve_worker serves its debug app beside the API
     )
-    if authenticate is not None:
-        app.can_pull = authenticate.can_pull
-    app.ops = ops  # serve_worker wraps and serves it
-    app.gc = collector  # POST /admin/gc (http/admin.py)
-    return app
 
 
 async def _start(serve: Any, nursery: trio.Nursery) -> None:
@@ -112,16 +113,15 @@ async def _start(serve: Any, nursery: trio.Nursery) -> None:
 
 def _gate(limiter: RateLimiter | None, authenticate: Authenticator | None) -> Any:
     """The app's pre-dispatch hook: rate limit first (cheap; slows password guessing before
-    bcrypt runs), then authentication, whose user the metrics/notifications observer reads."""
+    bcrypt runs), then authentication (which sets ``req.user``)."""
     if limiter is None and authenticate is None:
         return None
 
-    async def gate(req: Any, route: str, params: dict[str, str]) -> None:
+    async def gate(req: Request) -> None:
         if limiter is not None:
             limiter.check(req)
         if authenticate is not None:
-            await authenticate(req, route, params)
-            REQUEST_USER.set(req.user)
+            await authenticate(req)
 
     return gate
 
@@ -204,11 +204,10 @@ async def serve_worker(
     """Serve until SIGTERM/SIGINT; ``ready()`` is called once the app has started and the
     listeners accept (the supervisor tells start-up failures from later crashes by it)."""
     app = build_app(config, multiprocess_dir=multiprocess_dir)
-    ops = app.ops
 
     async def serve(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await worker_serve(
-            wrap_app(upgrades.refuse_websockets(ops.wrap(app)), hc.wsgi_max_body_size, "asgi"),
+            wrap_app(upgrades.refuse_websockets(app), hc.wsgi_max_body_size, "asgi"),
             hc,
             sockets=sockets,
             shutdown_trigger=_shutdown_on_signal,
@@ -218,7 +217,7 @@ async def serve_worker(
 
     async with trio.open_nursery() as nursery:
         if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
-            await nursery.start(partial(serve_debug, ops.debug_app(), debug_sockets))
+            await nursery.start(partial(serve_debug, app.ops.debug_app(), debug_sockets))
         await nursery.start(serve)
         if ready is not None:
             ready()
@@ -236,8 +235,6 @@ def _check_startup(config: Config) -> None:
     build_authenticator(config)
     build_ratelimiter(config.raw)
     build_notifier(config)
-    from .http.debug import parse_health
-
     parse_health(config.health)
 
 
@@ -273,7 +270,7 @@ def run(config: Config) -> int:
     multiprocess_dir = None
     if config.http.debug_prometheus_enabled and n > 1:
         # Workers share one debug socket, so any of them may answer a scrape: they keep
-        # their metrics in files here (prometheus-client's multiprocess mode, see debug.py).
+        # their metrics in files here (prometheus-client's multiprocess mode, see ops/metrics.py).
         # prometheus_client reads this variable when a worker creates its metrics.
         multiprocess_dir = tempfile.mkdtemp(prefix="registry-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir

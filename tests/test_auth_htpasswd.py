@@ -44,8 +44,8 @@ def write_htpasswd(path: Path, users: dict[str, str], cost: int = FAST_COST) -> 
 
 async def serve_with_auth(nursery: trio.Nursery, tmp_path: Path, auth: Authenticator) -> str:
     """The app with ``auth`` wired in as the server wires it (authenticate and can_pull)."""
-    url, app = await start_app(nursery, str(tmp_path / "storage"), authenticate=auth)
-    app.can_pull = auth.can_pull
+    url, _ = await start_app(nursery, str(tmp_path / "storage"), authenticate=auth,
+                             can_pull=auth.can_pull)
     return url
 
 

@@ -20,11 +20,17 @@ from registry.auth.policy import (
     Grant,
     Policy,
     PolicyError,
-    action_for,
     decide,
     parse_policy,
 )
 from registry.config import ConfigError, load_config
+from registry.http.routes import ROUTES
+
+
+def action_for(route: str, method: str) -> str | None:
+    """The access action the route table gives the route labelled ``route`` for ``method``."""
+    return {r.label: r for r in ROUTES}[route].access[method]
+
 
 ALL = frozenset({"pull", "push", "delete"})
 PUBLIC = parse_policy({

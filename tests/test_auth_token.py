@@ -39,6 +39,7 @@ from registry.auth.token import (
     needed_access,
 )
 from registry.config import ConfigError, load_config
+from registry.http.routes import ROUTES
 
 try:  # tests/ is a plain directory on sys.path, or a package
     from tests import e2e_support as e2e
@@ -293,7 +294,8 @@ def test_any_token_shape_is_token_error_or_claims(token: str) -> None:
     ],
 )
 def test_needed_access(route: str, method: str, name: str | None, needed: list) -> None:
-    assert needed_access(route, method, name) == needed
+    action = {r.label: r for r in ROUTES}[route].access[method]  # the route table's
+    assert needed_access(action, name) == needed
 
 
 def test_missing_settings_are_config_errors(tmp_path: Path) -> None:

@@ -17,16 +17,13 @@ from oci import push_image
 
 from registry.config import ConfigError, load_config
 from registry.drivers.base import PathNotFound, Unavailable
+from registry.drivers.instrumented import InstrumentedDriver
 from registry.drivers.memory import MemoryDriver
 from registry.http.app import AppOptions, RegistryApp
-from registry.http.debug import (
-    DebugApp,
-    HealthChecker,
-    InstrumentedDriver,
-    Metrics,
-    Observed,
-    parse_health,
-)
+from registry.ops import Operations
+from registry.ops.debug import DebugApp
+from registry.ops.health import HealthChecker, parse_health
+from registry.ops.metrics import Metrics
 from registry.storage.store import Storage
 
 try:  # tests/ is a plain directory on sys.path, or a package
@@ -121,8 +118,8 @@ async def test_metrics_count_requests_bytes_uploads_and_storage_calls(
 ) -> None:
     metrics = Metrics()
     driver = InstrumentedDriver(MemoryDriver(), metrics)
-    app = RegistryApp(Storage(driver), AppOptions(access_log=False))
-    url = await serve_asgi(nursery, Observed(app, metrics))
+    app = RegistryApp(Storage(driver), AppOptions(access_log=False), ops=Operations(metrics))
+    url = await serve_asgi(nursery, app)
     debug_url = await serve_asgi(nursery, DebugApp(None, metrics))
     async with httpx.AsyncClient(base_url=url) as c:
         for _ in range(3):
@@ -172,8 +169,9 @@ async def test_storage_errors_are_counted_but_not_found_is_not(nursery: trio.Nur
 
 async def test_in_flight_gauges_while_an_upload_streams(nursery: trio.Nursery) -> None:
     metrics = Metrics()
-    app = RegistryApp(Storage(MemoryDriver()), AppOptions(access_log=False))
-    url = await serve_asgi(nursery, Observed(app, metrics))
+    app = RegistryApp(Storage(MemoryDriver()), AppOptions(access_log=False),
+                      ops=Operations(metrics))
+    url = await serve_asgi(nursery, app)
     send, receive = trio.open_memory_channel[bytes](0)
 
     async def body() -> Any:

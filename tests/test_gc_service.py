@@ -11,19 +11,20 @@ import pytest
 import trio
 
 from registry.config import load_config
+from registry.drivers.filesystem import FilesystemDriver
 from registry.drivers.memory import MemoryDriver
 from registry.errors import ErrorCode, RegistryError
-from registry.http.app import AppOptions
+from registry.http.app import AppOptions, RegistryApp
 from registry.storage import paths
 from registry.storage.gc_service import BUSY_RETRY, FIRST_RUN_JITTER, OnlineGC, open_gc_lock
 from registry.storage.store import Storage
 
 try:
     from tests import gc_support as s
-    from tests.conftest import start_app
+    from tests.conftest import serve_asgi
 except ImportError:
     import gc_support as s  # type: ignore[no-redef]
-    from conftest import start_app  # type: ignore[no-redef]
+    from conftest import serve_asgi  # type: ignore[no-redef]
 
 INTERVAL = 24 * 3600.0
 
@@ -128,14 +129,14 @@ async def test_busy_lock_is_retried_later(autojump_clock):
 async def admin_app(nursery: trio.Nursery, root: str, **kw: Any) -> tuple[str, Any]:
     seen: list[str] = []
 
-    async def authenticate(req: Any, route: str, params: dict[str, str]) -> None:
-        seen.append(route)
+    async def authenticate(req: Any) -> None:
+        seen.append(req.route.label)
         if req.headers.get("authorization") != "Bearer admin":
             raise RegistryError(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
-    url, app = await start_app(nursery, root, kw.pop("options", None), authenticate=authenticate)
-    app.gc = OnlineGC(
-        app.storage.driver,
+    storage = Storage(FilesystemDriver(root))
+    gc = OnlineGC(
+        storage.driver,
         scheduled=False,
         interval=INTERVAL,
         grace_period=0.0,
@@ -143,7 +144,10 @@ async def admin_app(nursery: trio.Nursery, root: str, **kw: Any) -> tuple[str, A
         settle=0.05,
         lock_confirm=0.0,
     )
-    nursery.start_soon(app.gc.serve)
+    options = kw.pop("options", None) or AppOptions(delete_enabled=True)
+    app = RegistryApp(storage, options, authenticate=authenticate, gc=gc)
+    url = await serve_asgi(nursery, app)
+    nursery.start_soon(gc.serve)
     app.seen = seen
     return url, app
 

@@ -17,8 +17,8 @@ from oci import OCI_MANIFEST, push_image
 from test_auth_htpasswd import write_htpasswd
 
 from registry.config import ConfigError, load_config
-from registry.http.debug import Exchange
 from registry.notifications import EVENTS_MEDIA_TYPE, Endpoint, Notifier, parse_endpoints
+from registry.ops.exchange import EventKind, Exchange
 from registry.server import build_app
 
 
@@ -76,7 +76,7 @@ async def start_registry(nursery: trio.Nursery, env: dict[str, str]) -> str:
     config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory",
                                    "REGISTRY_STORAGE_DELETE_ENABLED": "true", **env})
     app = build_app(config)
-    return await start(nursery, app.ops.wrap(app))
+    return await start(nursery, app)
 
 
 def endpoint_env(url: str, **extra: str) -> dict[str, str]:
@@ -137,6 +137,45 @@ async def test_push_pull_delete_events_in_the_reference_envelope(
     assert len({e["id"] for e in events}) == 6
 
 
+async def test_events_see_headers_decoded_once_as_the_app_does(nursery: trio.Nursery) -> None:
+    """The app decodes a request once; events read that decoding (a repeated header joined
+    with ", ", RFC 9110 5.3), not a second one of their own that kept only the last."""
+    receiver = Receiver()
+    rurl = await start(nursery, receiver)
+    url = await start_registry(nursery, endpoint_env(rurl))
+    async with httpx.AsyncClient(base_url=url) as c:
+        digest, _ = await push_image(c, "a", "v1", layers=())
+        r = await c.get("/v2/a/manifests/v1",
+                        headers=[("User-Agent", "docker/27"), ("User-Agent", "go/1.22")])
+        assert r.status_code == 200
+    events = await receiver.wait_for(3)  # config blob push, manifest push, manifest pull
+    pull = events[-1]
+    assert pull["action"] == "pull" and pull["target"]["digest"] == digest
+    assert pull["request"]["useragent"] == "docker/27, go/1.22"
+
+
+async def test_the_app_leaves_the_asgi_scope_alone(nursery: trio.Nursery) -> None:
+    """The matched route and the user travel on the request and the exchange record, not in
+    the server's scope (observed and authenticated requests alike)."""
+    config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory",
+                                   **endpoint_env("http://127.0.0.1:9/unused")})
+    app = build_app(config)
+    changed: list[set[str]] = []
+
+    async def spy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        before = dict(scope)
+        await app(scope, receive, send)
+        if scope["type"] == "http" and scope != before:
+            changed.append(set(scope) ^ set(before))
+
+    url = await start(nursery, spy)
+    async with httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/v2/")).status_code == 200
+        assert (await c.get("/v2/a/manifests/v1")).status_code == 404
+        assert (await c.post("/v2/a/blobs/nope")).status_code == 405
+    assert changed == []
+
+
 async def test_failed_deliveries_are_retried_in_order(nursery: trio.Nursery) -> None:
     receiver = Receiver(fail=3)
     rurl = await start(nursery, receiver)
@@ -153,7 +192,8 @@ async def test_failed_deliveries_are_retried_in_order(nursery: trio.Nursery) -> 
 
 def exchange(n: int) -> Exchange:
     return Exchange(
-        method="DELETE", route="manifest", params={"name": "r", "reference": f"t{n}"},
+        method="DELETE", label="manifest", event=EventKind.MANIFEST,
+        params={"name": "r", "reference": f"t{n}"},
         path=f"/v2/r/manifests/t{n}", client="127.0.0.1", request_headers={}, status=202,
     )
 

@@ -102,7 +102,7 @@ def test_range_unsatisfiable(header, size):
 def test_router_matches_from_the_right(path, method, route, params, ok):
     m = router.match(path, method)
     assert m is not None
-    assert (m.route, m.params, m.method_ok) == (route, params, ok)
+    assert (m.route.label, m.params, m.method_ok) == (route, params, ok)
 
 
 @pytest.mark.parametrize("path", ["/v1/", "/v2/x", "/", "/v2/a/unknown/x"])

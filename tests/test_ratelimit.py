@@ -88,7 +88,7 @@ def test_client_key_behind_trusted_proxies(peer: str, xff: str | None, key: str)
 async def serve_config(nursery: trio.Nursery, env: dict[str, str]) -> str:
     config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory", **env})
     app = build_app(config)
-    return await serve_asgi(nursery, app.ops.wrap(app))
+    return await serve_asgi(nursery, app)
 
 
 async def test_429_with_retry_after_then_allowed_again(nursery: trio.Nursery) -> None:

@@ -56,8 +56,8 @@ async def secured(nursery: trio.Nursery, tmp_path: Path) -> dict[str, Any]:
     write_htpasswd(path, {"alice": PASSWORD})
     auth = HtpasswdAuth(REALM, HtpasswdFile(str(path)), REFERENCE_POLICY)
     root = str(tmp_path / "storage")
-    url, app = await start_app(nursery, root, AppOptions(delete_enabled=True), authenticate=auth)
-    app.can_pull = auth.can_pull  # type: ignore[attr-defined]
+    url, _ = await start_app(nursery, root, AppOptions(delete_enabled=True), authenticate=auth,
+                             can_pull=auth.can_pull)
     async with httpx.AsyncClient(base_url=url, auth=("alice", PASSWORD)) as c:
         mdigest, _ = await push_image(c, "private/app", "v1")
         layer = await push_blob(c, "private/app", b"secret layer")

@@ -1,9 +1,10 @@
 """Authentication and access control: builds the app's ``authenticate`` hook from Config.
 
 :func:`build_authenticator` returns None when auth is off, else an :class:`Authenticator`:
-an async callable ``(req, route, params)`` that RegistryApp calls before anything else in
-dispatch (so before name validation: even an invalid name answers 401 to a stranger). It
-sets ``req.user`` or raises RegistryError UNAUTHORIZED (401 + ``WWW-Authenticate``) or
+an async callable ``(req)`` that RegistryApp calls before anything else in dispatch (so
+before name validation: even an invalid name answers 401 to a stranger). It reads the
+matched route's access action (``req.access``, from the route table) and the repository
+(``req.params["name"]``), and sets ``req.user`` or raises RegistryError UNAUTHORIZED (401 + ``WWW-Authenticate``) or
 DENIED (403). ``can_pull(req, repo)`` answers the cross-repository mount question.
 
 Schemes (``auth.<scheme>`` as the reference):
@@ -27,10 +28,10 @@ from ..config import Config, ConfigError
 from ..errors import ErrorCode, RegistryError
 from .challenge import quote_param, unauthorized
 from .htpasswd import BasicVerifier, HtpasswdError, HtpasswdFile
-from .policy import Policy, PolicyError, action_for, decide, parse_policy
+from .policy import PULL, Policy, PolicyError, decide, parse_policy
 
 if TYPE_CHECKING:
-    from ..http.app import Request
+    from ..http.request import Request
 
 log = logging.getLogger("registry.auth")
 
@@ -38,7 +39,7 @@ DEFAULT_REALM = "Registry Realm"
 
 
 class Authenticator(Protocol):
-    async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None: ...
+    async def __call__(self, req: Request) -> None: ...
 
     async def can_pull(self, req: Request, repo: str) -> bool: ...
 
@@ -52,7 +53,7 @@ class HtpasswdAuth:
         self.policy = policy
         self.challenge = f"Basic realm={quote_param(realm)}"
 
-    async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
+    async def __call__(self, req: Request) -> None:
         header = req.headers.get("authorization")
         user: str | None = None
         if header is not None:  # credentials that are sent must be right, even for pulls
@@ -60,18 +61,18 @@ class HtpasswdAuth:
             if user is None:
                 log.info("authentication failed for a request from %s", req.client)
                 raise unauthorized(self.challenge, "invalid credentials")
-        action = action_for(route, req.method)
+        action = req.access
         if action is None:  # GET /v2/: anyone with credentials, nobody without
             if user is None:
                 raise unauthorized(self.challenge)
-        elif not decide(user, action, params.get("name"), self.policy):
+        elif not decide(user, action, req.params.get("name"), self.policy):
             if user is None:
                 raise unauthorized(self.challenge)
             raise RegistryError(ErrorCode.DENIED, f"{action} access denied")
         req.user = user
 
     async def can_pull(self, req: Request, repo: str) -> bool:
-        return decide(req.user, "pull", repo, self.policy)
+        return decide(req.user, PULL, repo, self.policy)
 
 
 class SillyAuth:
@@ -80,7 +81,7 @@ class SillyAuth:
     def __init__(self, realm: str, service: str) -> None:
         self.challenge = f"Bearer realm={quote_param(realm)},service={quote_param(service)}"
 
-    async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
+    async def __call__(self, req: Request) -> None:
         if not req.headers.get("authorization"):
             raise unauthorized(self.challenge)
 

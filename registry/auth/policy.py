@@ -48,10 +48,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = ("pull", "push", "delete")
+# The access actions. The route table (http/routes.py) names the one each route and method
+# needs; None there means any authenticated caller (GET /v2/).
+PULL = "pull"
+PUSH = "push"
+DELETE = "delete"
+ACTIONS = (PULL, PUSH, DELETE)  # the actions a grant may list
 CATALOG = "catalog"  # the pseudo-action of /v2/_catalog
 ADMIN = "admin"  # the pseudo-action of routes outside /v2/ (e.g. /admin/gc)
-REPOSITORY_ROUTES = frozenset({"tags", "manifest", "blob", "uploads", "upload", "referrers"})
 USER_PLACEHOLDER = "{user}"
 
 
@@ -111,23 +115,6 @@ def decide(user: str | None, action: str, repo: str | None, policy: Policy) -> b
         if any(_matches(p, repo, user) for p in grant.repositories):
             return True
     return False
-
-
-def action_for(route: str, method: str) -> str | None:
-    """The action a request needs; None for ``GET /v2/`` (any authenticated user)."""
-    if route == "base":
-        return None
-    if route == "catalog":
-        return CATALOG
-    if route not in REPOSITORY_ROUTES:
-        return ADMIN
-    if route in ("uploads", "upload"):
-        return "push"
-    if method == "DELETE":
-        return "delete"
-    if method in ("GET", "HEAD"):
-        return "pull"
-    return "push"  # manifest PUT
 
 
 # --- configuration -------------------------------------------------------------------------

@@ -56,10 +56,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from .. import safejson
 from ..config import ConfigError
 from .challenge import quote_param, unauthorized
-from .policy import action_for
+from .policy import ADMIN, CATALOG, PULL, PUSH
 
 if TYPE_CHECKING:
-    from ..http.app import Request
+    from ..http.request import Request
 
 log = logging.getLogger("registry.auth")
 
@@ -293,18 +293,18 @@ class TokenVerifier:
         return Claims(sub if isinstance(sub, str) and sub else None, tuple(access))
 
 
-def needed_access(route: str, method: str, name: str | None) -> list[tuple[str, str, str]]:
-    """(type, name, action) entries a request needs (the reference's access records)."""
-    action = action_for(route, method)
+def needed_access(action: str | None, name: str | None) -> list[tuple[str, str, str]]:
+    """(type, name, action) entries a request needs (the reference's access records), for
+    its route's access ``action`` (None: none) on repository ``name``."""
     if action is None:
         return []
-    if action == "catalog":
+    if action == CATALOG:
         return [("registry", "catalog", "*")]
-    if action == "admin":  # outside /v2/ (our /admin/gc): not in the reference's scopes
+    if action == ADMIN:  # outside /v2/ (our /admin/gc): not in the reference's scopes
         return [("registry", "admin", "*")]
     assert name is not None
-    if action == "push":
-        return [("repository", name, "pull"), ("repository", name, "push")]
+    if action == PUSH:
+        return [("repository", name, PULL), ("repository", name, PUSH)]
     return [("repository", name, action)]
 
 
@@ -328,8 +328,8 @@ class TokenAuth:
             parts.append(f"error={quote_param(error)}")
         return "Bearer " + ",".join(parts)
 
-    async def __call__(self, req: Request, route: str, params: dict[str, str]) -> None:
-        needed = needed_access(route, req.method, params.get("name"))
+    async def __call__(self, req: Request) -> None:
+        needed = needed_access(req.access, req.params.get("name"))
         header = req.headers.get("authorization", "")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -10,34 +10,34 @@
   and from storage (so any worker or replica answers alike) when a collection last
   finished and who holds the lock.
 
-The route goes through dispatch like every other one, so the app's ``authenticate`` hook
-sees it (route ``admin_gc``) when auth is on, and read-only mode refuses the POST.
+The route is in the table like every other one, so the app's ``authenticate`` hook sees it
+(its access action is ADMIN) when auth is on, and read-only mode refuses the POST.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import ErrorCode, RegistryError
+from ..storage.gc_service import OnlineGC
+from .request import Request, Services
 from .responses import Response, json_response
 
-if TYPE_CHECKING:
-    from .app import RegistryApp, Request
 
-
-async def admin_gc(app: RegistryApp, req: Request) -> Response:
-    service = app.gc
-    if service is None:
+def _collector(svc: Services) -> OnlineGC:
+    if svc.gc is None:
         raise RegistryError(
             ErrorCode.UNSUPPORTED, "garbage collection is not available", status=404
         )
-    if req.method == "POST":
-        refused = await service.start_now()
-        if refused is None:
-            return json_response(202, {"status": "started"})
-        code = 503 if refused["status"] == "failed" else 409
-        return json_response(code, {**service.status(), **refused})
-    return json_response(200, await service.describe())
+    return svc.gc
 
 
-HANDLERS = {"admin_gc": admin_gc}
+async def start_gc(svc: Services, req: Request) -> Response:
+    service = _collector(svc)
+    refused = await service.start_now()
+    if refused is None:
+        return json_response(202, {"status": "started"})
+    code = 503 if refused["status"] == "failed" else 409
+    return json_response(code, {**service.status(), **refused})
+
+
+async def gc_status(svc: Services, req: Request) -> Response:
+    return json_response(200, await _collector(svc).describe())

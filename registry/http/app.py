@@ -1,31 +1,39 @@
-"""The ASGI application: request parsing, dispatch, the error envelope, the access log.
+"""The ASGI application: decoding, dispatch through the route table, the error envelope,
+the access log, and the exchange record operations observe.
 
-One :class:`RegistryApp` per worker process. It owns a lifespan nursery for background
-loops (upload purging, online GC) started by ``background`` callables. Handlers live in
-``blobs.py`` and ``manifests.py``; they receive a :class:`Request` and return a
-:class:`Response` or raise RegistryError.
+One :class:`RegistryApp` per worker process, built in one step from everything it uses
+(storage, options, background loops, the authenticate hook, the pull check, the online
+collector, operations) and not changed after. It owns a lifespan nursery for the
+``background`` callables (upload purging, online GC, the health check, notification
+delivery). Per request it decodes a :class:`~.request.Request` once, matches it against
+the table (``router.py``, ``routes.py``), authenticates, and calls the route's handler for
+the method with the app's :class:`~.request.Services`. With operations observing (metrics,
+listeners) it also fills one :class:`~registry.ops.exchange.Exchange` per request and hands
+it over after the response; otherwise a request pays nothing for them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import aclosing, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
-from .. import __version__
 from ..errors import ErrorCode, RegistryError, unwrap
+from ..ops import Operations
+from ..ops.exchange import Exchange, metric_method
 from ..reference import is_valid_name
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
+from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
 from .responses import Response, error_response
-from .urls import base_url
+
+__all__ = ["AppOptions", "RegistryApp"]
 
 log = logging.getLogger("registry.http")
 access_log = logging.getLogger("registry.access")
@@ -33,125 +41,53 @@ access_log = logging.getLogger("registry.access")
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-
-class ClientDisconnected(Exception):
-    """The client went away while we were reading its body."""
-
-
-@dataclass
-class AppOptions:
-    """What the HTTP layer needs from the configuration (built by the CLI)."""
-
-    host: str | None = None  # http.host: absolute base URL for Location headers
-    relative_urls: bool = False  # http.relativeurls
-    delete_enabled: bool = False  # storage.delete.enabled
-    readonly: bool = False  # storage.maintenance.readonly.enabled
-    extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # http.headers
-    chunk_min_length: int | None = None  # OCI-Chunk-Min-Length hint (S3 part size)
-    access_log: bool = True
-
-
 Background = Callable[[trio.Nursery], Awaitable[None]]
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # raw (percent-encoded) path
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    scheme: str
-    client: str
-    server: tuple[str, int] | None
-    receive: Callable[[], Awaitable[dict[str, Any]]]
-    params: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    body_done: bool = False  # the last body message (or a disconnect) has been received
-
-    def q(self, key: str) -> str | None:
-        v = self.query.get(key)
-        return v[-1] if v else None
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives (pieces of about 256 KiB or less). Raises ClientDisconnected."""
-        while True:
-            message = await self.receive()
-            kind = message["type"]
-            if kind == "http.request":
-                more = message.get("more_body", False)
-                self.body_done = not more
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not more:
-                    return
-            elif kind == "http.disconnect":
-                self.body_done = True
-                raise ClientDisconnected()
-
-    @property
-    def unread_body(self) -> bool:
-        """The client sent (or is sending) a body that the handler did not read to the end."""
-        if self.body_done:
-            return False
-        return self.headers.get("content-length", "0") not in ("0", "") or (
-            "transfer-encoding" in self.headers
-        )
-
-    async def discard_body(self) -> None:
-        """Receive and drop what is left of the body, until its end or a disconnect."""
-        with suppress(ClientDisconnected):
-            async for _ in self.body():
-                pass
-
-    async def read(self, limit: int) -> bytes:
-        """The whole body, at most ``limit`` bytes; MANIFEST_TOO_BIG (413) past it."""
-        parts: list[bytes] = []
-        have = 0
-        async with aclosing(self.body()) as body:  # type: ignore[type-var]
-            async for chunk in body:
-                have += len(chunk)
-                if have > limit:
-                    raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"body exceeds {limit} bytes")
-                parts.append(chunk)
-        return b"".join(parts)
-
-
-Handler = Callable[["RegistryApp", Request], Awaitable[Response]]
+Authenticate = Callable[[Request], Awaitable[None]]
 
 
 class RegistryApp:
+    """The API as an ASGI app (see the module doc).
+
+    ``authenticate(req)`` runs before name validation and the handler: it sets ``req.user``
+    or raises RegistryError (401/403/429). ``can_pull(req, repo)`` and ``gc`` go to the
+    handlers (:class:`Services`). ``ops``: metrics and exchange listeners to feed, and the
+    health check and debug app server.py serves beside the API.
+    """
+
     def __init__(
         self,
         storage: Storage,
         options: AppOptions | None = None,
         *,
         background: Iterable[Background] = (),
-        authenticate: Callable[[Request, str, dict[str, str]], Awaitable[None]] | None = None,
+        authenticate: Authenticate | None = None,
+        can_pull: Callable[[Request, str], Awaitable[bool]] | None = None,
+        gc: OnlineGC | None = None,
+        ops: Operations | None = None,
     ) -> None:
-        self.storage = storage
-        self.options = options or AppOptions()
+        self.services = Services(storage, options or AppOptions(), gc, can_pull)
+        self.ops = ops or Operations()
         self._background = tuple(background)
-        self.authenticate = authenticate
-        from . import admin, blobs, manifests  # handlers register themselves in HANDLERS
-
-        self.handlers: dict[str, Handler] = {
-            **blobs.HANDLERS, **manifests.HANDLERS, **admin.HANDLERS
-        }
-        # The online collector (storage/gc_service.py) behind /admin/gc (http/admin.py);
-        # build_app sets it, None answers 404 there.
-        self.gc: OnlineGC | None = None
-        # May the caller pull another repository (cross-repo mounts)? Set by build_app from
-        # the access policy; None allows it, as the reference does.
-        self.can_pull: Callable[[Request, str], Awaitable[bool]] | None = None
-        # Metrics, health check and debug listener (http/debug.py), set by build_app.
-        self.ops: Any = None
+        self._authenticate = authenticate
+        self._observing = self.ops.observing
         # http.headers from the config win over our defaults (no header sent twice).
         configured = {k for k, _ in self.options.extra_headers}
         defaults = (API_VERSION_HEADER, (b"x-content-type-options", b"nosniff"))
         self._common: tuple[tuple[bytes, bytes], ...] = tuple(
             h for h in defaults if h[0] not in configured
         ) + tuple(self.options.extra_headers)
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def options(self) -> AppOptions:
+        return self.services.options
+
+    @property
+    def gc(self) -> OnlineGC | None:
+        return self.services.gc
 
     # --- ASGI entry point ----------------------------------------------------------------
 
@@ -183,31 +119,55 @@ class RegistryApp:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        raw_headers = scope["headers"]
-        headers: dict[str, str] = {}
-        for k, v in raw_headers:
-            name = k.decode("latin-1").lower()
-            value = v.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
         qs = scope.get("query_string", b"")
         client = scope.get("client")
         req = Request(
             method=scope["method"],
-            path=path,
+            path=raw_path.decode("latin-1").split("?", 1)[0],
             query=parse_qs(qs.decode("latin-1"), keep_blank_values=True) if qs else {},
-            headers=headers,
+            headers=decode_headers(scope["headers"]),
             scheme=scope.get("scheme", "http"),
             client=client[0] if client else "-",
             server=scope.get("server"),
             receive=receive,
         )
+        m = router.match(req.path, req.method)
+        if m is not None:
+            req.params = m.params
+            if m.method_ok:
+                req.route = m.route
+        if not self._observing:
+            await self._answer(req, m, send, started, None)
+            return
+        ex = Exchange(
+            method=metric_method(req.method), label=req.route.label, event=req.route.event,
+            params=req.params, path=req.path, client=req.client, query=req.query,
+            request_headers=req.headers if self.ops.listeners else {},
+        )
+        gauges = self.ops.metrics.gauges_for(ex) if self.ops.metrics is not None else ()
+        for g in gauges:
+            g.inc()
+        try:
+            await self._answer(req, m, send, started, ex)
+        finally:
+            ex.seconds = time.perf_counter() - started
+            ex.user = req.user
+            ex.bytes_in = req.bytes_in
+            for g in gauges:
+                g.dec()
+        if ex.status:  # else no response started (cancelled): nothing happened on the wire
+            self._observed(ex)
+
+    async def _answer(
+        self, req: Request, m: router.Match | None, send: Any, started: float,
+        ex: Exchange | None,
+    ) -> None:
         head = req.method == "HEAD"
         sent = 0
         status = 500
         try:
-            resp = await self._dispatch(req, scope)
+            resp = await self._dispatch(req, m)
         except BaseException as exc:
             maybe = self._error(exc, req, head)
             if maybe is None:
@@ -216,14 +176,25 @@ class RegistryApp:
         status = resp.status
         try:
             if req.unread_body:
-                sent = await self._send_unread(send, resp, head or resp.head, req)
+                sent = await self._send_unread(send, resp, head or resp.head, req, ex)
             else:
-                sent = await self._send(send, resp, head or resp.head)
+                sent = await self._send(send, resp, head or resp.head, ex)
         except ClientDisconnected:
             pass
         finally:
             if self.options.access_log:
                 self._log_access(req, status, sent, time.perf_counter() - started)
+
+    def _observed(self, ex: Exchange) -> None:
+        """Hand a finished exchange to the metrics and the listeners. Listeners must not
+        block (the notifier only enqueues); one that raises is logged and ignored."""
+        if self.ops.metrics is not None:
+            self.ops.metrics.observe(ex)
+        for listener in self.ops.listeners:
+            try:
+                listener(ex)
+            except Exception:
+                log.exception("exchange listener failed")
 
     def _error(self, exc: BaseException, req: Request, head: bool) -> Response | None:
         if _only_cancellation(exc):
@@ -239,32 +210,27 @@ class RegistryApp:
             log.warning("%s %s: %s", req.method, req.path, exc)
         return error_response(err, head)
 
-    async def _dispatch(self, req: Request, scope: dict[str, Any]) -> Response:
-        # A wrapper that already routed this request (http/debug.py's metrics) leaves its
-        # match in the scope; routing is pure, so it is the same answer.
-        if "registry.route" in scope:
-            m = scope["registry.route"]
-        else:
-            m = router.match(req.path, req.method)
+    async def _dispatch(self, req: Request, m: router.Match | None) -> Response:
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED,
                 f"method {req.method[:10]} not allowed here",
-                headers={"Allow": ", ".join(sorted(m.allowed | ({"HEAD"} if "GET" in m.allowed else set())))},
+                headers={"Allow": m.route.allow_header},
             )
-        req.params = m.params
-        name = m.params.get("name")
-        if self.authenticate is not None:
-            await self.authenticate(req, m.route, m.params)
+        if self._authenticate is not None:
+            await self._authenticate(req)
+        name = req.params.get("name")
         if name is not None and not is_valid_name(name):
             raise RegistryError(ErrorCode.NAME_INVALID, detail={"name": name[:300]})
         if self.options.readonly and req.method in WRITE_METHODS:
             raise RegistryError(ErrorCode.UNSUPPORTED, "registry is in read-only mode")
-        return await self.handlers[m.route](self, req)
+        return await req.route.handlers[req.method](self.services, req)
 
-    async def _send_unread(self, send: Any, resp: Response, head: bool, req: Request) -> int:
+    async def _send_unread(
+        self, send: Any, resp: Response, head: bool, req: Request, ex: Exchange | None
+    ) -> int:
         """Answer a request whose body was not read (an early error): drop the rest of the
         body while the response goes out, and close the connection after it.
 
@@ -275,33 +241,48 @@ class RegistryApp:
         resp = replace(resp, headers=[*resp.headers, (b"connection", b"close")])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(req.discard_body)
-            sent = await self._send(send, resp, head)
+            sent = await self._send(send, resp, head, ex)
             nursery.cancel_scope.cancel()
         return sent
 
-    async def _send(self, send: Any, resp: Response, head: bool) -> int:
+    async def _send(self, send: Any, resp: Response, head: bool, ex: Exchange | None) -> int:
+        """Send ``resp``; the body bytes sent. ``ex`` (when observing) gets the status as
+        the response starts, the response headers (for listeners), and the bytes sent."""
         headers = list(self._common)
         headers.extend(resp.headers)
         body = resp.body
         if isinstance(body, (bytes, bytearray)):
             length = resp.length if resp.length is not None else len(body)
             headers.append((b"content-length", str(length).encode()))
+            if ex is not None:
+                self._started(ex, resp.status, headers)
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             if head or not body:
                 await send({"type": "http.response.body", "body": b""})
                 return 0
+            if ex is not None:
+                ex.bytes_out = len(body)
             await send({"type": "http.response.body", "body": bytes(body)})
             return len(body)
         if resp.length is not None:
             headers.append((b"content-length", str(resp.length).encode()))
+        if ex is not None:
+            self._started(ex, resp.status, headers)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         sent = 0
         if not head:
             async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
+                if ex is not None:
+                    ex.bytes_out = sent
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return sent
+
+    def _started(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        ex.status = status
+        if self.ops.listeners:  # only listeners read headers: decode for them
+            ex.response_headers = decode_headers(headers)
 
     def _log_access(self, req: Request, status: int, sent: int, seconds: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -328,23 +309,6 @@ class RegistryApp:
                 }
             },
         )
-
-    # --- helpers for handlers ------------------------------------------------------------
-
-    def url(self, req: Request, path: str) -> str:
-        return (
-            base_url(
-                req.headers,
-                scheme=req.scheme,
-                configured_host=self.options.host,
-                relative=self.options.relative_urls,
-                server=req.server,
-            )
-            + path
-        )
-
-    def version(self) -> str:
-        return __version__
 
 
 def _only_cancellation(exc: BaseException) -> bool:

@@ -1,17 +1,21 @@
-"""Handlers for blobs and blob uploads (SPEC.md Pull 5-6, Push 9-16, Management 25)."""
+"""Handlers for blobs and blob uploads (SPEC.md Pull 5-6, Push 9-16, Management 25).
+
+Upload handlers that answer with another route's URL (the session's, the created blob's)
+are handed that route by the table (``routes.py``) as keyword arguments."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
 
 from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
+from .request import Request, Route, Services
 from .responses import Response, json_response
 
-if TYPE_CHECKING:
-    from .app import RegistryApp, Request
+Headers = list[tuple[bytes, bytes]]
+BLOB_MAX_AGE = b"max-age=31536000"  # content-addressed: a digest's bytes never change
 
 
 def parse_digest(value: str | None) -> Digest:
@@ -23,28 +27,31 @@ def parse_digest(value: str | None) -> Digest:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(e)) from None
 
 
-async def base(app: RegistryApp, req: Request) -> Response:
+async def base(svc: Services, req: Request) -> Response:
     return json_response(200, {})
 
 
-async def blob(app: RegistryApp, req: Request) -> Response:
+async def get_blob(svc: Services, req: Request) -> Response:
+    return await _blob(svc, req, head=False)
+
+
+async def head_blob(svc: Services, req: Request) -> Response:
+    return await _blob(svc, req, head=True)
+
+
+async def _blob(svc: Services, req: Request, *, head: bool) -> Response:
     name = req.params["name"]
     d = parse_digest(req.params["digest"])
-    st = app.storage
-    if req.method == "DELETE":
-        if not app.options.delete_enabled:
-            raise RegistryError(ErrorCode.UNSUPPORTED, "deletion is disabled")
-        await st.blobs.unlink(name, d)
-        return Response(202, [(b"docker-content-digest", str(d).encode())])
+    st = svc.storage
     size = await st.blobs.stat_in_repo(name, d)
     etag = f'"{d}"'.encode()
     headers = [
         (b"docker-content-digest", str(d).encode()),
         (b"etag", etag),
         (b"accept-ranges", b"bytes"),
-        (b"cache-control", b"max-age=31536000"),
+        (b"cache-control", BLOB_MAX_AGE),
     ]
-    if req.method == "GET":
+    if not head:
         url = await st.blobs.redirect_url(d, "GET")
         if url is not None:
             headers.append((b"location", url.encode()))
@@ -63,41 +70,54 @@ async def blob(app: RegistryApp, req: Request) -> Response:
     if rng is not None:
         status, offset, length = 206, rng[0], rng[1] - rng[0] + 1
         headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{size}".encode()))
-    if req.method == "HEAD":
+    if head:
         return Response(status, headers, b"", length=length, head=True)
-    return Response(status, headers, _stream(app, d, offset, length), length=length)
+    return Response(status, headers, _stream(svc, d, offset, length), length=length)
 
 
-async def _stream(app: RegistryApp, d: Digest, offset: int, length: int):  # type: ignore[no-untyped-def]
-    async with app.storage.blobs.open(d, offset, length) as chunks:
+async def delete_blob(svc: Services, req: Request) -> Response:
+    name = req.params["name"]
+    d = parse_digest(req.params["digest"])
+    if not svc.options.delete_enabled:
+        raise RegistryError(ErrorCode.UNSUPPORTED, "deletion is disabled")
+    await svc.storage.blobs.unlink(name, d)
+    return Response(202, [(b"docker-content-digest", str(d).encode())])
+
+
+async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
+    async with svc.storage.blobs.open(d, offset, length) as chunks:
         async for chunk in chunks:
             yield chunk
 
 
-def _upload_headers(app: RegistryApp, req: Request, name: str, upload_id: str, size: int):  # type: ignore[no-untyped-def]
+def _upload_headers(
+    svc: Services, req: Request, session: Route, name: str, upload_id: str, size: int
+) -> Headers:
     headers = [
-        (b"location", app.url(req, f"/v2/{name}/blobs/uploads/{upload_id}").encode()),
+        (b"location", svc.url(req, session.path(name=name, uuid=upload_id)).encode()),
         (b"docker-upload-uuid", upload_id.encode()),
         (b"range", f"0-{size - 1}".encode() if size else b"0-0"),
     ]
-    if app.options.chunk_min_length:
-        headers.append((b"oci-chunk-min-length", str(app.options.chunk_min_length).encode()))
+    if svc.options.chunk_min_length:
+        headers.append((b"oci-chunk-min-length", str(svc.options.chunk_min_length).encode()))
     return headers
 
 
-def _blob_created(app: RegistryApp, req: Request, name: str, d: Digest) -> Response:
+def _blob_created(svc: Services, req: Request, blob: Route, name: str, d: Digest) -> Response:
     return Response(
         201,
         [
-            (b"location", app.url(req, f"/v2/{name}/blobs/{d}").encode()),
+            (b"location", svc.url(req, blob.path(name=name, digest=str(d))).encode()),
             (b"docker-content-digest", str(d).encode()),
         ],
     )
 
 
-async def start_upload(app: RegistryApp, req: Request) -> Response:
+async def start_upload(svc: Services, req: Request, *, session: Route, blob: Route) -> Response:
+    """POST: a mount (201 at ``blob``), a whole push (201 at ``blob``) or a new session
+    (202 at ``session``)."""
     name = req.params["name"]
-    st = app.storage
+    st = svc.storage
     mount = req.q("mount")
     if mount is not None:
         d = parse_digest(mount)
@@ -105,48 +125,53 @@ async def start_upload(app: RegistryApp, req: Request) -> Response:
         if (
             source
             and source != name
-            and await app_can_pull(app, req, source)
+            and await can_pull(svc, req, source)
             and await st.uploads.mount(name, d, source)
         ):
-            return _blob_created(app, req, name, d)
+            return _blob_created(svc, req, blob, name, d)
     digest_param = req.q("digest")
     if digest_param is not None:
         d = parse_digest(digest_param)
         length = parse_content_length(req.headers.get("content-length"))
         body = req.body() if length != 0 else None
         await st.uploads.upload_whole(name, d, body)
-        return _blob_created(app, req, name, d)
+        return _blob_created(svc, req, blob, name, d)
     up = await st.uploads.start(name)
-    return Response(202, _upload_headers(app, req, name, up.id, 0))
+    return Response(202, _upload_headers(svc, req, session, name, up.id, 0))
 
 
-async def app_can_pull(app: RegistryApp, req: Request, source: str) -> bool:
+async def can_pull(svc: Services, req: Request, source: str) -> bool:
     """May the caller read ``source``? (An access policy may say no; then no mount.)"""
     if not is_valid_name(source):
         return False
-    return app.can_pull is None or bool(await app.can_pull(req, source))
+    return svc.can_pull is None or bool(await svc.can_pull(req, source))
 
 
-async def upload(app: RegistryApp, req: Request) -> Response:
-    name = req.params["name"]
-    upload_id = req.params["uuid"]
-    st = app.storage
-    if req.method == "GET":
-        up = await st.uploads.status(name, upload_id)
-        return Response(204, _upload_headers(app, req, name, upload_id, up.size))
-    if req.method == "DELETE":
-        await st.uploads.cancel(name, upload_id)
-        return Response(204)
+async def upload_status(svc: Services, req: Request) -> Response:
+    name, upload_id = req.params["name"], req.params["uuid"]
+    up = await svc.storage.uploads.status(name, upload_id)
+    return Response(204, _upload_headers(svc, req, req.route, name, upload_id, up.size))
+
+
+async def cancel_upload(svc: Services, req: Request) -> Response:
+    await svc.storage.uploads.cancel(req.params["name"], req.params["uuid"])
+    return Response(204)
+
+
+async def append_upload(svc: Services, req: Request) -> Response:
+    name, upload_id = req.params["name"], req.params["uuid"]
     length = parse_content_length(req.headers.get("content-length"))
     start = check_chunk(req.headers.get("content-range"), length)
-    if req.method == "PATCH":
-        up = await st.uploads.append(name, upload_id, req.body(), start=start)
-        return Response(202, _upload_headers(app, req, name, upload_id, up.size))
-    # PUT: finish, optionally with the last chunk.
+    up = await svc.storage.uploads.append(name, upload_id, req.body(), start=start)
+    return Response(202, _upload_headers(svc, req, req.route, name, upload_id, up.size))
+
+
+async def finish_upload(svc: Services, req: Request, *, blob: Route) -> Response:
+    """PUT: complete the session, optionally with the last chunk; 201 at ``blob``."""
+    name, upload_id = req.params["name"], req.params["uuid"]
+    length = parse_content_length(req.headers.get("content-length"))
+    start = check_chunk(req.headers.get("content-range"), length)
     d = parse_digest(req.q("digest"))
     body = req.body() if length != 0 else None
-    await st.uploads.finish(name, upload_id, d, body, start=start)
-    return _blob_created(app, req, name, d)
-
-
-HANDLERS = {"base": base, "blob": blob, "uploads": start_upload, "upload": upload}
+    await svc.storage.uploads.finish(name, upload_id, d, body, start=start)
+    return _blob_created(svc, req, blob, name, d)

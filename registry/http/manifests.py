@@ -1,9 +1,9 @@
 """Handlers for manifests, tags, the catalog and referrers (SPEC.md Pull 7-8, Push 17-21,
-Discovery 22-24, Management 25)."""
+Discovery 22-24, Management 25). URLs they answer with are their own route's
+(``req.route``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..digest import Digest
@@ -13,10 +13,8 @@ from ..storage.manifests import MAX_MANIFEST_BYTES, OCI_INDEX
 from ..storage.tags import paginate
 from .blobs import parse_digest
 from .ranges import parse_content_length
+from .request import Request, Services
 from .responses import Response, json_response
-
-if TYPE_CHECKING:
-    from .app import RegistryApp, Request
 
 MAX_PAGE = 10_000  # largest n a client may ask for in one page
 
@@ -29,46 +27,52 @@ def parse_reference(value: str) -> str | Digest:
     return value
 
 
-async def manifest(app: RegistryApp, req: Request) -> Response:
+async def get_manifest(svc: Services, req: Request) -> Response:
+    """GET and HEAD: the stored bytes (a HEAD answer is the same without its body)."""
     name = req.params["name"]
     ref = parse_reference(req.params["reference"])
-    st = app.storage
-    if req.method in ("GET", "HEAD"):
-        # We serve the stored type whatever Accept says (SPEC Pull 8): clients that
-        # cannot handle it reject it themselves, which beats a misleading 404.
-        m = await st.manifests.get(name, ref)
-        etag = f'"{m.digest}"'
-        headers = [
-            (b"content-type", m.media_type.encode()),
-            (b"docker-content-digest", str(m.digest).encode()),
-            (b"etag", etag.encode()),
-        ]
-        inm = req.headers.get("if-none-match")
-        if inm is not None and etag in [t.strip() for t in inm.split(",")]:
-            return Response(304, headers, b"", length=0, head=True)
-        if req.method == "HEAD":
-            return Response(200, headers, b"", length=len(m.body), head=True)
-        return Response(200, headers, m.body)
-    if req.method == "PUT":
-        length = parse_content_length(req.headers.get("content-length"))
-        if length is not None and length > MAX_MANIFEST_BYTES:
-            raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
-        body = await req.read(MAX_MANIFEST_BYTES)
-        d, parsed = await st.manifests.put(name, ref, req.headers.get("content-type"), body)
-        headers = [
-            (b"location", app.url(req, f"/v2/{name}/manifests/{d}").encode()),
-            (b"docker-content-digest", str(d).encode()),
-        ]
-        if parsed.subject is not None:
-            headers.append((b"oci-subject", str(parsed.subject.digest).encode()))
-        return Response(201, headers)
-    # DELETE
-    if not app.options.delete_enabled:
+    # We serve the stored type whatever Accept says (SPEC Pull 8): clients that
+    # cannot handle it reject it themselves, which beats a misleading 404.
+    m = await svc.storage.manifests.get(name, ref)
+    etag = f'"{m.digest}"'
+    headers = [
+        (b"content-type", m.media_type.encode()),
+        (b"docker-content-digest", str(m.digest).encode()),
+        (b"etag", etag.encode()),
+    ]
+    inm = req.headers.get("if-none-match")
+    if inm is not None and etag in [t.strip() for t in inm.split(",")]:
+        return Response(304, headers, b"", length=0, head=True)
+    return Response(200, headers, m.body)
+
+
+async def put_manifest(svc: Services, req: Request) -> Response:
+    name = req.params["name"]
+    ref = parse_reference(req.params["reference"])
+    length = parse_content_length(req.headers.get("content-length"))
+    if length is not None and length > MAX_MANIFEST_BYTES:
+        raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
+    body = await req.read(MAX_MANIFEST_BYTES)
+    d, parsed = await svc.storage.manifests.put(name, ref, req.headers.get("content-type"), body)
+    headers = [
+        (b"location", svc.url(req, req.route.path(name=name, reference=str(d))).encode()),
+        (b"docker-content-digest", str(d).encode()),
+    ]
+    if parsed.subject is not None:
+        headers.append((b"oci-subject", str(parsed.subject.digest).encode()))
+    return Response(201, headers)
+
+
+async def delete_manifest(svc: Services, req: Request) -> Response:
+    """By digest: the manifest and its tags; by tag: only the tag."""
+    name = req.params["name"]
+    ref = parse_reference(req.params["reference"])
+    if not svc.options.delete_enabled:
         raise RegistryError(ErrorCode.UNSUPPORTED, "deletion is disabled")
     if isinstance(ref, Digest):
-        await st.manifests.delete(name, ref)
+        await svc.storage.manifests.delete(name, ref)
     else:
-        await st.tags.untag(name, ref)
+        await svc.storage.tags.untag(name, ref)
     return Response(202)
 
 
@@ -87,43 +91,41 @@ def _page_params(req: Request) -> tuple[int | None, str | None]:
     return n, last
 
 
-def _link(app: RegistryApp, req: Request, path: str, last: str, n: int) -> tuple[bytes, bytes]:
+def _link(path: str, last: str, n: int) -> tuple[bytes, bytes]:
+    """The next page's Link header (a relative URL, as the reference)."""
     url = f"{path}?last={quote(last, safe='')}&n={n}"
     return (b"link", f'<{url}>; rel="next"'.encode())
 
 
-async def tags(app: RegistryApp, req: Request) -> Response:
+async def tags(svc: Services, req: Request) -> Response:
     name = req.params["name"]
     n, last = _page_params(req)
-    all_tags = await app.storage.tags.list(name)
+    all_tags = await svc.storage.tags.list(name)
     page, more = paginate(all_tags, n, last)
     headers = []
     if more and page and n:
-        headers.append(_link(app, req, f"/v2/{name}/tags/list", page[-1], n))
+        headers.append(_link(req.route.path(name=name), page[-1], n))
     return json_response(200, {"name": name, "tags": page}, headers)
 
 
-async def catalog(app: RegistryApp, req: Request) -> Response:
+async def catalog(svc: Services, req: Request) -> Response:
     n, last = _page_params(req)
-    repos = await app.storage.catalog()
+    repos = await svc.storage.catalog()
     page, more = paginate(repos, n, last)
     headers = []
     if more and page and n:
-        headers.append(_link(app, req, "/v2/_catalog", page[-1], n))
+        headers.append(_link(req.route.path(), page[-1], n))
     return json_response(200, {"repositories": page}, headers)
 
 
-async def referrers(app: RegistryApp, req: Request) -> Response:
+async def referrers(svc: Services, req: Request) -> Response:
     name = req.params["name"]
     subject = parse_digest(req.params["digest"])
     artifact_type = req.q("artifactType")
-    found = await app.storage.manifests.referrers(name, subject, artifact_type)
+    found = await svc.storage.manifests.referrers(name, subject, artifact_type)
     body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
     resp = json_response(200, body)
     resp.headers = [(b"content-type", OCI_INDEX.encode())]
     if artifact_type is not None:
         resp.headers.append((b"oci-filters-applied", b"artifactType"))
     return resp
-
-
-HANDLERS = {"manifest": manifest, "tags": tags, "catalog": catalog, "referrers": referrers}

@@ -38,7 +38,7 @@ from ..config import ConfigError
 from ..errors import ErrorCode, RegistryError
 
 if TYPE_CHECKING:
-    from .app import Request
+    from .request import Request
 
 MAX_CLIENTS = 100_000  # buckets kept per worker (~150 bytes each)
 

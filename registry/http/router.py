@@ -1,66 +1,40 @@
-"""Route a /v2/ path to a handler, matching from the right end (SPEC.md General 3).
+"""Route a path to a record of the route table (``routes.py``), matching from the right end
+(SPEC.md General 3).
 
 Repository names may contain ``blobs``, ``manifests``, ``tags`` ... as components, so each
 route's fixed suffix is matched at the end of the path and the name is whatever precedes
 it. Paths are matched percent-encoded (raw), so ``%2e%2e`` or ``%2f`` can never become a
-path component: they fail the name grammar and answer NAME_INVALID.
+path component: they fail the name grammar and answer NAME_INVALID. Pure.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-# (route name, pattern, allowed methods) -- order matters: uploads before blobs.
-_ROUTES: tuple[tuple[str, re.Pattern[str], frozenset[str]], ...] = (
-    ("base", re.compile(r"^/v2/?$"), frozenset({"GET", "HEAD"})),
-    ("catalog", re.compile(r"^/v2/_catalog$"), frozenset({"GET"})),
-    ("tags", re.compile(r"^/v2/(?P<name>.+)/tags/list$"), frozenset({"GET"})),
-    (
-        "manifest",
-        re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
-        frozenset({"GET", "HEAD", "PUT", "DELETE"}),
-    ),
-    ("uploads", re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/?$"), frozenset({"POST"})),
-    (
-        "upload",
-        re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[^/]+)$"),
-        frozenset({"GET", "PATCH", "PUT", "DELETE"}),
-    ),
-    (
-        "blob",
-        re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)$"),
-        frozenset({"GET", "HEAD", "DELETE"}),
-    ),
-    ("referrers", re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)$"), frozenset({"GET"})),
-    # Outside /v2/: start or inspect an online garbage collection (http/admin.py). Matched
-    # here like the rest, so dispatch runs the authenticate hook on it.
-    ("admin_gc", re.compile(r"^/admin/gc$"), frozenset({"GET", "POST"})),
-)
+from .request import Route
+from .routes import ROUTES
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    route: str
+    route: Route
     params: dict[str, str]
-    allowed: frozenset[str]
-    method_ok: bool
+    method_ok: bool  # False: the path has this route's shape but not the method (405)
 
 
-def match(path: str, method: str) -> Match | None:
+def match(path: str, method: str, table: tuple[Route, ...] = ROUTES) -> Match | None:
     """The route for ``path`` (raw, percent-encoded), or None if no route has this shape.
 
-    ``method_ok`` is False when the path matches but the method does not (405 + Allow).
-    HEAD is allowed wherever GET is.
+    The first route whose pattern and method match wins; when only shapes match, the first
+    of them comes back with ``method_ok`` False (405 + its Allow header).
     """
     first_shape: Match | None = None
-    for name, pattern, methods in _ROUTES:
-        m = pattern.match(path)
+    for route in table:
+        m = route.pattern.match(path)
         if m is None:
             continue
-        result = Match(name, m.groupdict(), methods, method in methods)
-        if result.method_ok:
-            return result
+        if method in route.allowed:
+            return Match(route, m.groupdict(), True)
         if first_shape is None:
-            first_shape = result
+            first_shape = Match(route, m.groupdict(), False)
     return first_shape

@@ -1,0 +1,86 @@
+"""The route table: every route the registry answers, one record each (request.Route).
+
+Everything that depends on which route a request took reads its record here: the router
+(``router.py``: template, methods), dispatch (``app.py``: one handler per method), the
+access policy (``auth/``: the access action per method), the metrics (the label), webhook
+notifications (the event kind, and MANIFEST/BLOB's paths for event targets) and the
+``Location``/``Link`` headers (``Route.path``). No route name lives anywhere else.
+
+Order matters where shapes overlap: the router takes the first record whose pattern and
+method match, so the upload routes come before BLOB (``/blobs/uploads/`` would otherwise be
+a blob named ``uploads``). Names may contain ``blobs``, ``manifests`` ...: the patterns
+match from the right end (SPEC.md General 3).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..auth import policy
+from ..ops.exchange import EventKind
+from . import admin, blobs, manifests
+from .request import Route
+
+BASE = Route(
+    "base", "/v2/",
+    handlers={"GET": blobs.base, "HEAD": blobs.base},
+    access={"GET": None, "HEAD": None},  # any authenticated caller: clients probe auth here
+)
+CATALOG = Route(
+    "catalog", "/v2/_catalog",
+    handlers={"GET": manifests.catalog},
+    access={"GET": policy.CATALOG},
+)
+TAGS = Route(
+    "tags", "/v2/{name}/tags/list",
+    handlers={"GET": manifests.tags},
+    access={"GET": policy.PULL},
+)
+MANIFEST = Route(
+    "manifest", "/v2/{name}/manifests/{reference}",
+    handlers={
+        "GET": manifests.get_manifest, "HEAD": manifests.get_manifest,
+        "PUT": manifests.put_manifest, "DELETE": manifests.delete_manifest,
+    },
+    access={"GET": policy.PULL, "HEAD": policy.PULL, "PUT": policy.PUSH, "DELETE": policy.DELETE},
+    event=EventKind.MANIFEST,
+)
+BLOB = Route(
+    "blob", "/v2/{name}/blobs/{digest}",
+    handlers={"GET": blobs.get_blob, "HEAD": blobs.head_blob, "DELETE": blobs.delete_blob},
+    access={"GET": policy.PULL, "HEAD": policy.PULL, "DELETE": policy.DELETE},
+    event=EventKind.BLOB,
+)
+UPLOAD = Route(
+    "upload", "/v2/{name}/blobs/uploads/{uuid}",
+    handlers={
+        "GET": blobs.upload_status, "PATCH": blobs.append_upload,
+        "PUT": partial(blobs.finish_upload, blob=BLOB), "DELETE": blobs.cancel_upload,
+    },
+    # Every request on a session is a push, a status check and a cancel too (the reference).
+    access={"GET": policy.PUSH, "PATCH": policy.PUSH, "PUT": policy.PUSH, "DELETE": policy.PUSH},
+    event=EventKind.UPLOAD,
+)
+UPLOADS = Route(
+    "uploads", "/v2/{name}/blobs/uploads/",
+    handlers={"POST": partial(blobs.start_upload, session=UPLOAD, blob=BLOB)},
+    access={"POST": policy.PUSH},
+    event=EventKind.UPLOAD_START,
+)
+REFERRERS = Route(
+    "referrers", "/v2/{name}/referrers/{digest}",
+    handlers={"GET": manifests.referrers},
+    access={"GET": policy.PULL},
+)
+# Outside /v2/: start or inspect an online garbage collection (admin.py). In the table like
+# the rest, so authentication and read-only mode apply to it.
+ADMIN_GC = Route(
+    "admin_gc", "/admin/gc",
+    handlers={"GET": admin.gc_status, "POST": admin.start_gc},
+    access={"GET": policy.ADMIN, "POST": policy.ADMIN},
+)
+
+# Matching order (see the module doc): uploads before blobs.
+ROUTES: tuple[Route, ...] = (
+    BASE, CATALOG, TAGS, MANIFEST, UPLOADS, UPLOAD, BLOB, REFERRERS, ADMIN_GC,
+)

@@ -1,0 +1,48 @@
+"""The route table (http/routes.py): each record's template is both its pattern and its URL
+builder, and the router, the 405 answer and the access policy read the same record. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.http import router
+from registry.http.request import Route
+from registry.http.routes import ROUTES, UPLOAD, UPLOADS
+
+SAMPLE = {"name": "team/blobs/manifests", "reference": "v1", "digest": "sha256:" + "a" * 64,
+          "uuid": "0f1e2d3c"}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.label)
+def test_a_routes_own_url_routes_back_to_it_with_the_same_params(route: Route) -> None:
+    params = {k: v for k, v in SAMPLE.items() if "{" + k + "}" in route.template}
+    path = route.path(**params)
+    for method in route.handlers:
+        m = router.match(path, method)
+        assert m is not None and m.method_ok
+        assert (m.route, m.params) == (route, params)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.label)
+def test_a_method_a_route_lacks_answers_405_with_its_allow(route: Route) -> None:
+    params = {k: v for k, v in SAMPLE.items() if "{" + k + "}" in route.template}
+    wrong = next(m for m in ("PATCH", "OPTIONS") if m not in route.handlers)
+    m = router.match(route.path(**params), wrong)
+    assert m is not None and not m.method_ok and m.route is route
+    assert set(route.allow_header.split(", ")) >= set(route.handlers)
+
+
+def test_every_method_of_every_route_names_its_access_action() -> None:
+    for route in ROUTES:
+        assert set(route.access) == set(route.handlers), route
+    with pytest.raises(ValueError, match="access"):
+        Route("x", "/x", handlers={"GET": UPLOADS.handlers["POST"]}, access={})
+
+
+def test_labels_are_unique_and_the_optional_trailing_slash_matches_both_ways() -> None:
+    assert len({r.label for r in ROUTES}) == len(ROUTES)
+    for path in ("/v2/a/blobs/uploads/", "/v2/a/blobs/uploads"):
+        m = router.match(path, "POST")
+        assert m is not None and m.route is UPLOADS
+    m = router.match("/v2/a/blobs/uploads/u1", "PATCH")
+    assert m is not None and m.route is UPLOAD and m.params == {"name": "a", "uuid": "u1"}
