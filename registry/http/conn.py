@@ -39,6 +39,7 @@ import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import tcp_server
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -263,7 +264,13 @@ class RegistryTCPServer(TCPServer):
 
     async def _close(self) -> None:
         conn = self._h11()
-        unread = conn is not None and conn.their_state in (h11.SEND_BODY, h11.ERROR)
+        if conn is not None:
+            unread = conn.their_state in (h11.SEND_BODY, h11.ERROR)
+        else:
+            # HTTP/2: a close is ours (a GOAWAY) unless the client's EOF came first, and the
+            # client may still be sending frames: closing over unread bytes resets the
+            # connection, and the client loses the GOAWAY that says why.
+            unread = isinstance(getattr(self.protocol, "protocol", None), H2Protocol)
         if unread and not (self._lingered or self._dropped or self._drained.is_set()):
             self._lingered = True
             if not isinstance(self.stream, trio.SSLStream):  # TLS has no half-close
