@@ -289,12 +289,14 @@ def publish(results: dict[str, Any], chart: Path | None) -> None:
     if chart is not None:
         shutil.copyfile(chart, BENCH_DIR / "chart.png")
         print(f"published: {BENCH_DIR / 'chart.png'}")
+    ref_flag = ""
+    if meta.get("ref_cmd", DEFAULT_REF_CMD) != DEFAULT_REF_CMD:
+        ref_flag = f" --ref-cmd '{meta['ref_cmd']}'"
     text = (
         "# Benchmark results\n\n"
         f"`python -m bench {'--quick ' if meta['profile'] == 'quick' else ''}"
-        f"--rounds {meta['rounds']} --publish` on {meta['date']}, commit {meta['commit']}.\n"
-        f"Machine: {meta['machine']}. Reference: distribution {meta['ref_version']} "
-        "(Debian's docker-registry).\n"
+        f"--rounds {meta['rounds']}{ref_flag} --publish` on {meta['date']}, commit {meta['commit']}.\n"
+        f"Machine: {meta['machine']}. Reference: {report.reference_name(meta)}.\n"
         "Figures are medians with (min..max) over the rounds; MB = 10^6 bytes. "
         f"Load average at the start: {meta.get('loadavg_start', ['?'])[0]:.1f}, at the end: "
         f"{meta.get('loadavg_end', ['?'])[0]:.1f} (above ~0.5 other work shared the 2 cores, "

@@ -8,8 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from .core import Figure
+from .servers import DEFAULT_REF_CMD
 
 SIDES = ("ours", "ref")
+
+
+def reference_name(meta: dict[str, Any]) -> str:
+    """What the "ref" side was: Debian's docker-registry (its version) for the default
+    command, else the command itself (e.g. registry:3's binary
+    from ../shared/bin)."""
+    if meta.get("ref_cmd", DEFAULT_REF_CMD) == DEFAULT_REF_CMD:
+        return f"distribution {meta['ref_version']} (Debian's docker-registry)"
+    return f"`{meta['ref_cmd']}`"
+
+
+def short_reference(meta: dict[str, Any]) -> str:
+    """The reference's name for a chart title: its version, or its command's program."""
+    if meta.get("ref_cmd", DEFAULT_REF_CMD) == DEFAULT_REF_CMD:
+        return f"distribution {meta.get('ref_version') or '2.8'}"
+    words = [w for w in meta["ref_cmd"].split() if "/" in w or w.startswith("registry")]
+    return words[0].rsplit("/", 1)[-1] if words else meta["ref_cmd"]
 
 
 def summarize(values: list[float | None]) -> dict[str, Any]:
@@ -160,7 +178,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         ax.text(a, y, f" {a:.2f}x", va="center", fontsize=6)
     meta = results["meta"]
     ax.set_title(
-        f"ours vs distribution {meta.get('ref_version') or '2.8'} "
+        f"ours vs {short_reference(meta)} "
         f"(>1 = ours better; medians of {meta['rounds']} rounds)\n"
         f"{meta['date']} - {meta['machine']}",
         fontsize=9,
