@@ -448,9 +448,11 @@ class Uploads:
         await self.blobs.link(name, digest)
         return True
 
-    async def list_sessions(self, name: str) -> list[tuple[str, float]]:
-        """(upload id, started-at epoch seconds) of every session in repo ``name``."""
-        out = []
+    async def list_sessions(self, name: str) -> list[tuple[str, float | None]]:
+        """(upload id, started-at epoch seconds) of every session in repo ``name``: None
+        when the directory has no ``startedat``, now when it is unreadable (or the name is
+        not an upload id), so that such a session never looks old."""
+        out: list[tuple[str, float | None]] = []
         try:
             children = await self.driver.list(paths.uploads_dir(name))
         except PathNotFound:
@@ -461,7 +463,9 @@ class Uploads:
                 raw = await self.driver.get_content(paths.upload_startedat(name, upload_id))
                 started = datetime.strptime(raw.decode().strip(), "%Y-%m-%dT%H:%M:%SZ")
                 out.append((upload_id, started.replace(tzinfo=UTC).timestamp()))
-            except (PathNotFound, ValueError, UnicodeDecodeError):
+            except PathNotFound:
+                out.append((upload_id, None))
+            except (ValueError, UnicodeDecodeError):
                 out.append((upload_id, time.time()))
         return out
 
