@@ -407,9 +407,9 @@ class Uploads:
                         break
                     except PathNotFound:
                         break
-                    # OSError: a filesystem directory that gained a file while removed
-                    # (ENOTEMPTY); drivers are to raise it as a DriverError.
-                    except (DriverError, OSError) as e:
+                    # e.g. a filesystem directory that gained a file while removed
+                    # (ENOTEMPTY, a StorageIOError from the driver): try again.
+                    except DriverError as e:
                         log.warning("upload %s: could not remove %s: %s", upload_id, path, e)
 
     async def cancel(self, name: str, upload_id: str) -> None:
