@@ -16,9 +16,9 @@ from registry.drivers.base import PathNotFound
 from registry.drivers.memory import MemoryDriver
 from registry.storage import paths
 from registry.storage.gc import plan_restore, select_kept
+from registry.storage.gc_lock import LockBusy, open_gc_lock
 from registry.storage.gc_online import OnlineCollector, collect
 from registry.storage.gc_report import GCOptions, LockLost
-from registry.storage.gc_service import LockBusy, open_gc_lock
 from registry.storage.manifests import Refs, parse_references
 from registry.storage.store import Storage
 

@@ -16,7 +16,8 @@ from registry.drivers.memory import MemoryDriver
 from registry.errors import ErrorCode, RegistryError
 from registry.http.app import AppOptions, RegistryApp
 from registry.storage import paths
-from registry.storage.gc_service import BUSY_RETRY, FIRST_RUN_JITTER, OnlineGC, open_gc_lock
+from registry.storage.gc_lock import open_gc_lock
+from registry.storage.gc_service import BUSY_RETRY, FIRST_RUN_JITTER, OnlineGC
 from registry.storage.store import Storage
 
 try:

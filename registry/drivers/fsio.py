@@ -1,6 +1,8 @@
 """The filesystem driver's blocking operations, each run in a worker thread by the driver
 (never on the event loop): atomic writes, exclusive creates, appends with early writeback,
 listing, moves and deletes. They raise OSError; the driver maps it (:mod:`.oserrors`).
+A failed write leaves nothing it could avoid: the directories it made, a partial copy at a
+move's target.
 """
 
 from __future__ import annotations
@@ -12,7 +14,57 @@ import shutil
 import uuid
 from collections.abc import Callable
 
-from .oserrors import copy_move, make_dirs, remove_made_dirs
+
+def make_dirs(d: str) -> list[str]:
+    """``os.makedirs(d, exist_ok=True)`` that returns the directories it created itself,
+    outermost first (for :func:`remove_made_dirs`); one made meanwhile by someone else is
+    not in the list."""
+    missing = []
+    p = d
+    while not os.path.isdir(p) and os.path.dirname(p) != p:
+        missing.append(p)
+        p = os.path.dirname(p)
+    made = []
+    for p in reversed(missing):
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            continue  # made meanwhile by a concurrent write: not ours to remove
+        made.append(p)
+    return made
+
+
+def remove_made_dirs(made: list[str]) -> None:
+    """Undo :func:`make_dirs` after a failed write: remove what it made, innermost first,
+    stopping at the first that is no longer empty (a concurrent write uses it)."""
+    for p in reversed(made):
+        try:
+            os.rmdir(p)
+        except OSError:
+            return
+
+
+def copy_move(fsrc: str, fdst: str) -> None:
+    """Move across filesystems (part of the root on another mount): copy to a temp file
+    beside ``fdst``, fsync, rename, then remove ``fsrc``, so a copy that fails half-way
+    (ENOSPC) never leaves a partial file at ``fdst`` (a blob's address)."""
+    if os.path.isdir(fsrc):
+        shutil.move(fsrc, fdst)  # not used for directories today; kept working
+        return
+    tmp = f"{os.path.dirname(fdst)}/.tmp-{uuid.uuid4().hex}"
+    try:
+        shutil.copyfile(fsrc, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, fdst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.unlink(fsrc)
 
 
 def read_file(full: str) -> bytes:

@@ -3,8 +3,9 @@ wraps each driver). Otherwise it is the wrapped driver exactly: attributes it do
 override pass through.
 
 It reports to a :class:`CallRecorder` (the operations' metrics, ``ops/metrics.py``) and knows
-nothing else about it. A not-found answer and a cancellation are normal outcomes, not
-failures: they are timed but not counted as errors.
+nothing else about it. A not-found answer, a refused exclusive create (a busy upload
+lease) and a cancellation are normal outcomes, not failures: they are timed but not
+counted as errors.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .base import PathNotFound
+from .base import AlreadyExists, PathNotFound
 
 
 class CallRecorder(Protocol):
@@ -28,7 +29,17 @@ class CallRecorder(Protocol):
 class InstrumentedDriver:
     """``driver`` with every call timed into ``recorder`` (see the module doc)."""
 
-    _TIMED = ("get_content", "put_content", "stat", "list", "move", "delete", "redirect_url")
+    _TIMED = (
+        "get_content",
+        "put_content",
+        "create_exclusive",
+        "stat",
+        "list",
+        "move",
+        "delete",
+        "redirect_url",
+    )
+    _NORMAL = (PathNotFound, AlreadyExists, trio.Cancelled)  # outcomes, not failures
 
     def __init__(self, driver: Any, recorder: CallRecorder) -> None:
         self._driver = driver
@@ -42,7 +53,7 @@ class InstrumentedDriver:
         return getattr(self._driver, name)
 
     def _record(self, action: str, started: float, exc: BaseException | None) -> None:
-        failed = exc is not None and not isinstance(exc, (PathNotFound, trio.Cancelled))
+        failed = exc is not None and not isinstance(exc, self._NORMAL)
         self._recorder.record_call(self.name, action, time.perf_counter() - started,
                                    type(exc).__name__ if failed else None)
 

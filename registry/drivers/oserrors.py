@@ -1,5 +1,4 @@
-"""How the filesystem driver fails: OSErrors become driver errors, failed writes undo
-themselves.
+"""How the filesystem driver fails: OSErrors become driver errors.
 
 Storage and HTTP code only understand :class:`~registry.drivers.base.DriverError`; an
 ``OSError`` escaping a driver would reach the client as 500 UNKNOWN with a traceback in
@@ -13,18 +12,12 @@ which turns what is left after the driver's own not-found handling into a driver
 - anything else -> :class:`StorageIOError` carrying the OS text (EACCES, EIO, EROFS, ...).
 
 The reason text names the error, never a server path, so it may be shown to clients.
-
-The blocking helpers below (run in the driver's worker threads) make a failed write
-leave nothing it could avoid: the directories it made, a partial copy at a move's target.
+(That a failed write leaves nothing behind is the blocking helpers' job: :mod:`.fsio`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,55 +58,3 @@ def os_errors(path: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise driver_error(path, exc) from exc
-
-
-def make_dirs(d: str) -> list[str]:
-    """``os.makedirs(d, exist_ok=True)`` that returns the directories it created itself,
-    outermost first (for :func:`remove_made_dirs`); one made meanwhile by someone else is
-    not in the list."""
-    missing = []
-    p = d
-    while not os.path.isdir(p) and os.path.dirname(p) != p:
-        missing.append(p)
-        p = os.path.dirname(p)
-    made = []
-    for p in reversed(missing):
-        try:
-            os.mkdir(p)
-        except FileExistsError:
-            continue  # made meanwhile by a concurrent write: not ours to remove
-        made.append(p)
-    return made
-
-
-def remove_made_dirs(made: list[str]) -> None:
-    """Undo :func:`make_dirs` after a failed write: remove what it made, innermost first,
-    stopping at the first that is no longer empty (a concurrent write uses it)."""
-    for p in reversed(made):
-        try:
-            os.rmdir(p)
-        except OSError:
-            return
-
-
-def copy_move(fsrc: str, fdst: str) -> None:
-    """Move across filesystems (part of the root on another mount): copy to a temp file
-    beside ``fdst``, fsync, rename, then remove ``fsrc``, so a copy that fails half-way
-    (ENOSPC) never leaves a partial file at ``fdst`` (a blob's address)."""
-    if os.path.isdir(fsrc):
-        shutil.move(fsrc, fdst)  # not used for directories today; kept working
-        return
-    tmp = f"{os.path.dirname(fdst)}/.tmp-{uuid.uuid4().hex}"
-    try:
-        shutil.copyfile(fsrc, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, fdst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.unlink(fsrc)

@@ -26,21 +26,10 @@ import trio
 
 from ..drivers.base import Driver, DriverError
 from . import paths
-from .gc_lock import (
-    LOCK_CONFIRM,
-    LOCK_TTL,
-    GCLock,
-    LockBusy,
-    live_holder,
-    open_gc_lock,
-    public,
-    read_json,
-)
+from .gc_lock import LOCK_CONFIRM, LockBusy, live_holder, open_gc_lock, public, read_json
 from .gc_online import OnlineCollector, collect, read_plan
 from .gc_report import SETTLE_SECONDS, GCOptions, GCReport, LockLost
 from .walk import list_children
-
-__all__ = ["LOCK_CONFIRM", "LOCK_TTL", "GCLock", "LockBusy", "OnlineGC", "open_gc_lock"]
 
 log = logging.getLogger("registry.gc")
 

@@ -55,12 +55,14 @@ async def purge_uploads(
     report = PurgeReport()
     for name in await enumerate_repositories(driver, markers=(paths.UPLOADS,)):
         for upload_id, started in await uploads.list_sessions(name):
-            if started >= older_than:
-                # A missing startedat lists as "now": judge such a directory by mtime.
+            if started is None:  # no startedat: judge the directory by its mtime
                 if await _undated_before(driver, name, upload_id, older_than):
                     await _remove_undated(driver, name, upload_id, report, dry_run)
                 else:
                     report.kept += 1
+                continue
+            if started >= older_than:
+                report.kept += 1
                 continue
             if dry_run:
                 log.info("purge (dry run): would remove upload %s/%s", name, upload_id)
@@ -89,17 +91,10 @@ async def purge_uploads(
 
 
 async def _undated_before(driver: Driver, name: str, upload_id: str, older_than: float) -> bool:
-    """Is ``_uploads/<upload_id>/`` a directory with no ``startedat`` whose newest
-    modification time (its own, and that of every file in it) is before ``older_than``?"""
-    try:
-        upload_dir = paths.upload_dir(name, upload_id)
-    except ValueError:
-        return False  # not an upload id: not ours to remove
-    try:
-        await driver.stat(paths.upload_startedat(name, upload_id))
-        return False  # a session (its startedat is unreadable, or it is young)
-    except PathNotFound:
-        pass
+    """Is the newest modification time of ``_uploads/<upload_id>/`` (listed without a
+    ``startedat``), its own and that of every file in it, before ``older_than``? A
+    ``startedat`` written since the listing makes it new."""
+    upload_dir = paths.upload_dir(name, upload_id)
     try:
         newest = (await driver.stat(upload_dir)).mtime
         async for info in driver.walk(upload_dir):

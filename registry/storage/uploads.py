@@ -291,23 +291,23 @@ class Uploads:
                     pumped = await _pump(body, LeasedWriter(w, lease), h)
                 lease.check()
                 await w.commit()
-            h = await self._verified(upload_id, data_path, digest, h, opened + pumped)
+            h, size = await self._verified(upload_id, data_path, digest, h, opened + pumped)
             if h.hexdigest() != digest.hex:
                 lease.gone = True
                 raise await self._reject(name, upload_id, digest)
             lease.check()
-            size = await self._publish(name, upload_id, digest, data_path)
+            await self._publish(name, upload_id, digest, data_path)
             lease.gone = True
             return size
 
     async def _verified(
         self, upload_id: str, data_path: str, digest: Digest, h: Hasher | None, hashed: int
-    ) -> Hasher:
-        """The hash of exactly the stored data: ``h`` (which hashed ``hashed`` bytes) if the
-        committed data has that size, else a re-hash of what storage holds."""
+    ) -> tuple[Hasher, int]:
+        """The hash of exactly the stored data and its size: ``h`` (which hashed ``hashed``
+        bytes) if the committed data has that size, else a re-hash of what storage holds."""
         stored = (await self.driver.stat(data_path)).size
         if h is not None and stored == hashed and getattr(h, "length", hashed) == hashed:
-            return h
+            return h, stored
         if h is not None:
             log.warning(
                 "upload %s: %d bytes stored but %d hashed; re-hashing the stored data",
@@ -362,23 +362,19 @@ class Uploads:
 
     async def _publish(
         self, name: str, upload_id: str, digest: Digest, data_path: str | None
-    ) -> int:
+    ) -> None:
         """Shielded, at most PUBLISH_TIMEOUT (else UNAVAILABLE): move the verified session
         bytes at ``data_path`` to the blob's address unless it holds them already (None:
-        they were written there), link the blob into the repo, remove the session.
-        Returns the blob's size."""
+        they were written there), link the blob into the repo, remove the session."""
         with trio.move_on_after(PUBLISH_TIMEOUT) as cs:
             cs.shield = True
-            size = await self.blobs.size(digest)
-            if data_path is not None and size is None:
-                size = (await self.driver.stat(data_path)).size
+            if data_path is not None and await self.blobs.size(digest) is None:
                 await self.driver.move(data_path, paths.blob_data(digest))
             await self.blobs.link(name, digest)
             await self._remove(name, upload_id)
         if cs.cancelled_caught:
             step = "linking" if data_path is None else "publishing"
             raise RegistryError(ErrorCode.UNAVAILABLE, f"storage too slow {step} blob")
-        return size or 0
 
     async def _reject(self, name: str, upload_id: str, digest: Digest) -> RegistryError:
         """A digest mismatch cancels the session (as the reference does): remove it and
@@ -386,12 +382,15 @@ class Uploads:
         await self._remove(name, upload_id)
         return RegistryError(ErrorCode.DIGEST_INVALID, detail={"digest": str(digest)})
 
-    async def _rehash(self, path: str, algorithm: str) -> Hasher:
+    async def _rehash(self, path: str, algorithm: str) -> tuple[Hasher, int]:
+        """The hash of the bytes at ``path`` and how many there were."""
         h = hashlib.new(algorithm)
+        n = 0
         async with self.driver.reader(path) as chunks:
             async for chunk in chunks:
                 await trio.to_thread.run_sync(h.update, chunk)
-        return h
+                n += len(chunk)
+        return h, n
 
     async def _remove(self, name: str, upload_id: str) -> None:
         """Remove the session (shielded, bounded). ``startedat`` goes first: from then on
@@ -408,9 +407,9 @@ class Uploads:
                         break
                     except PathNotFound:
                         break
-                    # OSError: a filesystem directory that gained a file while removed
-                    # (ENOTEMPTY); drivers are to raise it as a DriverError.
-                    except (DriverError, OSError) as e:
+                    # e.g. a filesystem directory that gained a file while removed
+                    # (ENOTEMPTY, a StorageIOError from the driver): try again.
+                    except DriverError as e:
                         log.warning("upload %s: could not remove %s: %s", upload_id, path, e)
 
     async def cancel(self, name: str, upload_id: str) -> None:
@@ -448,9 +447,11 @@ class Uploads:
         await self.blobs.link(name, digest)
         return True
 
-    async def list_sessions(self, name: str) -> list[tuple[str, float]]:
-        """(upload id, started-at epoch seconds) of every session in repo ``name``."""
-        out = []
+    async def list_sessions(self, name: str) -> list[tuple[str, float | None]]:
+        """(upload id, started-at epoch seconds) of every session in repo ``name``: None
+        when the directory has no ``startedat``, now when it is unreadable (or the name is
+        not an upload id), so that such a session never looks old."""
+        out: list[tuple[str, float | None]] = []
         try:
             children = await self.driver.list(paths.uploads_dir(name))
         except PathNotFound:
@@ -461,7 +462,9 @@ class Uploads:
                 raw = await self.driver.get_content(paths.upload_startedat(name, upload_id))
                 started = datetime.strptime(raw.decode().strip(), "%Y-%m-%dT%H:%M:%SZ")
                 out.append((upload_id, started.replace(tzinfo=UTC).timestamp()))
-            except (PathNotFound, ValueError, UnicodeDecodeError):
+            except PathNotFound:
+                out.append((upload_id, None))
+            except (ValueError, UnicodeDecodeError):
                 out.append((upload_id, time.time()))
         return out
 
