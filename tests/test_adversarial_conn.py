@@ -27,7 +27,7 @@ import pytest
 import trio
 from conftest import serve_asgi
 from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
-from oci import push_blob
+from oci import OCI_MANIFEST, push_blob
 from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
 
@@ -49,7 +49,6 @@ from registry.http.deadlines import (
 from registry.server import build_app, hypercorn_config
 
 BOUND = 20.0  # seconds: any wait here; the configured deadlines are 1-2 s
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 BIG_MANIFEST = b"{" + b" " * (5 * 1024 * 1024) + b"}"  # past the 4 MiB limit: 413
 
 
@@ -70,17 +69,19 @@ async def serve_registry(nursery: trio.Nursery, config: Config) -> tuple[str, in
     return host, int(port)
 
 
-async def until_closed(stream: trio.SocketStream) -> bytes:
-    """What the server sends until it closes the connection (EOF or reset)."""
+async def until_closed(stream: trio.SocketStream, marker: bytes | None = None) -> bytes:
+    """What the server sends until it closes the connection (EOF or reset), or until what
+    was read contains ``marker``."""
     got = b""
-    while True:
+    while marker is None or marker not in got:
         try:
             data = await stream.receive_some(65536)
         except trio.BrokenResourceError:
-            return got
+            break
         if not data:
-            return got
+            break
         got += data
+    return got
 
 
 async def dribble(stream: trio.SocketStream, data: bytes, every: float) -> None:
@@ -215,7 +216,7 @@ async def test_stalled_and_trickling_bodies_are_dropped_and_a_moving_upload_succ
             for offset in range(0, size, piece):
                 await stream.send_all(b"z" * min(piece, size - offset))
                 await trio.sleep(0.1)
-            return await until_closed_or(stream, b"\r\n\r\n")
+            return await until_closed(stream, b"\r\n\r\n")
 
     statuses: list[int] = []
     stop = trio.Event()
@@ -238,16 +239,6 @@ async def test_stalled_and_trickling_bodies_are_dropped_and_a_moving_upload_succ
     assert answer[0].startswith(b"HTTP/1.1 202"), answer[0]
     assert b"range: 0-245759" in answer[0].lower(), answer[0]
     assert statuses and set(statuses) == {200}, statuses
-
-
-async def until_closed_or(stream: trio.SocketStream, marker: bytes) -> bytes:
-    got = b""
-    while marker not in got:
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        got += data
-    return got
 
 
 # --- early answers read by a client that keeps sending -----------------------------------------
@@ -287,7 +278,7 @@ async def test_http_client_reads_the_413_for_a_big_manifest_sent_without_expect(
     # main: BrokenPipeError while writing; the 413 was sent but the connection was reset
     status, headers, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
-            early_port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": MANIFEST_TYPE}
+            early_port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": OCI_MANIFEST}
         )
     )
     assert status == 413 and error_code(body) == "MANIFEST_INVALID", (status, body)
@@ -314,7 +305,7 @@ async def test_http_client_reads_the_401_for_a_big_body_with_auth_on(
     _, port = await serve_registry(nursery, config)
     status, headers, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
-            port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": MANIFEST_TYPE}
+            port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": OCI_MANIFEST}
         )
     )
     assert status == 401 and error_code(body) == "UNAUTHORIZED", (status, body)
@@ -333,7 +324,7 @@ async def test_http_client_over_tls_reads_the_413(nursery: trio.Nursery, tmp_pat
     status, _, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
             port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, context,
-            **{"Content-Type": MANIFEST_TYPE},
+            **{"Content-Type": OCI_MANIFEST},
         )
     )
     assert status == 413 and error_code(body) == "MANIFEST_INVALID", (status, body)
@@ -359,7 +350,7 @@ async def test_curl_without_expect_reads_the_early_answer(
     await trio.to_thread.run_sync(write_body)
     out = tmp_path / "out"
     done = await trio.run_process(
-        [curl, "-sS", "-X", method, "-H", "Expect:", "-H", f"Content-Type: {MANIFEST_TYPE}",
+        [curl, "-sS", "-X", method, "-H", "Expect:", "-H", f"Content-Type: {OCI_MANIFEST}",
          "--data-binary", f"@{data}", "-o", str(out), "-w", "%{http_code}",
          "--max-time", str(int(BOUND)), f"http://127.0.0.1:{early_port}{path}"],
         capture_stdout=True, capture_stderr=True, check=False,
