@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +25,14 @@ import httpx
 import pytest
 import trio
 from conftest import serve_asgi
-from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
+from e2e_support import (
+    REPO_ROOT,
+    RegistryProcess,
+    _run_registry,
+    clean_env,
+    ours_log_problem,
+    require_tool,
+)
 from oci import OCI_MANIFEST, push_blob
 from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
@@ -365,53 +371,33 @@ async def test_curl_without_expect_reads_the_early_answer(
 @contextmanager
 def serve_with_fd_limit(
     tmp_path: Path, fd_limit: int, hard_limit: int | None = None, **env: str
-) -> Iterator[tuple[int, Path, int]]:
+) -> Iterator[RegistryProcess]:
     """`python -m registry serve` (one worker) whose soft RLIMIT_NOFILE is ``fd_limit`` and hard
-    one ``hard_limit`` (default the same, so the server cannot raise it); yields its port, its
-    log file and its pid, and stops it after."""
+    one ``hard_limit`` (default the same, so the server cannot raise it), started, waited for
+    and stopped as e2e_support starts ours."""
     hard = hard_limit or fd_limit
-    port = free_port()
-    log_path = tmp_path / "registry.log"
-    variables = clean_env() | {
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        ),
-        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
-        "REGISTRY_HTTP_WORKERS": "1",
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "root"),
-        "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
-    } | env
 
-    # `python -m registry serve` with the limit set first (preexec_fn is unsafe with threads)
-    limited = (
-        "import resource, runpy, sys;"
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {hard}));"
-        "sys.argv = ['registry', 'serve']; runpy.run_module('registry', run_name='__main__')"
-    )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", limited], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, env=variables, cwd=tmp_path,
+    def command(config: Path) -> tuple[list[str], dict[str, str]]:
+        # `python -m registry serve` with the limit set first (preexec_fn is unsafe with threads)
+        limited = (
+            "import resource, runpy, sys;"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {hard}));"
+            f"sys.argv = ['registry', 'serve', {str(config)!r}];"
+            "runpy.run_module('registry', run_name='__main__')"
         )
-    try:
-        deadline = time.monotonic() + BOUND
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
-        yield port, log_path, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(BOUND)
+        variables = clean_env() | {
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+            "REGISTRY_HTTP_WORKERS": "1",
+            "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
+        } | env
+        return [sys.executable, "-c", limited], variables
+
+    with _run_registry(
+        "ours", tmp_path / "root", command, workdir=tmp_path, check_log=ours_log_problem
+    ) as reg:
+        yield reg
 
 
 def flood(port: int, count: int) -> list[bytes]:
@@ -461,9 +447,8 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
     tmp_path: Path, fd_limit: int, env: dict[str, str], log_line: str
 ) -> None:
     started = time.monotonic()
-    with serve_with_fd_limit(tmp_path, fd_limit, REGISTRY_HTTP_HEADERTIMEOUT="2s", **env) as (
-        port, log_path, _,
-    ):
+    with serve_with_fd_limit(tmp_path, fd_limit, REGISTRY_HTTP_HEADERTIMEOUT="2s", **env) as reg:
+        port, log_path = reg.port, reg.log_path
         answers = flood(port, 300)  # main: held open until the keep-alive timeout, 75 s
         # The server dropped every flood connection and answers the next client at once.
         assert httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=BOUND).status_code == 200
@@ -482,8 +467,8 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
 
 
 def test_serve_raises_the_soft_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
-    with serve_with_fd_limit(tmp_path, 256, 1024) as (_, _, pid):
-        limits = Path(f"/proc/{pid}/limits").read_text()
+    with serve_with_fd_limit(tmp_path, 256, 1024) as reg:
+        limits = Path(f"/proc/{reg.proc.pid}/limits").read_text()
     assert re.search(r"Max open files\s+1024\s+1024", limits), limits
 
 
