@@ -115,12 +115,6 @@ def moto_tls_server() -> MotoServer:
     return server
 
 
-def s3_params(**overrides: Any) -> dict[str, Any]:
-    """Params for a fresh bucket on the session's moto server."""
-    server = moto_server()
-    return server.params(server.new_bucket(), **overrides)
-
-
 @asynccontextmanager
 async def open_s3_driver(*, auth: bool = True, **param_overrides: Any) -> AsyncIterator[Any]:
     """An S3Driver on a fresh bucket of the session's moto server; closed on exit.

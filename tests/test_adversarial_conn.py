@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,8 +25,15 @@ import httpx
 import pytest
 import trio
 from conftest import serve_asgi
-from e2e_support import REPO_ROOT, clean_env, free_port, require_tool
-from oci import push_blob
+from e2e_support import (
+    REPO_ROOT,
+    RegistryProcess,
+    _run_registry,
+    clean_env,
+    ours_log_problem,
+    require_tool,
+)
+from oci import OCI_MANIFEST, push_blob
 from test_auth_htpasswd import write_htpasswd
 from test_tls import make_certs
 
@@ -49,7 +55,6 @@ from registry.http.deadlines import (
 from registry.server import build_app, hypercorn_config
 
 BOUND = 20.0  # seconds: any wait here; the configured deadlines are 1-2 s
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 BIG_MANIFEST = b"{" + b" " * (5 * 1024 * 1024) + b"}"  # past the 4 MiB limit: 413
 
 
@@ -70,17 +75,19 @@ async def serve_registry(nursery: trio.Nursery, config: Config) -> tuple[str, in
     return host, int(port)
 
 
-async def until_closed(stream: trio.SocketStream) -> bytes:
-    """What the server sends until it closes the connection (EOF or reset)."""
+async def until_closed(stream: trio.SocketStream, marker: bytes | None = None) -> bytes:
+    """What the server sends until it closes the connection (EOF or reset), or until what
+    was read contains ``marker``."""
     got = b""
-    while True:
+    while marker is None or marker not in got:
         try:
             data = await stream.receive_some(65536)
         except trio.BrokenResourceError:
-            return got
+            break
         if not data:
-            return got
+            break
         got += data
+    return got
 
 
 async def dribble(stream: trio.SocketStream, data: bytes, every: float) -> None:
@@ -215,7 +222,7 @@ async def test_stalled_and_trickling_bodies_are_dropped_and_a_moving_upload_succ
             for offset in range(0, size, piece):
                 await stream.send_all(b"z" * min(piece, size - offset))
                 await trio.sleep(0.1)
-            return await until_closed_or(stream, b"\r\n\r\n")
+            return await until_closed(stream, b"\r\n\r\n")
 
     statuses: list[int] = []
     stop = trio.Event()
@@ -238,16 +245,6 @@ async def test_stalled_and_trickling_bodies_are_dropped_and_a_moving_upload_succ
     assert answer[0].startswith(b"HTTP/1.1 202"), answer[0]
     assert b"range: 0-245759" in answer[0].lower(), answer[0]
     assert statuses and set(statuses) == {200}, statuses
-
-
-async def until_closed_or(stream: trio.SocketStream, marker: bytes) -> bytes:
-    got = b""
-    while marker not in got:
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        got += data
-    return got
 
 
 # --- early answers read by a client that keeps sending -----------------------------------------
@@ -287,7 +284,7 @@ async def test_http_client_reads_the_413_for_a_big_manifest_sent_without_expect(
     # main: BrokenPipeError while writing; the 413 was sent but the connection was reset
     status, headers, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
-            early_port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": MANIFEST_TYPE}
+            early_port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": OCI_MANIFEST}
         )
     )
     assert status == 413 and error_code(body) == "MANIFEST_INVALID", (status, body)
@@ -314,7 +311,7 @@ async def test_http_client_reads_the_401_for_a_big_body_with_auth_on(
     _, port = await serve_registry(nursery, config)
     status, headers, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
-            port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": MANIFEST_TYPE}
+            port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, **{"Content-Type": OCI_MANIFEST}
         )
     )
     assert status == 401 and error_code(body) == "UNAUTHORIZED", (status, body)
@@ -333,7 +330,7 @@ async def test_http_client_over_tls_reads_the_413(nursery: trio.Nursery, tmp_pat
     status, _, body = await trio.to_thread.run_sync(
         lambda: http_client_exchange(
             port, "PUT", "/v2/a/manifests/t", BIG_MANIFEST, context,
-            **{"Content-Type": MANIFEST_TYPE},
+            **{"Content-Type": OCI_MANIFEST},
         )
     )
     assert status == 413 and error_code(body) == "MANIFEST_INVALID", (status, body)
@@ -359,7 +356,7 @@ async def test_curl_without_expect_reads_the_early_answer(
     await trio.to_thread.run_sync(write_body)
     out = tmp_path / "out"
     done = await trio.run_process(
-        [curl, "-sS", "-X", method, "-H", "Expect:", "-H", f"Content-Type: {MANIFEST_TYPE}",
+        [curl, "-sS", "-X", method, "-H", "Expect:", "-H", f"Content-Type: {OCI_MANIFEST}",
          "--data-binary", f"@{data}", "-o", str(out), "-w", "%{http_code}",
          "--max-time", str(int(BOUND)), f"http://127.0.0.1:{early_port}{path}"],
         capture_stdout=True, capture_stderr=True, check=False,
@@ -374,53 +371,33 @@ async def test_curl_without_expect_reads_the_early_answer(
 @contextmanager
 def serve_with_fd_limit(
     tmp_path: Path, fd_limit: int, hard_limit: int | None = None, **env: str
-) -> Iterator[tuple[int, Path, int]]:
+) -> Iterator[RegistryProcess]:
     """`python -m registry serve` (one worker) whose soft RLIMIT_NOFILE is ``fd_limit`` and hard
-    one ``hard_limit`` (default the same, so the server cannot raise it); yields its port, its
-    log file and its pid, and stops it after."""
+    one ``hard_limit`` (default the same, so the server cannot raise it), started, waited for
+    and stopped as e2e_support starts ours."""
     hard = hard_limit or fd_limit
-    port = free_port()
-    log_path = tmp_path / "registry.log"
-    variables = clean_env() | {
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        ),
-        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
-        "REGISTRY_HTTP_WORKERS": "1",
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "root"),
-        "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
-    } | env
 
-    # `python -m registry serve` with the limit set first (preexec_fn is unsafe with threads)
-    limited = (
-        "import resource, runpy, sys;"
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {hard}));"
-        "sys.argv = ['registry', 'serve']; runpy.run_module('registry', run_name='__main__')"
-    )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", limited], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, env=variables, cwd=tmp_path,
+    def command(config: Path) -> tuple[list[str], dict[str, str]]:
+        # `python -m registry serve` with the limit set first (preexec_fn is unsafe with threads)
+        limited = (
+            "import resource, runpy, sys;"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {hard}));"
+            f"sys.argv = ['registry', 'serve', {str(config)!r}];"
+            "runpy.run_module('registry', run_name='__main__')"
         )
-    try:
-        deadline = time.monotonic() + BOUND
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
-        yield port, log_path, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(BOUND)
+        variables = clean_env() | {
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+            "REGISTRY_HTTP_WORKERS": "1",
+            "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
+        } | env
+        return [sys.executable, "-c", limited], variables
+
+    with _run_registry(
+        "ours", tmp_path / "root", command, workdir=tmp_path, check_log=ours_log_problem
+    ) as reg:
+        yield reg
 
 
 def flood(port: int, count: int) -> list[bytes]:
@@ -470,9 +447,8 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
     tmp_path: Path, fd_limit: int, env: dict[str, str], log_line: str
 ) -> None:
     started = time.monotonic()
-    with serve_with_fd_limit(tmp_path, fd_limit, REGISTRY_HTTP_HEADERTIMEOUT="2s", **env) as (
-        port, log_path, _,
-    ):
+    with serve_with_fd_limit(tmp_path, fd_limit, REGISTRY_HTTP_HEADERTIMEOUT="2s", **env) as reg:
+        port, log_path = reg.port, reg.log_path
         answers = flood(port, 300)  # main: held open until the keep-alive timeout, 75 s
         # The server dropped every flood connection and answers the next client at once.
         assert httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=BOUND).status_code == 200
@@ -491,8 +467,8 @@ def test_a_flood_past_the_open_file_limit_is_refused_and_dropped_and_logged_once
 
 
 def test_serve_raises_the_soft_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
-    with serve_with_fd_limit(tmp_path, 256, 1024) as (_, _, pid):
-        limits = Path(f"/proc/{pid}/limits").read_text()
+    with serve_with_fd_limit(tmp_path, 256, 1024) as reg:
+        limits = Path(f"/proc/{reg.proc.pid}/limits").read_text()
     assert re.search(r"Max open files\s+1024\s+1024", limits), limits
 
 

@@ -27,6 +27,7 @@ import h2.errors
 import pytest
 from h2_support import H2Peer
 from hyperframe.frame import PriorityFrame
+from oci import OCI_MANIFEST
 from test_auth_process import Proc, run_registry
 from test_tls import make_certs, tls_config
 
@@ -40,9 +41,7 @@ PUSH_AFTER_ANSWER = 1 * MiB  # DATA the client keeps sending after the answer (m
 RESET_FLOOD = 1000  # streams opened and reset at once on one connection (rapid reset)
 PRIORITY_FLOOD = 2000  # PRIORITY frames for streams that never open (tree limit: 1000)
 RESTART_WAIT_S = 30.0  # a killed worker's replacement serves within this (backoff cap 10 s)
-UNLOGGED_READY_S = 3.0  # a worker serves this long after its fork (for builds that do not log it)
 FD_RELEASE_WAIT_S = 10.0  # a closed connection's socket goes at once; hypercorn held it 75 s
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclasses.dataclass
@@ -383,21 +382,15 @@ def test_http2_disabled_offers_only_http11_over_tls(tmp_path: Path) -> None:
 
 
 def wait_for_replacement(reg: Proc, old: set[int], killed: int) -> set[int]:
-    """The serving pids once ``killed`` has been replaced and its replacement serves (says
-    so in the log; a build that does not say it gets UNLOGGED_READY_S instead)."""
+    """The serving pids once ``killed`` has been replaced and its replacement serves (the
+    supervisor's worker logs "worker <pid> serving" once it does)."""
     deadline = time.monotonic() + RESTART_WAIT_S
-    seen: dict[int, float] = {}
     while time.monotonic() < deadline:
         pids = serving_pids(reg.proc)
         fresh = pids - old
-        for pid in fresh:
-            seen.setdefault(pid, time.monotonic())
         if killed not in pids and len(pids) == len(old) and fresh:
             log = reg.log()
-            if all(
-                f"worker {pid} serving" in log or time.monotonic() - seen[pid] > UNLOGGED_READY_S
-                for pid in fresh
-            ):
+            if all(f"worker {pid} serving" in log for pid in fresh):
                 return pids
         time.sleep(0.05)
     raise AssertionError(f"worker {killed} was not replaced by a serving one")

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ import pytest
 import trio
 from conftest import Served, start_app
 from oci import OCI_MANIFEST, descriptor, digest, push_blob, push_image
-from tmpfs_support import PAGE, fill, mounted_tmpfs
+from tmpfs_support import PAGE, fill, tmpfs_fixture
 
 from registry.drivers.filesystem import FilesystemDriver
 from registry.storage import paths
@@ -34,12 +34,7 @@ BLOB = os.urandom(256 * 1024)  # more than a full disk takes; a single write (CO
 Request = Callable[[], Awaitable[httpx.Response]]
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with mounted_tmpfs(mnt, TMPFS_OPTIONS) as root:
-        yield root
+small_fs = tmpfs_fixture(TMPFS_OPTIONS)
 
 
 @pytest.fixture

@@ -10,14 +10,14 @@ failing at ``commit`` and EIO from a read, which tmpfs cannot produce.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from tmpfs_support import PAGE, fill, mounted_tmpfs, use_up_inodes
+from tmpfs_support import PAGE, fill, mounted_tmpfs, tmpfs_fixture, use_up_inodes
 
 from registry.drivers.base import DriverError, PathNotFound, StorageFull, StorageIOError
 from registry.drivers.filesystem import FilesystemDriver
@@ -63,12 +63,7 @@ async def check(
     assert wrong == {}, f"expected {expected.__name__} ({errno_name})"
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with mounted_tmpfs(mnt, TMPFS_OPTIONS) as root:
-        yield root
+small_fs = tmpfs_fixture(TMPFS_OPTIONS)
 
 
 async def test_every_write_call_on_a_full_filesystem_raises_storage_full(small_fs: Path) -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 
 import pytest
@@ -43,30 +44,6 @@ PLACED = (
 AUTH_MAY_IMPORT_FROM_HTTP = {"registry.http.request"}
 
 
-def _project_imports(path: pathlib.Path) -> set[str]:
-    """Top-level registry subpackages/modules imported by ``path`` (absolute or relative)."""
-    tree = ast.parse(path.read_text())
-    rel = path.relative_to(ROOT).parts
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("registry."):
-                    out.add(a.name.split(".")[1])
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                if node.module and node.module.startswith("registry."):
-                    out.add(node.module.split(".")[1])
-                continue
-            base = list(rel[:-1])[: len(rel) - node.level]
-            parts = base + (node.module.split(".") if node.module else [])
-            if parts:
-                out.add(parts[0].removesuffix(".py"))
-            else:
-                out.update(a.name for a in node.names)
-    return out
-
-
 def _modules() -> list[pathlib.Path]:
     return sorted(p for p in ROOT.rglob("*.py"))
 
@@ -74,7 +51,10 @@ def _modules() -> list[pathlib.Path]:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_point_one_way(path):
     rel = path.relative_to(ROOT)
-    imported = _project_imports(path)
+    # the top-level registry subpackages/modules it imports ("__init__": the package itself)
+    imported = {
+        d.split(".")[1] if "." in d else "__init__" for d in _module_graph()[_module_name(path)]
+    }
     if len(rel.parts) == 1 and rel.name in LEAVES:
         assert not (imported - {"__init__"}), f"{rel} is a leaf but imports {imported}"
         return
@@ -167,6 +147,7 @@ def _module_name(path: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def _module_graph() -> dict[str, set[str]]:
     """registry module -> the registry modules it imports (lazy and type-only imports too:
     a circle through them is still a circle a reader has to untangle)."""

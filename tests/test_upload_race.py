@@ -11,7 +11,6 @@ storage: each must hash to the digest it is stored under.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,10 +26,13 @@ import trio
 from conftest import serve_asgi, start_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oci import digest as sha
 
 from registry.digest import Digest
 from registry.drivers.base import Driver, PathNotFound
 from registry.drivers.filesystem import FilesystemDriver
+from registry.drivers.memory import MemoryDriver
+from registry.errors import RegistryError
 from registry.http.app import AppOptions, RegistryApp
 from registry.storage import paths
 from registry.storage.store import Storage
@@ -45,10 +47,6 @@ TEST_TIMEOUT = 60  # s, a bound so that no schedule can hang the suite
 ROUNDS = 4  # repetitions of each race (bounded)
 SLOW_BODY_SECONDS = 120.0  # 4 x upload_lease.LEASE_TTL
 ANSWERS = {202, 201, 204, 404, 416, 400}  # what a racing request may get (never 500)
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 async def read_all(driver: Driver, path: str) -> bytes:
@@ -356,9 +354,6 @@ async def test_bytes_appended_beside_the_hashed_ones_are_never_published(tmp_pat
     """The PUT resumes the saved hash state and hashes its body: P+Y. Someone else appends J
     after its commit. The stored size (P+Y+J) is not the hashed length: the data is
     re-hashed, does not match, and nothing is published (before: P+Y+J under sha(P+Y))."""
-    from registry.drivers.filesystem import FilesystemDriver
-    from registry.errors import RegistryError
-
     fs = FilesystemDriver(str(tmp_path / "storage"))
     p, y, j = os.urandom(3000), os.urandom(600 * KiB), b"attacker's bytes"
     storage = Storage(ForeignAppendOnCommit(fs, j))
@@ -383,9 +378,6 @@ async def test_bytes_appended_beside_the_hashed_ones_are_never_published(tmp_pat
 async def test_a_crashed_holders_lease_blocks_only_until_it_expires(tmp_path):
     """A lease nobody renews (its holder died) makes requests 416 with the current Range
     until its expiry, then the next request takes it over and writes."""
-    from registry.drivers.filesystem import FilesystemDriver
-    from registry.errors import RegistryError
-
     fs = FilesystemDriver(str(tmp_path / "storage"))
     storage = Storage(fs)
     up = await storage.uploads.start(REPO)
@@ -410,9 +402,6 @@ async def test_a_crashed_holders_lease_blocks_only_until_it_expires(tmp_path):
 async def test_a_slow_upload_keeps_its_lease_and_others_get_416(autojump_clock):
     """A body that trickles for 4 lease lifetimes (SLOW_BODY_SECONDS, virtual time) is renewed the whole time:
     it is stored in full, and a second request meanwhile gets 416 instead of waiting."""
-    from registry.drivers.memory import MemoryDriver
-    from registry.errors import RegistryError
-
     driver = MemoryDriver()
     storage = Storage(driver)
     up = await storage.uploads.start(REPO)

@@ -5,6 +5,8 @@ Contracts:
   ``with`` body and unmounts it after (lazily if something still holds it). Mounting
   needs root: when it cannot mount, the test fails under CI=true and is skipped elsewhere,
   with the reason.
+- ``tmpfs_fixture(options)`` makes the fixture ``small_fs``: such a tmpfs, fresh for each
+  test (under its tmp_path); the fixture's value is its root.
 - ``fill(root, leave)`` writes filler files under ``root`` until only ``leave`` bytes
   (a multiple of the page size) are free, or until the filesystem refuses a byte more
   (``leave=0``), and returns the filler file; deleting it frees the space again.
@@ -19,6 +21,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +63,19 @@ def mounted_tmpfs(directory: Path, options: str) -> Iterator[Path]:
     finally:
         if _run(["umount", str(directory)]).returncode != 0:
             _run(["umount", "-l", str(directory)])  # a server thread may still hold a file
+
+
+def tmpfs_fixture(options: str) -> Any:
+    """The fixture ``small_fs`` for a module: ``small_fs = tmpfs_fixture(OPTIONS)``."""
+
+    @pytest.fixture
+    def small_fs(tmp_path: Path) -> Iterator[Path]:
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        with mounted_tmpfs(mnt, options) as root:
+            yield root
+
+    return small_fs
 
 
 def free_bytes(root: Path) -> int:
