@@ -51,7 +51,7 @@ class TagStore:
     async def tags_pointing_at(self, name: str, d: Digest) -> Sequence[str]:
         """Every tag whose current link is ``d``: one pass over the tags, reads in parallel."""
         tags = await self.list(name)
-        found: list[str] = []  # noqa: the method named list shadows the builtin here
+        found: list[str] = []
         limiter = trio.CapacityLimiter(self.concurrency)
 
         async def check(tag: str) -> None:
