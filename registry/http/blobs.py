@@ -12,9 +12,8 @@ from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
 from .request import Request, Route, Services
-from .responses import Response, json_response
+from .responses import Headers, Response, json_response
 
-Headers = list[tuple[bytes, bytes]]
 BLOB_MAX_AGE = b"max-age=31536000"  # content-addressed: a digest's bytes never change
 
 

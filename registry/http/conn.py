@@ -54,7 +54,7 @@ from .deadlines import (
     ReadTimer,
     write_deadline,
 )
-from .responses import error_response
+from .responses import error_answer
 
 log = logging.getLogger("registry.conn")
 
@@ -117,13 +117,10 @@ class ServerConfig(HyperConfig):
 
 def _refusal() -> bytes:
     err = RegistryError(ErrorCode.UNAVAILABLE, "too many open connections; retry later")
-    resp = error_response(err, head=False)
-    body = resp.body if isinstance(resp.body, bytes) else b""
-    return (
-        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        b"docker-distribution-api-version: registry/2.0\r\nretry-after: 1\r\n"
-        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    headers, body = error_answer(err)
+    headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"HTTP/1.1 503 Service Unavailable\r\n%s\r\n%s" % (head, body)
 
 
 REFUSAL = _refusal()  # the whole answer to a connection past the cap, built once

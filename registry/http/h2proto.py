@@ -71,7 +71,7 @@ from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
 from ..errors import ErrorCode, RegistryError
 from . import conn
-from .responses import error_response
+from .responses import error_answer
 
 log = logging.getLogger("registry.http")
 
@@ -283,18 +283,11 @@ class H2cGate:
             else "cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1, or HTTP/2 over TLS"
         )
         err = RegistryError(ErrorCode.UNSUPPORTED, why, status=505)
-        resp = error_response(err, head=False)
-        assert isinstance(resp.body, bytes)
-        headers = [
-            (b"docker-distribution-api-version", b"registry/2.0"),  # SPEC General 1
-            *resp.headers,
-            *self.config.response_headers("h11"),
-            (b"content-length", str(len(resp.body)).encode()),
-            (b"connection", b"close"),
-        ]
+        headers, body = error_answer(err)
+        headers += [*self.config.response_headers("h11"), (b"connection", b"close")]
         try:
             data = self.connection.send(h11.Response(status_code=505, headers=headers))
-            data += self.connection.send(h11.Data(data=resp.body))
+            data += self.connection.send(h11.Data(data=body))
             data += self.connection.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             data = b""
