@@ -106,8 +106,11 @@ class ConnectionGate:
 
 
 class ServerConfig(HyperConfig):
-    """Hypercorn's Config plus what RegistryTCPServer enforces. ``gate`` counts this process's
-    connections: a forked worker starts from its own copy (the parent serves none)."""
+    """Hypercorn's Config plus what RegistryTCPServer enforces and the switch our protocol
+    classes read (h2proto.H2cGate). ``gate`` counts this process's connections: a forked
+    worker starts from its own copy (the parent serves none)."""
+
+    h2c_enabled: bool = False  # http.h2c.enabled
 
     def __init__(self, limits: ConnLimits | None = None) -> None:
         super().__init__()

@@ -70,7 +70,6 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
 from ..errors import ErrorCode, RegistryError
-from . import conn
 from .responses import error_answer
 
 log = logging.getLogger("registry.http")
@@ -84,12 +83,6 @@ RESET_WINDOW_S = 10.0
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A request target hypercorn can decode as ASCII: visible characters, no spaces.
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-
-
-class ServerConfig(conn.ServerConfig):
-    """The server configuration (conn.py's) plus the switches our protocol classes read."""
-
-    h2c_enabled: bool = False  # http.h2c.enabled
 
 
 def representable(headers: list[tuple[bytes, bytes]]) -> bool:
