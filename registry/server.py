@@ -144,7 +144,7 @@ def connection_limits(config: Config) -> deadlines.ConnLimits:
 
 
 def hypercorn_config(config: Config) -> HyperConfig:
-    hc = h2proto.ServerConfig(connection_limits(config))
+    hc = conn.ServerConfig(connection_limits(config))
     hc.bind = [bind_address(config.http.addr)]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")

@@ -31,14 +31,13 @@ from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
-from .responses import Response, error_response
+from .responses import API_VERSION_HEADER, Response, error_response
 
 __all__ = ["AppOptions", "RegistryApp"]
 
 log = logging.getLogger("registry.http")
 access_log = logging.getLogger("registry.access")
 
-API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Background = Callable[[trio.Nursery], Awaitable[None]]

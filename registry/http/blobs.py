@@ -12,9 +12,8 @@ from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
 from .request import Request, Route, Services
-from .responses import Response, json_response
+from .responses import Headers, Response, json_response
 
-Headers = list[tuple[bytes, bytes]]
 BLOB_MAX_AGE = b"max-age=31536000"  # content-addressed: a digest's bytes never change
 
 
@@ -25,6 +24,14 @@ def parse_digest(value: str | None) -> Digest:
         return Digest.parse(value)
     except DigestError as e:
         raise RegistryError(ErrorCode.DIGEST_INVALID, str(e)) from None
+
+
+def not_modified(req: Request, etag: str, headers: Headers) -> Response | None:
+    """A 304 with ``headers`` when the request's If-None-Match lists ``etag``, else None."""
+    inm = req.headers.get("if-none-match")
+    if inm is not None and etag in [t.strip() for t in inm.split(",")]:
+        return Response(304, headers, b"", length=0, head=True)
+    return None
 
 
 async def base(svc: Services, req: Request) -> Response:
@@ -44,10 +51,10 @@ async def _blob(svc: Services, req: Request, *, head: bool) -> Response:
     d = parse_digest(req.params["digest"])
     st = svc.storage
     size = await st.blobs.stat_in_repo(name, d)
-    etag = f'"{d}"'.encode()
+    etag = f'"{d}"'
     headers = [
         (b"docker-content-digest", str(d).encode()),
-        (b"etag", etag),
+        (b"etag", etag.encode()),
         (b"accept-ranges", b"bytes"),
         (b"cache-control", BLOB_MAX_AGE),
     ]
@@ -56,9 +63,8 @@ async def _blob(svc: Services, req: Request, *, head: bool) -> Response:
         if url is not None:
             headers.append((b"location", url.encode()))
             return Response(307, headers)
-    inm = req.headers.get("if-none-match")
-    if inm is not None and etag.decode() in [t.strip() for t in inm.split(",")]:
-        return Response(304, headers, b"", length=0, head=True)
+    if (unchanged := not_modified(req, etag, headers)) is not None:
+        return unchanged
     try:
         rng = parse_range(req.headers.get("range"), size)
     except Unsatisfiable:

@@ -54,7 +54,7 @@ from .deadlines import (
     ReadTimer,
     write_deadline,
 )
-from .responses import error_response
+from .responses import error_answer
 
 log = logging.getLogger("registry.conn")
 
@@ -66,6 +66,26 @@ LINGER_SECONDS = 10.0
 LINGER_IDLE_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 
+class LogThrottle:
+    """At most one log line per kind per LOG_INTERVAL; the next says how many it stands for."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}  # occurrences since the last line, per kind
+        self._logged: dict[str, float] = {}  # time.monotonic() of the last line, per kind
+
+    def due(self, kind: str) -> str | None:
+        """Count one ``kind``: None to hold its line back, else the line's suffix ("" for the
+        first line, else " (N times in the last Ts)")."""
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        now = time.monotonic()
+        last = self._logged.get(kind)
+        if last is not None and now - last < LOG_INTERVAL:
+            return None
+        self._logged[kind] = now
+        count = self._counts.pop(kind)
+        return "" if last is None else f" ({count} times in the last {now - last:.0f}s)"
+
+
 class ConnectionGate:
     """One worker's open-connection count against its cap, and rate-limited log lines about
     refused and dropped connections (at most one per kind per LOG_INTERVAL)."""
@@ -73,8 +93,7 @@ class ConnectionGate:
     def __init__(self, cap: int) -> None:
         self.cap = cap  # 0: no cap
         self.open = 0
-        self._counts: dict[str, int] = {}
-        self._logged: dict[str, float] = {}
+        self._throttle = LogThrottle()
 
     def admit(self) -> bool:
         """Count a new connection in, or return False (and log) when the cap is reached."""
@@ -92,22 +111,17 @@ class ConnectionGate:
         self._note(reason, f"dropped a slow client: {reason}")
 
     def _note(self, kind: str, text: str) -> None:
-        self._counts[kind] = self._counts.get(kind, 0) + 1
-        now = time.monotonic()
-        last = self._logged.get(kind)
-        if last is not None and now - last < LOG_INTERVAL:
-            return
-        self._logged[kind] = now
-        count = self._counts.pop(kind)
-        if last is None:
-            log.warning("%s", text)
-        else:
-            log.warning("%s (%d times in the last %.0fs)", text, count, now - last)
+        suffix = self._throttle.due(kind)
+        if suffix is not None:
+            log.warning("%s%s", text, suffix)
 
 
 class ServerConfig(HyperConfig):
-    """Hypercorn's Config plus what RegistryTCPServer enforces. ``gate`` counts this process's
-    connections: a forked worker starts from its own copy (the parent serves none)."""
+    """Hypercorn's Config plus what RegistryTCPServer enforces and the switch our protocol
+    classes read (h2proto.H2cGate). ``gate`` counts this process's connections: a forked
+    worker starts from its own copy (the parent serves none)."""
+
+    h2c_enabled: bool = False  # http.h2c.enabled
 
     def __init__(self, limits: ConnLimits | None = None) -> None:
         super().__init__()
@@ -117,13 +131,10 @@ class ServerConfig(HyperConfig):
 
 def _refusal() -> bytes:
     err = RegistryError(ErrorCode.UNAVAILABLE, "too many open connections; retry later")
-    resp = error_response(err, head=False)
-    body = resp.body if isinstance(resp.body, bytes) else b""
-    return (
-        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        b"docker-distribution-api-version: registry/2.0\r\nretry-after: 1\r\n"
-        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    headers, body = error_answer(err)
+    headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"HTTP/1.1 503 Service Unavailable\r\n%s\r\n%s" % (head, body)
 
 
 REFUSAL = _refusal()  # the whole answer to a connection past the cap, built once
@@ -316,27 +327,21 @@ class AcceptErrorFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._last: float | None = None
-        self._held = 0
+        self._throttle = LogThrottle()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if self._last is not None and now - self._last < LOG_INTERVAL:
-            self._held += 1
+        since = self._throttle.due("accept")
+        if since is None:
             return False
         exc = record.exc_info[1] if record.exc_info else None
         code = getattr(exc, "errno", None) or 0
         name = ACCEPT_ERRNOS.get(code, str(code))
         record.msg = (
-            "cannot accept connections: %s (%s)%s;"
-            " lower http.maxconnections or raise the open-file limit"
+            "cannot accept connections: %s (%s);"
+            " lower http.maxconnections or raise the open-file limit%s"
         )
-        since = ""
-        if self._last is not None:
-            since = f", {self._held + 1} times in the last {now - self._last:.0f}s"
         record.args = (name, os.strerror(code) if code else "?", since)
         record.exc_info = record.exc_text = None
-        self._last, self._held = now, 0
         return True
 
 

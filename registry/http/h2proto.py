@@ -70,8 +70,7 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
 from ..errors import ErrorCode, RegistryError
-from . import conn
-from .responses import error_response
+from .responses import error_answer
 
 log = logging.getLogger("registry.http")
 
@@ -84,12 +83,6 @@ RESET_WINDOW_S = 10.0
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A request target hypercorn can decode as ASCII: visible characters, no spaces.
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-
-
-class ServerConfig(conn.ServerConfig):
-    """The server configuration (conn.py's) plus the switches our protocol classes read."""
-
-    h2c_enabled: bool = False  # http.h2c.enabled
 
 
 def representable(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -283,18 +276,11 @@ class H2cGate:
             else "cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1, or HTTP/2 over TLS"
         )
         err = RegistryError(ErrorCode.UNSUPPORTED, why, status=505)
-        resp = error_response(err, head=False)
-        assert isinstance(resp.body, bytes)
-        headers = [
-            (b"docker-distribution-api-version", b"registry/2.0"),  # SPEC General 1
-            *resp.headers,
-            *self.config.response_headers("h11"),
-            (b"content-length", str(len(resp.body)).encode()),
-            (b"connection", b"close"),
-        ]
+        headers, body = error_answer(err)
+        headers += [*self.config.response_headers("h11"), (b"connection", b"close")]
         try:
             data = self.connection.send(h11.Response(status_code=505, headers=headers))
-            data += self.connection.send(h11.Data(data=resp.body))
+            data += self.connection.send(h11.Data(data=body))
             data += self.connection.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             data = b""

@@ -11,7 +11,7 @@ from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_tag
 from ..storage.manifests import MAX_MANIFEST_BYTES, OCI_INDEX
 from ..storage.tags import paginate
-from .blobs import parse_digest
+from .blobs import not_modified, parse_digest
 from .ranges import parse_content_length
 from .request import Request, Services
 from .responses import Response, json_response
@@ -40,10 +40,7 @@ async def get_manifest(svc: Services, req: Request) -> Response:
         (b"docker-content-digest", str(m.digest).encode()),
         (b"etag", etag.encode()),
     ]
-    inm = req.headers.get("if-none-match")
-    if inm is not None and etag in [t.strip() for t in inm.split(",")]:
-        return Response(304, headers, b"", length=0, head=True)
-    return Response(200, headers, m.body)
+    return not_modified(req, etag, headers) or Response(200, headers, m.body)
 
 
 async def put_manifest(svc: Services, req: Request) -> Response:

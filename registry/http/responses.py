@@ -12,6 +12,9 @@ from typing import Any
 
 from ..errors import RegistryError
 
+Headers = list[tuple[bytes, bytes]]
+API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")  # SPEC General 1
+
 
 @dataclass
 class Response:
@@ -35,3 +38,12 @@ def error_response(err: RegistryError, head: bool) -> Response:
     if head:  # HEAD errors carry no body
         return Response(err.status, headers, b"", length=0, head=True)
     return json_response(err.status, err.to_json(), headers)
+
+
+def error_answer(err: RegistryError) -> tuple[Headers, bytes]:
+    """The headers (API version, the envelope's own, Content-Length) and JSON body of an
+    error answered outside the app: a connection past the cap, a WebSocket, an h2c preface."""
+    resp = error_response(err, head=False)
+    body = resp.body
+    assert isinstance(body, bytes)  # error_response with head=False: always JSON bytes
+    return [API_VERSION_HEADER, *resp.headers, (b"content-length", b"%d" % len(body))], body

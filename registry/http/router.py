@@ -22,14 +22,14 @@ class Match:
     method_ok: bool  # False: the path has this route's shape but not the method (405)
 
 
-def match(path: str, method: str, table: tuple[Route, ...] = ROUTES) -> Match | None:
+def match(path: str, method: str) -> Match | None:
     """The route for ``path`` (raw, percent-encoded), or None if no route has this shape.
 
     The first route whose pattern and method match wins; when only shapes match, the first
     of them comes back with ``method_ok`` False (405 + its Allow header).
     """
     first_shape: Match | None = None
-    for route in table:
+    for route in ROUTES:
         m = route.pattern.match(path)
         if m is None:
             continue

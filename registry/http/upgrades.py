@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import ErrorCode, RegistryError
-from .responses import error_response
+from .responses import error_answer
 
 log = logging.getLogger("registry.http")
 
 ASGIApp = Callable[..., Awaitable[None]]
-API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")  # SPEC General 1
 
 
 def refuse_websockets(app: ASGIApp) -> ASGIApp:
@@ -32,13 +31,9 @@ def refuse_websockets(app: ASGIApp) -> ASGIApp:
         await receive()  # websocket.connect
         path = scope.get("raw_path") or b""
         log.info("WebSocket request refused: %s", path[:300].decode("latin-1"))
-        resp = error_response(
-            RegistryError(ErrorCode.UNSUPPORTED, "WebSocket is not supported", status=400),
-            head=False,
-        )
-        body = resp.body if isinstance(resp.body, bytes) else b""
-        headers = [API_VERSION_HEADER, *resp.headers, (b"content-length", b"%d" % len(body))]
-        await send({"type": "websocket.http.response.start", "status": resp.status,
+        err = RegistryError(ErrorCode.UNSUPPORTED, "WebSocket is not supported", status=400)
+        headers, body = error_answer(err)
+        await send({"type": "websocket.http.response.start", "status": err.status,
                     "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
 
