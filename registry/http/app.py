@@ -164,7 +164,6 @@ class RegistryApp:
     ) -> None:
         head = req.method == "HEAD"
         sent = 0
-        status = 500
         try:
             resp = await self._dispatch(req, m)
         except BaseException as exc:
