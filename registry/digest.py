@@ -46,14 +46,6 @@ class Digest:
         return hashlib.new(self.algorithm)
 
 
-def sha256_of(data: bytes) -> Digest:
-    return Digest("sha256", hashlib.sha256(data).hexdigest())
-
-
-def of_bytes(algorithm: str, data: bytes) -> Digest:
-    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
-
-
 # Bulk code (garbage collection over 10^5 blobs) handles digests as canonical strings
 # ("sha256:<hex>"): a str caches its hash and takes half the memory of a Digest.
 
