@@ -289,9 +289,8 @@ def publish(results: dict[str, Any], chart: Path | None) -> None:
     if chart is not None:
         shutil.copyfile(chart, BENCH_DIR / "chart.png")
         print(f"published: {BENCH_DIR / 'chart.png'}")
-    ref_flag = ""
-    if meta.get("ref_cmd", DEFAULT_REF_CMD) != DEFAULT_REF_CMD:
-        ref_flag = f" --ref-cmd '{meta['ref_cmd']}'"
+    ref_cmd = report.custom_ref_cmd(meta)
+    ref_flag = f" --ref-cmd '{ref_cmd}'" if ref_cmd is not None else ""
     text = (
         "# Benchmark results\n\n"
         f"`python -m bench {'--quick ' if meta['profile'] == 'quick' else ''}"

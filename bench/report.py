@@ -13,21 +13,30 @@ from .servers import DEFAULT_REF_CMD
 SIDES = ("ours", "ref")
 
 
+def custom_ref_cmd(meta: dict[str, Any]) -> str | None:
+    """The "ref" side's command when it was not the default (Debian's docker-registry);
+    None for the default, and for results from before ``ref_cmd`` was recorded."""
+    cmd = meta.get("ref_cmd", DEFAULT_REF_CMD)
+    return None if cmd == DEFAULT_REF_CMD else cmd
+
+
 def reference_name(meta: dict[str, Any]) -> str:
     """What the "ref" side was: Debian's docker-registry (its version) for the default
     command, else the command itself (e.g. registry:3's binary
     from ../shared/bin)."""
-    if meta.get("ref_cmd", DEFAULT_REF_CMD) == DEFAULT_REF_CMD:
+    cmd = custom_ref_cmd(meta)
+    if cmd is None:
         return f"distribution {meta['ref_version']} (Debian's docker-registry)"
-    return f"`{meta['ref_cmd']}`"
+    return f"`{cmd}`"
 
 
 def short_reference(meta: dict[str, Any]) -> str:
     """The reference's name for a chart title: its version, or its command's program."""
-    if meta.get("ref_cmd", DEFAULT_REF_CMD) == DEFAULT_REF_CMD:
+    cmd = custom_ref_cmd(meta)
+    if cmd is None:
         return f"distribution {meta.get('ref_version') or '2.8'}"
-    words = [w for w in meta["ref_cmd"].split() if "/" in w or w.startswith("registry")]
-    return words[0].rsplit("/", 1)[-1] if words else meta["ref_cmd"]
+    words = [w for w in cmd.split() if "/" in w or w.startswith("registry")]
+    return words[0].rsplit("/", 1)[-1] if words else cmd
 
 
 def summarize(values: list[float | None]) -> dict[str, Any]:

@@ -385,12 +385,8 @@ class S3Scenario:
             from registry.drivers.s3.driver import S3Driver
         except ImportError as exc:  # pragma: no cover - the driver exists (checked above)
             return {"driver_write_error": str(exc)}
-        params = {
-            "accesskey": ACCESS_KEY, "secretkey": SECRET_KEY, "region": REGION,
-            "regionendpoint": f"http://{HOST}:{moto.port}", "bucket": bucket,
-            "forcepathstyle": True, "secure": False, "chunksize": CHUNK_SIZE,
-            "parallelparts": 4, "rootdirectory": "/driver",
-        }  # fmt: skip
+        params = moto.params(bucket, chunksize=CHUNK_SIZE, parallelparts=4,
+                             rootdirectory="/driver")  # fmt: skip
         fd = env.data.file.fileno()
 
         async def write() -> float:

@@ -6,13 +6,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-# algorithm -> (hex length, hashlib constructor name)
+# algorithm (a hashlib name) -> length of its lowercase hex digest
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
-_LOWER_HEX = re.compile(r"[0-9a-f]+")
-# Canonical digests, and the hex part of each algorithm's (storage directory names).
-_CANONICAL_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+# The hex part of each algorithm's digests (also storage directory names), and canonical
+# digest strings: both derived from ALGORITHMS.
 HEX_RE = {alg: re.compile(f"[0-9a-f]{{{n}}}") for alg, n in ALGORITHMS.items()}
+_CANONICAL_RE = re.compile("|".join(f"{alg}:{rx.pattern}" for alg, rx in HEX_RE.items()))
 EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
@@ -35,23 +35,15 @@ class Digest:
         if m is None:
             raise DigestError(f"invalid digest format: {value[:150]!r}")
         algorithm, hexpart = m.group(1), m.group(2)
-        length = ALGORITHMS.get(algorithm)
-        if length is None:
+        hex_re = HEX_RE.get(algorithm)
+        if hex_re is None:
             raise DigestError(f"unsupported digest algorithm: {algorithm[:32]!r}")
-        if len(hexpart) != length or _LOWER_HEX.fullmatch(hexpart) is None:
+        if hex_re.fullmatch(hexpart) is None:
             raise DigestError(f"invalid {algorithm} digest: {value[:150]!r}")
         return cls(algorithm, hexpart)
 
     def hasher(self) -> hashlib._Hash:
         return hashlib.new(self.algorithm)
-
-
-def sha256_of(data: bytes) -> Digest:
-    return Digest("sha256", hashlib.sha256(data).hexdigest())
-
-
-def of_bytes(algorithm: str, data: bytes) -> Digest:
-    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
 
 
 # Bulk code (garbage collection over 10^5 blobs) handles digests as canonical strings

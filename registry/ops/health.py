@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ..config import ConfigError, duration_setting
 from ..drivers.base import PathNotFound
 from ..storage import paths
 from .metrics import Metrics
@@ -86,9 +87,8 @@ class HealthChecker:
 
 
 def parse_health(section: Mapping[str, Any]) -> tuple[bool, float, int]:
-    """(enabled, interval seconds, threshold) from ``health.storagedriver``."""
-    from ..config import ConfigError, parse_duration
-
+    """(enabled, interval seconds, threshold) from ``health.storagedriver``. Raises
+    ConfigError naming the key."""
     sd = section.get("storagedriver") if hasattr(section, "get") else None
     if not sd:
         return False, DEFAULT_HEALTH_INTERVAL_S, 1
@@ -97,13 +97,9 @@ def parse_health(section: Mapping[str, Any]) -> tuple[bool, float, int]:
     enabled = sd.get("enabled", False)
     if not isinstance(enabled, bool):
         raise ConfigError("health.storagedriver.enabled: expected a boolean")
-    try:
-        interval = parse_duration(sd.get("interval", "10s"))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"health.storagedriver.interval: {exc}") from None
+    interval = duration_setting(sd.get("interval"), "health.storagedriver.interval",
+                                DEFAULT_HEALTH_INTERVAL_S, positive=True)
     threshold = sd.get("threshold", 1) or 1
     if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
         raise ConfigError("health.storagedriver.threshold: expected a positive integer")
-    if interval <= 0:
-        raise ConfigError("health.storagedriver.interval: must be greater than zero")
     return enabled, interval, threshold
