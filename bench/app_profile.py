@@ -6,9 +6,10 @@ through it (a config blob, a layer, a schema2 manifest tagged ``latest``), then 
 ``app(scope, receive, send)`` directly in one trio loop with a scope shaped like the one
 hypercorn builds, for each profiled request, and prints the process CPU time per call in
 microseconds (``time.process_time``: user + system of this process, so threads the app
-hands work to count too). Three variants of the app: ``plain`` (the bench's server config:
-no auth, no metrics, access log off), ``auth`` (htpasswd with one bcrypt user, every
-request carrying its Basic credentials) and ``metrics`` (Prometheus metrics on).
+hands work to count too). Variants of the app: ``plain`` (the bench's server config: no
+auth, no metrics, access log off), ``auth`` (htpasswd with one bcrypt user, every request
+carrying its Basic credentials), ``metrics`` (Prometheus metrics on) and ``accesslog``
+(the access log on, as by default, in the text format, written to /dev/null).
 
 ``--profile NAME`` (e.g. ``plain:manifest_get_tag``) runs that one case under cProfile and
 prints the top of the profile by internal time. Every answer's status (and, for manifest
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import cProfile
 import hashlib
 import io
 import json
-import logging
+import os
 import pstats
 import statistics
 import tempfile
@@ -37,6 +39,7 @@ from typing import Any
 import bcrypt
 import trio
 
+from registry import logs
 from registry.config import load_config
 from registry.server import build_app
 
@@ -44,7 +47,9 @@ USER, PASSWORD = "bench", "bench-password"
 BCRYPT_COST = 10  # htpasswd -B's default: what a deployment has
 REPO = "bench/small"
 WARMUP = 200  # calls before timing: caches, lazily built metric children, code paths
-VARIANTS = ("plain", "auth", "metrics")
+VARIANTS = ("plain", "auth", "metrics", "accesslog")
+
+DEVNULL = open(os.devnull, "w")  # noqa: SIM115  where the access log goes, for the whole run
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -108,6 +113,7 @@ def build(variant: str, root: Path) -> tuple[Any, Headers]:
         "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
         "REGISTRY_LOG_LEVEL": "error",
     }
+    level = "error"
     headers: Headers = []
     if variant == "auth":
         htpasswd = root / "htpasswd"
@@ -119,8 +125,13 @@ def build(variant: str, root: Path) -> tuple[Any, Headers]:
         headers.append((b"authorization", b"Basic " + token))
     elif variant == "metrics":
         env["REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED"] = "true"
+    elif variant == "accesslog":
+        env |= {"REGISTRY_LOG_ACCESSLOG_DISABLED": "false", "REGISTRY_LOG_LEVEL": "info"}
+        level = "info"
     config, warnings = load_config(None, env)
     assert not warnings, warnings
+    with contextlib.redirect_stderr(DEVNULL):
+        logs.setup(level)  # the handler keeps the stream it finds there
     return build_app(config), headers
 
 
@@ -193,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=30, help="profile lines to print")
     p.add_argument("--json", default="", help="also write the figures here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="app-profile-") as tmp:
         for variant in args.variants.split(","):
