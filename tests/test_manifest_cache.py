@@ -22,6 +22,7 @@ from conftest import start_app
 from oci import DOCKER_MANIFEST, OCI_MANIFEST, error_codes, push_image
 
 from registry.digest import Digest
+from registry.drivers.base import Unavailable
 from registry.drivers.memory import MemoryDriver
 from registry.storage.manifest_store import MANIFEST_CACHE_BYTES, _LRUBytes
 from registry.storage.store import Storage
@@ -147,3 +148,20 @@ def test_the_manifest_cache_is_bounded_in_bytes() -> None:
     assert digests[1] not in cache.items
     assert Storage(MemoryDriver()).manifests._manifest_bytes.budget == MANIFEST_CACHE_BYTES
     assert MANIFEST_CACHE_BYTES <= 64 * 1024 * 1024  # per worker, in a 256 MiB container
+
+
+class _Down(MemoryDriver):
+    """Storage that fails every read (a backend gone away)."""
+
+    async def get_content(self, path: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        raise Unavailable("backend down")
+
+
+async def test_an_uncached_read_whose_storage_fails_raises_the_drivers_error_as_itself() -> None:
+    """The revision check and the bytes are read at once: both failing is still one
+    Unavailable (503 for the client), not an exception group (a 500)."""
+    storage = Storage(_Down())
+    d = Digest("sha256", hashlib.sha256(b"{}").hexdigest())
+    with trio.fail_after(BOUND), pytest.raises(Unavailable):
+        await storage.manifests.get("cache/down", d)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -105,14 +106,42 @@ class ManifestStore:
         return entry
 
     async def get(self, name: str, reference: str | Digest) -> Manifest:
-        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it."""
+        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag and the
+        revision link are read from storage every time; only the bytes may be cached."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
-        if not await self.blobs.has_revision(name, d):
-            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
-        found = await self._manifest_of(d)
-        if found is None:
+        found = self._manifest_bytes.get(d)
+        if found is not None:
+            linked = await self.blobs.has_revision(name, d)
+        else:
+            linked, found = await self._revision_and_bytes(name, d)
+        if not linked or found is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
         return Manifest(d, found[1], found[0])
+
+    async def _revision_and_bytes(
+        self, name: str, d: Digest
+    ) -> tuple[bool, tuple[bytes, str] | None]:
+        """The revision check and the bytes of an uncached manifest, read at once (on S3:
+        one round trip instead of two). The bytes are never served without the check; an
+        error of either read is raised as itself (the first, the link's, if both fail)."""
+        results: list[bool | tuple[bytes, str] | None] = [False, None]
+        errors: list[Exception | None] = [None, None]
+
+        async def read(i: int, call: Any) -> None:
+            try:
+                results[i] = await call()
+            except Exception as exc:  # noqa: BLE001  raised below as itself, not in a group
+                errors[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, 0, partial(self.blobs.has_revision, name, d))
+            nursery.start_soon(read, 1, partial(self._manifest_of, d))
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        linked, found = results
+        assert isinstance(linked, bool) and not isinstance(found, bool)
+        return linked, found
 
     async def put(
         self, name: str, reference: str | Digest, content_type: str | None, body: bytes
