@@ -4,6 +4,8 @@ builder, and the router, the 405 answer and the access policy read the same reco
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.http import router
 from registry.http.request import Route
@@ -46,3 +48,33 @@ def test_labels_are_unique_and_the_optional_trailing_slash_matches_both_ways() -
         assert m is not None and m.route is UPLOADS
     m = router.match("/v2/a/blobs/uploads/u1", "PATCH")
     assert m is not None and m.route is UPLOAD and m.params == {"name": "a", "uuid": "u1"}
+
+
+def _match_every_pattern(path: str, method: str) -> router.Match | None:
+    """router.match without its marker prefilter: every pattern tried, in table order."""
+    first_shape = None
+    for route in ROUTES:
+        m = route.pattern.match(path)
+        if m is None:
+            continue
+        if method in route.allowed:
+            return router.Match(route, m.groupdict(), True)
+        if first_shape is None:
+            first_shape = router.Match(route, m.groupdict(), False)
+    return first_shape
+
+
+PIECES = ["v2", "", "a", "b.c", "blobs", "uploads", "manifests", "tags", "list", "_catalog",
+          "referrers", "admin", "gc", "v1", SAMPLE["digest"], "%2F"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=7), st.booleans(),
+       st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]))
+def test_the_routers_prefilter_never_changes_what_a_path_matches(
+    parts: list[str], slash: bool, method: str
+) -> None:
+    """Each route's marker (a literal every matching path contains) only spares patterns
+    that cannot match: same route, params and 405-ness as trying every pattern."""
+    path = "/" + "/".join(parts) + ("/" if slash else "")
+    assert router.match(path, method) == _match_every_pattern(path, method)

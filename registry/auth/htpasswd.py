@@ -186,10 +186,10 @@ class BasicVerifier:
     async def verify(self, header: str | None) -> str | None:
         """The user name when ``header`` carries valid credentials, else None. Never raises
         for a bad header."""
-        creds = parse_basic(header)
-        if creds is None or header is None:
+        if not header:
             return None
         entries = await self.file.current()
+        # The cache first: only headers that verified are in it, so a hit needs no parsing.
         key = hashlib.sha256(
             entries.version.encode() + b"\0" + header.encode("utf-8", "surrogateescape")
         ).digest()
@@ -200,6 +200,9 @@ class BasicVerifier:
                 self._cache.move_to_end(key)
                 return hit[0]
             del self._cache[key]
+        creds = parse_basic(header)
+        if creds is None:
+            return None
         user, password = creds
         hashed = entries.users.get(user)
         known = hashed is not None and usable(hashed)

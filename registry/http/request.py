@@ -75,6 +75,9 @@ class Route:
     access: Mapping[str, str | None]
     event: EventKind | None = None
     pattern: re.Pattern[str] = field(init=False, repr=False)
+    # A literal part of the template every matching path contains: the router tries the
+    # pattern only on paths that contain it (a substring test costs a tenth of a match).
+    marker: str = field(init=False, repr=False)
     allowed: frozenset[str] = field(init=False, repr=False)
     allow_header: str = field(init=False, repr=False)  # the 405 answer's Allow
 
@@ -83,6 +86,7 @@ class Route:
             raise ValueError(f"route {self.label}: access must name exactly its methods")
         set_ = object.__setattr__
         set_(self, "pattern", _compile(self.template))
+        set_(self, "marker", _marker(self.template))
         set_(self, "allowed", frozenset(self.handlers))
         # Allow lists HEAD wherever GET is (what the 405 has always said).
         allow = self.allowed | ({"HEAD"} if "GET" in self.allowed else set())
@@ -108,6 +112,15 @@ def _compile(template: str) -> re.Pattern[str]:
     optional_slash = tail.endswith("/")
     parts.append(re.escape(tail[:-1] if optional_slash else tail))
     return re.compile("^" + "".join(parts) + ("/?" if optional_slash else "") + "$")
+
+
+def _marker(template: str) -> str:
+    """The template's last literal part: every path its pattern matches contains it
+    (without the trailing ``/``, which the pattern makes optional)."""
+    literals = [p for p in _PARAM.split(template)[::2] if p]  # [::2]: not the names
+    if not literals:
+        return ""
+    return literals[-1][:-1] if template.endswith("/") else literals[-1]
 
 
 # The route of a request the table has no route (or no method) for. Not in the table.

@@ -2,8 +2,11 @@
 
 A manifest is a blob (``blobs/.../data``) plus a revision link in the repository; a tag
 points at a revision (TagStore). Manifest bytes never change for a digest, so this process
-keeps the bytes of recently used manifests and what the referrers API reports of them; whether
-a repository still links a digest is always read from storage, never cached.
+keeps the bytes of recently used manifests and what the referrers API reports of them, once
+they hash to their digest (bytes that do not are never kept nor served). What can change is
+never cached: whether a repository still links a digest, and which digest a tag names, are
+read from storage on every request, so a delete or a tag moved by another worker or replica
+is seen at once.
 
 Raises RegistryError for what a client should see: MANIFEST_UNKNOWN, MANIFEST_INVALID,
 DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN (one entry per missing reference).
@@ -12,8 +15,10 @@ DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN (one entry per missing reference).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -28,7 +33,11 @@ from .manifests import ManifestSummary, ParsedManifest, parse_manifest, sniff_me
 from .tags import TagStore
 from .walk import digests_in
 
-MANIFEST_CACHE_BYTES = 32 * 1024 * 1024  # immutable manifest bytes by digest, per process
+log = logging.getLogger("registry.storage")
+
+# Immutable manifest bytes by digest, per worker process: typical manifests are 0.5-10 KiB,
+# so this holds thousands of them in a 256 MiB container's budget with room to spare.
+MANIFEST_CACHE_BYTES = 32 * 1024 * 1024
 SUMMARY_CACHE_ENTRIES = 100_000  # referrers summaries kept per process (~300 bytes each)
 REFERENCE_CHECK_CONCURRENCY = 32  # parallel existence checks when validating a manifest
 
@@ -79,7 +88,9 @@ class ManifestStore:
         self._summaries: OrderedDict[Digest, ManifestSummary] = OrderedDict()
 
     async def _manifest_of(self, d: Digest) -> tuple[bytes, str] | None:
-        """(bytes, media type) of manifest blob ``d``, from the cache or storage."""
+        """(bytes, media type) of manifest blob ``d``, from the cache or storage; None when
+        storage has no such blob, or bytes that do not hash to ``d`` (logged: a damaged or
+        tampered file is never served nor cached, and is read again next time)."""
         cached = self._manifest_bytes.get(d)
         if cached is not None:
             return cached
@@ -87,19 +98,50 @@ class ManifestStore:
             body = await self.driver.get_content(paths.blob_data(d))
         except PathNotFound:
             return None
+        if hashlib.new(d.algorithm, body).hexdigest() != d.hex:
+            log.error("manifest blob %s: stored bytes do not match the digest; not served", d)
+            return None
         entry = (body, sniff_media_type(body))
         self._manifest_bytes.put(d, entry)
         return entry
 
     async def get(self, name: str, reference: str | Digest) -> Manifest:
-        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it."""
+        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag and the
+        revision link are read from storage every time; only the bytes may be cached."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
-        if not await self.blobs.has_revision(name, d):
-            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
-        found = await self._manifest_of(d)
-        if found is None:
+        found = self._manifest_bytes.get(d)
+        if found is not None:
+            linked = await self.blobs.has_revision(name, d)
+        else:
+            linked, found = await self._revision_and_bytes(name, d)
+        if not linked or found is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(d)})
         return Manifest(d, found[1], found[0])
+
+    async def _revision_and_bytes(
+        self, name: str, d: Digest
+    ) -> tuple[bool, tuple[bytes, str] | None]:
+        """The revision check and the bytes of an uncached manifest, read at once (on S3:
+        one round trip instead of two). The bytes are never served without the check; an
+        error of either read is raised as itself (the first, the link's, if both fail)."""
+        results: list[bool | tuple[bytes, str] | None] = [False, None]
+        errors: list[Exception | None] = [None, None]
+
+        async def read(i: int, call: Any) -> None:
+            try:
+                results[i] = await call()
+            except Exception as exc:  # noqa: BLE001  raised below as itself, not in a group
+                errors[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, 0, partial(self.blobs.has_revision, name, d))
+            nursery.start_soon(read, 1, partial(self._manifest_of, d))
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        linked, found = results
+        assert isinstance(linked, bool) and not isinstance(found, bool)
+        return linked, found
 
     async def put(
         self, name: str, reference: str | Digest, content_type: str | None, body: bytes
