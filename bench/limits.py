@@ -103,8 +103,16 @@ class LimitsScenario:
 
     @staticmethod
     def _done(srv: RunningServer, res: RoundResult) -> None:
-        if srv.cgroup is not None:
-            res.values["oom_kills"] += srv.cgroup.oom_kills()
+        """End of a phase, the server still running: count OOM kills, record the cgroup."""
+        if srv.cgroup is None:
+            raise RuntimeError("limits: the server runs outside a cgroup")
+        res.values["oom_kills"] += srv.cgroup.oom_kills()
+        pids = srv.cgroup.pids()
+        res.notes.setdefault("cgroups", []).append({
+            "dirs": [str(d) for d in srv.cgroup.dirs],
+            "server_in_cgroup": srv.proc.pid in pids,
+            "processes": len(pids),
+        })  # fmt: skip
 
     def _push_then_pull(self, env: Env, spec: ServerSpec, res: RoundResult) -> None:
         p = env.profile
