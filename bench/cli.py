@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Load scenarios against our registry and the reference, side by side.",
     )
-    ap.add_argument("--quick", action="store_true", help="small version of every scenario (<1 min)")
+    ap.add_argument("--quick", action="store_true", help="small version of every scenario (~2 min)")
     ap.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(names)}")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --quick)")
     ap.add_argument(
