@@ -66,7 +66,7 @@ def mode_name(scenario: str, meta: dict[str, Any]) -> str:
     """Which box a scenario's figures come from: the limits group or the whole machine."""
     if scenario == "limits":
         return f"limited ({meta.get('limits') or 'cgroup'})"
-    return f"unlimited ({meta.get('machine', '?').split(' ', 2)[0]} cores)"
+    return f"unlimited ({meta.get('machine', '?').split(' ', 1)[0]} cores)"
 
 
 def targets_table(results: dict[str, Any]) -> list[list[str]]:
@@ -216,8 +216,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         for f in sc.get("figures", []):
             if f["zero_ok"] or f["ratio"] is None or f["ratio"] <= 0:
                 continue
-            mode = "limited" if name == "limits" else "2 cores"
-            labels.append(f"[{mode}] {name}: {f['label']} ({f['unit']})")
+            where = "[limited]" if name == "limits" else f"[unlimited] {name}:"
+            labels.append(f"{where} {f['label']} ({f['unit']})")
             advantage.append(f["ratio"] if f["better"] == "higher" else 1 / f["ratio"])
     if not labels:
         return "no figure has values on both sides: no chart drawn"
@@ -242,7 +242,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.set_title(
         f"ours vs {short_reference(meta)} "
         f"(>1 = ours better; medians of {meta['rounds']} rounds)\n"
-        f"[2 cores]: no limit; [limited]: each side in a cgroup of {meta.get('limits', '?')}\n"
+        f"[unlimited]: {mode_name('', meta)}; "
+        f"[limited]: each side in a cgroup of {meta.get('limits', '?')}\n"
         f"{meta['date']} - {meta['machine']}",
         fontsize=9,
     )

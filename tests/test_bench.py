@@ -245,3 +245,51 @@ def test_client_compare_sink_detects_wrong_bytes(tmp_path: Path) -> None:
             server.join()
             results.append(resp.matches)
     assert results == [True, False, False]
+
+
+def test_targets_table_rates_each_issue_target_that_was_measured() -> None:
+    from bench.report import targets_table
+
+    def fig(key: str, ours: float, ref: float) -> dict:  # type: ignore[type-arg]
+        return {"key": key, "ours": {"median": ours}, "ref": {"median": ref}}
+
+    results = {
+        "meta": {"machine": "2 cores x", "limits": "0.25 CPU, 256 MiB"},
+        "scenarios": {
+            "push_monolithic": {"skipped": None, "figures": [fig("mbps", 500.0, 400.0)]},
+            "pull": {"skipped": "not here", "figures": []},
+            "limits": {"skipped": None, "figures": [
+                fig("mget_rps", 600.0, 1000.0), fig("oom_kills", 1.0, 0.0),
+            ]},
+        },
+    }  # fmt: skip
+    rows = targets_table(results)
+    assert rows[0][:3] == ["mode", "figure", "target"]
+    by_figure = {(r[0], r[1]): r for r in rows[1:]}
+    assert set(by_figure) == {
+        ("unlimited (2 cores)", "monolithic push"),
+        ("limited (0.25 CPU, 256 MiB)", "manifest GET, 32 connections"),
+        ("limited (0.25 CPU, 256 MiB)", "OOM kills"),
+    }  # unmeasured or skipped targets have no row
+    assert by_figure[("unlimited (2 cores)", "monolithic push")][-2:] == ["1.25", "ok"]
+    assert by_figure[("limited (0.25 CPU, 256 MiB)", "manifest GET, 32 connections")][-1] == "MISS"
+    assert by_figure[("limited (0.25 CPU, 256 MiB)", "OOM kills")][-1] == "MISS"
+
+
+@pytest.mark.parametrize(
+    ("meta", "name"),
+    [
+        ({"ref_custom": False, "ref_cmd": "env -u AWS_CA_BUNDLE /b/registry-v3.0.0 serve {config}",
+          "ref_path": "/b/registry-v3.0.0", "ref_version": "3.0.0"},
+         "distribution 3.0.0 (/b/registry-v3.0.0)"),
+        ({"ref_custom": True, "ref_cmd": "my-registry {config}", "ref_path": "/b/x"},
+         "`my-registry {config}`"),
+        # results from before --reference: the default command was Debian's 2.8
+        ({"ref_cmd": "env -u AWS_CA_BUNDLE docker-registry serve {config}",
+          "ref_version": "2.8.2+ds1"}, "distribution 2.8.2+ds1 (Debian's docker-registry)"),
+    ],
+)  # fmt: skip
+def test_reference_is_named_with_its_version(meta: dict, name: str) -> None:  # type: ignore[type-arg]
+    from bench.report import reference_name
+
+    assert reference_name(meta) == name
