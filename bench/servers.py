@@ -4,8 +4,10 @@ The reference is ``registry-v3.0.0`` (the ``registry:3`` binary) from ``../share
 beside the project when present, else Debian's ``docker-registry`` (distribution 2.8);
 ``--reference PATH`` picks another. Go programs run with ``env -u AWS_CA_BUNDLE`` (Go's S3
 client panics on this machine's bundle). A spec with ``limits`` runs in its own cgroup
-(cgroups.py). Each ``open_server`` gets a fresh temp storage directory, a free 127.0.0.1 port and a config
-file in the reference registry's schema (ours reads the same schema), waits until
+(cgroups.py).
+
+Each ``open_server`` gets a fresh temp storage directory, a free 127.0.0.1 port and a
+config file in the reference registry's schema (ours reads the same schema), waits until
 ``GET /v2/`` answers, samples the process tree's RSS while it runs, and on exit stops the
 whole process group (SIGTERM, then SIGKILL after a grace period) and deletes the storage.
 """
