@@ -79,7 +79,7 @@ class LimitsScenario:
 
     def prepare(self, env: Env) -> None:
         try:  # can this machine make (and remove) a cgroup at all?
-            with open_cgroup(env.limits, f"registry-bench-probe-{os.getpid()}"):
+            with open_cgroup(env.limits, f"registry-bench-{os.getpid()}-probe"):
                 pass
         except (CgroupUnavailable, OSError) as exc:
             raise Skip(f"cgroups cannot be written here ({exc}); run as root with cgroup "
