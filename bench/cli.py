@@ -139,6 +139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--cpu-quota must be between 0.01 and 1024 CPUs")
     args.ref_custom = args.ref_cmd is not None
     if not args.ref_custom:
+        found = shutil.which(args.reference)
+        if found is None:
+            ap.error(f"--reference {args.reference}: no such executable (apt-get install -y "
+                     "docker-registry, or put registry-v3.0.0 in ../shared/bin)")  # fmt: skip
+        args.reference = os.path.abspath(found)
         args.ref_cmd = reference_cmd(args.reference)
     if args.limits and args.only:
         ap.error("--limits runs the limits scenario only; do not combine it with --only")
