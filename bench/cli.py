@@ -22,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .cgroups import Limits, parse_memory
 from .core import FULL, QUICK, Env, Scenario, Skip
 from .data import DataFile
 from .dockerclient import DockerClientScenario
+from .limits import LimitsScenario
 from .s3 import S3Scenario
-from .servers import DEFAULT_REF_CMD, ServerSpec, ServerStartError, default_ours_cmd
+from .servers import (
+    ServerSpec,
+    ServerStartError,
+    default_ours_cmd,
+    default_reference,
+    reference_cmd,
+    reference_version,
+)
 from .small import SmallRequestsScenario
 from .transfer import (
     PUSH_CHUNKED,
@@ -48,6 +57,7 @@ SCENARIOS: list[Scenario] = [
     SmallRequestsScenario(),
     DockerClientScenario(),
     S3Scenario(),
+    LimitsScenario(),
 ]
 
 
@@ -60,9 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = [s.name for s in SCENARIOS]
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Load scenarios against our registry and distribution 2.8, side by side.",
+        description="Load scenarios against our registry and the reference, side by side.",
     )
-    ap.add_argument("--quick", action="store_true", help="small version of every scenario (<1 min)")
+    ap.add_argument("--quick", action="store_true", help="small version of every scenario (~2 min)")
     ap.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(names)}")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --quick)")
     ap.add_argument(
@@ -71,9 +81,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="command for our server; {config} is the config path (default: %(default)s)",
     )
     ap.add_argument(
+        "--reference",
+        metavar="PATH",
+        default=default_reference(),
+        help="the reference registry binary, run as `env -u AWS_CA_BUNDLE PATH serve CONFIG` "
+        "(default: %(default)s; /usr/bin/docker-registry for distribution 2.8)",
+    )
+    ap.add_argument(
         "--ref-cmd",
-        default=DEFAULT_REF_CMD,
-        help="command for the reference (default: %(default)s)",
+        help="command for the reference, overrides --reference; {config} is the config path",
+    )
+    ap.add_argument(
+        "--limits",
+        action="store_true",
+        help="run only the limits scenario: each side in its own cgroup (see --cpu-quota, --memory)",
+    )
+    ap.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=Limits().cpus,
+        metavar="CPUS",
+        help="CPU quota of each side's cgroup in the limits scenario (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--memory",
+        default="256M",
+        help="memory limit of each side's cgroup in the limits scenario (default: %(default)s)",
     )
     ap.add_argument(
         "--json", type=Path, help="results file (default bench/results/<timestamp>.json)"
@@ -98,6 +131,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
     args = ap.parse_args(argv)  # fmt: skip
+    try:
+        args.limits_box = Limits(args.cpu_quota, parse_memory(args.memory))
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not 0.01 <= args.cpu_quota <= 1024:
+        ap.error("--cpu-quota must be between 0.01 and 1024 CPUs")
+    args.ref_custom = args.ref_cmd is not None
+    if not args.ref_custom:
+        found = shutil.which(args.reference)
+        if found is None:
+            ap.error(f"--reference {args.reference}: no such executable (apt-get install -y "
+                     "docker-registry, or put registry-v3.0.0 in ../shared/bin)")  # fmt: skip
+        args.reference = os.path.abspath(found)
+        args.ref_cmd = reference_cmd(args.reference)
+    if args.limits and args.only:
+        ap.error("--limits runs the limits scenario only; do not combine it with --only")
+    if args.limits:
+        args.only = LimitsScenario.name
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in names]
@@ -136,21 +187,6 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores {cpu}{mem}{distro}"
-
-
-def ref_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["docker-registry", "--version"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    words = out.split()
-    return next((w.lstrip("v") for w in words if w[:1].isdigit() or w.startswith("v2")), None)
 
 
 def git_commit() -> str | None:
@@ -212,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "ours_cmd": args.ours_cmd,
             "ref_cmd": args.ref_cmd,
-            "ref_version": ref_version(),
+            "ref_custom": args.ref_custom,
+            "ref_path": args.reference,
+            "ref_default": args.reference == default_reference(),
+            "ref_version": None if args.ref_custom else reference_version(args.reference),
+            "limits": args.limits_box.describe(),
             "commit": git_commit(),
             "units": "MB = 10^6 bytes; MB/s = 10^6 bytes per second; latency in ms",
             "loadavg_start": os.getloadavg(),
@@ -220,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     print(f"bench: {profile.name} profile, {args.rounds} round(s), workdir {workdir}")
+    print(f"  reference: {report.reference_name(results['meta'])}")
     print(f"  ours: {args.ours_cmd}\n  ref:  {args.ref_cmd}")
     load1 = os.getloadavg()[0]
     if load1 > 0.5:
@@ -229,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     broken: dict[str, str] = {}  # side -> why it cannot start; later rounds skip it
     data = DataFile(workdir / "data.bin", profile.data_size)
-    env = Env(profile, data, workdir, cache_dir, args.verbose)
+    env = Env(profile, data, workdir, cache_dir, args.verbose, args.limits_box)
     try:
         for sc in args.selected:
             print(f"\n== {sc.name}: {sc.title}", flush=True)
@@ -290,19 +331,33 @@ def publish(results: dict[str, Any], chart: Path | None) -> None:
         shutil.copyfile(chart, BENCH_DIR / "chart.png")
         print(f"published: {BENCH_DIR / 'chart.png'}")
     ref_cmd = report.custom_ref_cmd(meta)
-    ref_flag = f" --ref-cmd '{ref_cmd}'" if ref_cmd is not None else ""
+    if ref_cmd is not None:
+        ref_flag = f" --ref-cmd '{ref_cmd}'"
+    elif not meta.get("ref_default", True):
+        ref_flag = f" --reference {meta['ref_path']}"
+    else:
+        ref_flag = ""
+    only = " --limits" if list(results["scenarios"]) == ["limits"] else ""
+    targets = report.targets_table(results)
     text = (
         "# Benchmark results\n\n"
         f"`python -m bench {'--quick ' if meta['profile'] == 'quick' else ''}"
-        f"--rounds {meta['rounds']}{ref_flag} --publish` on {meta['date']}, commit {meta['commit']}.\n"
+        f"--rounds {meta['rounds']}{only}{ref_flag} --publish` on {meta['date']}, "
+        f"commit {meta['commit']}.\n"
         f"Machine: {meta['machine']}. Reference: {report.reference_name(meta)}.\n"
+        "Two modes: unlimited (both sides may use every core) and limited (the `limits` "
+        f"scenario: each side in its own cgroup of {meta.get('limits', '?')}, the template's "
+        "container; the load generator outside).\n"
         "Figures are medians with (min..max) over the rounds; MB = 10^6 bytes. "
         f"Load average at the start: {meta.get('loadavg_start', ['?'])[0]:.1f}, at the end: "
         f"{meta.get('loadavg_end', ['?'])[0]:.1f} (above ~0.5 other work shared the 2 cores, "
         "which adds noise to both sides; the CPU-time rows are the steadiest).\n\n"
+        + ("## Targets (issue 14)\n\n" + report.markdown_table(targets) + "\n\n"
+           if len(targets) > 1 else "")
+        + "## All figures\n\n"
         + report.format_table(results, markdown=True)
         + "\n\n![ours vs reference](chart.png)\n"
-    )
+    )  # fmt: skip
     (BENCH_DIR / "RESULTS.md").write_text(text)
     print(f"published: {BENCH_DIR / 'RESULTS.md'}")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .cgroups import Limits
 from .data import DataFile
 from .servers import ServerSpec
 
@@ -127,6 +128,7 @@ class Env:
     workdir: Path  # per run, deleted afterwards: server storage, config files
     cache_dir: Path  # kept between runs: the compiled load generator, docker build context
     verbose: bool = False
+    limits: Limits = field(default_factory=Limits)  # what the limits scenario gives each side
 
     def log(self, msg: str) -> None:
         print(f"  {msg}", flush=True)

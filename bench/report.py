@@ -7,36 +7,90 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .core import Figure
+from .core import Figure, Target
 from .servers import DEFAULT_REF_CMD
 
 SIDES = ("ours", "ref")
 
 
 def custom_ref_cmd(meta: dict[str, Any]) -> str | None:
-    """The "ref" side's command when it was not the default (Debian's docker-registry);
-    None for the default, and for results from before ``ref_cmd`` was recorded."""
+    """The "ref" side's command when ``--ref-cmd`` gave it; None when it came from
+    ``--reference`` (or, in results from before that option, was Debian's docker-registry)."""
+    if "ref_custom" in meta:
+        return meta["ref_cmd"] if meta["ref_custom"] else None
     cmd = meta.get("ref_cmd", DEFAULT_REF_CMD)
     return None if cmd == DEFAULT_REF_CMD else cmd
 
 
 def reference_name(meta: dict[str, Any]) -> str:
-    """What the "ref" side was: Debian's docker-registry (its version) for the default
-    command, else the command itself (e.g. registry:3's binary
-    from ../shared/bin)."""
+    """What the "ref" side was: ``distribution <version> (<binary>)``, or the ``--ref-cmd``
+    command itself."""
     cmd = custom_ref_cmd(meta)
-    if cmd is None:
-        return f"distribution {meta['ref_version']} (Debian's docker-registry)"
-    return f"`{cmd}`"
+    if cmd is not None:
+        return f"`{cmd}`"
+    version = meta.get("ref_version") or "(version unknown)"
+    where = meta.get("ref_path") or "Debian's docker-registry"
+    return f"distribution {version} ({where})"
 
 
 def short_reference(meta: dict[str, Any]) -> str:
     """The reference's name for a chart title: its version, or its command's program."""
     cmd = custom_ref_cmd(meta)
     if cmd is None:
-        return f"distribution {meta.get('ref_version') or '2.8'}"
+        return f"distribution {meta.get('ref_version') or '?'}"
     words = [w for w in cmd.split() if "/" in w or w.startswith("registry")]
     return words[0].rsplit("/", 1)[-1] if words else cmd
+
+
+# Issue 14's targets, on the medians: (mode, figure, scenario, figure key, target).
+ISSUE_TARGETS: list[tuple[str, str, str, str, Target]] = [
+    ("2 cores", "monolithic push", "push_monolithic", "mbps", Target("ratio", 1.0)),
+    ("2 cores", "streamed push", "push_streamed", "mbps", Target("ratio", 1.0)),
+    ("2 cores", "16 concurrent pushes", "concurrent_push", "c16_mbps", Target("ratio", 1.0)),
+    ("2 cores", "pull", "pull", "mbps", Target("ratio", 1.3)),
+    ("2 cores", "manifest GET, 32 connections", "small_requests", "manifest_get_c32_rps",
+     Target("ratio", 0.8)),
+    ("2 cores", "peak memory (PSS), 16 pushes", "concurrent_push", "c16_rss", Target("max", 150)),
+    ("2 cores", "peak memory (PSS), 64 pushes", "concurrent_push", "c64_rss", Target("max", 256)),
+    ("limited", "monolithic push", "limits", "push_mbps", Target("ratio", 1.0)),
+    ("limited", "streamed push", "limits", "stream_mbps", Target("ratio", 1.0)),
+    ("limited", "pull", "limits", "pull_mbps", Target("ratio", 1.0)),
+    ("limited", "16 concurrent pushes", "limits", "c16_mbps", Target("ratio", 1.0)),
+    ("limited", "manifest GET, 32 connections", "limits", "mget_rps", Target("ratio", 0.7)),
+    ("limited", "OOM kills", "limits", "oom_kills", Target("max", 0)),
+    ("limited", "failed requests", "limits", "failed", Target("max", 0)),
+]  # fmt: skip
+
+
+def mode_name(scenario: str, meta: dict[str, Any]) -> str:
+    """Which box a scenario's figures come from: the limits group or the whole machine."""
+    if scenario == "limits":
+        return f"limited ({meta.get('limits') or 'cgroup'})"
+    return f"unlimited ({meta.get('machine', '?').split(' ', 1)[0]} cores)"
+
+
+def targets_table(results: dict[str, Any]) -> list[list[str]]:
+    """One row per issue target that this run measured: mode, figure, target, ours, ref,
+    ratio, met (ok / MISS / ? when a side has no figure)."""
+    rows = [["mode", "figure", "target", "ours", "ref", "ours/ref", "met"]]
+    for mode, label, scenario, key, target in ISSUE_TARGETS:
+        sc = results["scenarios"].get(scenario)
+        if not sc or sc.get("skipped"):
+            continue
+        fig = next((f for f in sc.get("figures", []) if f["key"] == key), None)
+        if fig is None:
+            continue
+        ours, ref = fig["ours"]["median"], fig["ref"]["median"]
+        met = target.met(ours, ref)
+        ratio = f"{ours / ref:.2f}" if ours is not None and ref else "-"
+        rows.append([mode_name(scenario, results["meta"]), label, target.describe(), fmt(ours),
+                     fmt(ref), ratio, {True: "ok", False: "MISS", None: "?"}[met]])  # fmt: skip
+    return rows
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
 def summarize(values: list[float | None]) -> dict[str, Any]:
@@ -123,9 +177,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     rows = table_rows(results)
     if markdown:
-        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-        return "\n".join(lines)
+        return markdown_table(rows)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for i, r in enumerate(rows):
@@ -164,7 +216,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
         for f in sc.get("figures", []):
             if f["zero_ok"] or f["ratio"] is None or f["ratio"] <= 0:
                 continue
-            labels.append(f"{name}: {f['label']} ({f['unit']})")
+            where = "[limited]" if name == "limits" else f"[unlimited] {name}:"
+            labels.append(f"{where} {f['label']} ({f['unit']})")
             advantage.append(f["ratio"] if f["better"] == "higher" else 1 / f["ratio"])
     if not labels:
         return "no figure has values on both sides: no chart drawn"
@@ -189,6 +242,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> str | None:
     ax.set_title(
         f"ours vs {short_reference(meta)} "
         f"(>1 = ours better; medians of {meta['rounds']} rounds)\n"
+        f"[unlimited]: {mode_name('', meta)}; "
+        f"[limited]: each side in a cgroup of {meta.get('limits', '?')}\n"
         f"{meta['date']} - {meta['machine']}",
         fontsize=9,
     )

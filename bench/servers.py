@@ -1,13 +1,20 @@
 """Start and stop the two registries under test.
 
-Each ``open_server`` gets a fresh temp storage directory, a free 127.0.0.1 port and a config
-file in the reference registry's schema (ours reads the same schema), waits until
+The reference is ``registry-v3.0.0`` (the ``registry:3`` binary) from ``../shared/bin``
+beside the project when present, else Debian's ``docker-registry`` (distribution 2.8);
+``--reference PATH`` picks another. Go programs run with ``env -u AWS_CA_BUNDLE`` (Go's S3
+client panics on this machine's bundle). A spec with ``limits`` runs in its own cgroup
+(cgroups.py).
+
+Each ``open_server`` gets a fresh temp storage directory, a free 127.0.0.1 port and a
+config file in the reference registry's schema (ours reads the same schema), waits until
 ``GET /v2/`` answers, samples the process tree's RSS while it runs, and on exit stops the
 whole process group (SIGTERM, then SIGKILL after a grace period) and deletes the storage.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import shutil
@@ -18,10 +25,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cgroups import Cgroup, Limits, open_cgroup
 from .http1 import Connection, HTTPError
 from .procmem import RssSampler, tree_cpu_seconds
 
@@ -48,7 +56,38 @@ FILESYSTEM_STORAGE = """\
   delete:
     enabled: true"""
 
+# Before the reference was registry:3 this was the only reference command; results that
+# recorded it (and no ``ref_path``) were measured against Debian's distribution 2.8.
 DEFAULT_REF_CMD = "env -u AWS_CA_BUNDLE docker-registry serve {config}"
+V3_REFERENCE = REPO_ROOT.parent / "shared" / "bin" / "registry-v3.0.0"
+DEBIAN_REFERENCE = "/usr/bin/docker-registry"
+
+
+def default_reference() -> str:
+    """registry:3's binary from ../shared/bin when present, else Debian's docker-registry."""
+    if V3_REFERENCE.is_file():
+        return str(V3_REFERENCE)
+    return shutil.which("docker-registry") or DEBIAN_REFERENCE
+
+
+def reference_cmd(path: str) -> str:
+    """The command line that serves a config with the reference binary at ``path``."""
+    return f"env -u AWS_CA_BUNDLE {shlex.quote(path)} serve {{config}}"
+
+
+def reference_version(path: str) -> str | None:
+    """The version the binary prints (``v3.0.0`` -> ``3.0.0``, ``2.8.2+ds1``), or None."""
+    try:
+        out = subprocess.run(
+            ["env", "-u", "AWS_CA_BUNDLE", path, "--version"],
+            check=False, capture_output=True, text=True, timeout=10,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for word in out.split():
+        if word[:1].isdigit() or (word[:1] == "v" and word[1:2].isdigit()):
+            return word.removeprefix("v")
+    return None
 
 
 def config_text(log_level: str, storage: str, port: int, host: str = "127.0.0.1") -> str:
@@ -70,6 +109,7 @@ class ServerSpec:
     side: str  # "ours" or "ref"
     command: str  # shell-like words; "{config}" is replaced by the config path
     log_level: str = "error"
+    limits: Limits | None = None  # run inside a fresh cgroup with these limits
 
     def argv(self, config: Path) -> list[str]:
         words = shlex.split(self.command)
@@ -87,6 +127,7 @@ class RunningServer:
     log_path: Path
     rss: RssSampler
     host: str = "127.0.0.1"
+    cgroup: Cgroup | None = None  # the server's cgroup in limits mode
 
     def connect(self, timeout: float = 60.0) -> Connection:
         return Connection(self.host, self.port, timeout=timeout)
@@ -182,7 +223,30 @@ def run_server(
     env: dict[str, str],
 ) -> Iterator[RunningServer]:
     """Start ``spec`` with the config ``config_text(port)`` written under ``base``, wait
-    until it answers, and on exit stop its process group and delete ``base``."""
+    until it answers, and on exit stop its process group and delete ``base``. With
+    ``spec.limits`` the server runs in a fresh cgroup, removed after it stopped (raises
+    cgroups.CgroupUnavailable when none can be made)."""
+    with ExitStack() as stack:
+        group = None
+        if spec.limits is not None:
+            name = f"registry-bench-{os.getpid()}-{spec.side}-{next(_CGROUP_SERIAL)}"
+            group = stack.enter_context(open_cgroup(spec.limits, name))
+        server = stack.enter_context(_run_server(spec, base, root, config_text, env, group))
+        yield server
+
+
+_CGROUP_SERIAL = itertools.count()
+
+
+@contextmanager
+def _run_server(
+    spec: ServerSpec,
+    base: Path,
+    root: Path,
+    config_text: Callable[[int], str],
+    env: dict[str, str],
+    group: Cgroup | None,
+) -> Iterator[RunningServer]:
     log_path = base / "server.log"
     proc = None
     sampler = None
@@ -193,8 +257,9 @@ def run_server(
             config.write_text(config_text(port))
             try:
                 with open(log_path, "ab") as log:
+                    argv = spec.argv(config)
                     proc = subprocess.Popen(
-                        spec.argv(config),
+                        group.wrap(argv) if group is not None else argv,
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -205,7 +270,7 @@ def run_server(
             except OSError as exc:
                 raise ServerStartError(f"{spec.side} server command failed: {exc}") from exc
             sampler = RssSampler(proc.pid).start()
-            server = RunningServer(spec, proc, port, root, log_path, sampler)
+            server = RunningServer(spec, proc, port, root, log_path, sampler, cgroup=group)
             try:
                 _wait_ready(server, time.monotonic() + READY_TIMEOUT)
                 break

@@ -57,6 +57,22 @@ def build_hload(cache_dir: Path) -> Path:
     return exe
 
 
+def run_hload(
+    exe: Path, port: int, method: str, path: str, digest: str, conns: int, seconds: float
+) -> dict:  # type: ignore[type-arg]
+    """One closed-loop run of hload on 127.0.0.1:port; its JSON report (rps, p50_ms, p99_ms,
+    requests, errors{status,header,connect,read,write,timeout}). Raises RuntimeError."""
+    argv = [
+        str(exe), "-c", str(conns), "-d", str(seconds), "-m", method,
+        "-H", ACCEPT, "-x", f"docker-content-digest: {digest}",
+        "127.0.0.1", str(port), path,
+    ]  # fmt: skip
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hload failed ({proc.returncode}): {proc.stderr.strip()}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
 class SmallRequestsScenario:
     name = "small_requests"
     title = "small requests"
@@ -66,11 +82,12 @@ class SmallRequestsScenario:
         out = []
         for key, label, _, _ in ENDPOINTS:
             for c in profile.small_conns:
-                # the core issue's target is manifest GET at 32 connections; issue 3 asks
-                # small-request rates at least equal everywhere
+                # issue 14 (against registry:3): manifest GET at 32 connections >= 0.8x;
+                # issue 3 asked small-request rates at least equal everywhere
+                ratio = 0.8 if (key, c) == ("manifest_get", 32) else 1.0
                 out += [
                     Figure(
-                        f"{key}_c{c}_rps", f"{label} c={c}", "req/s", target=Target("ratio", 1.0)
+                        f"{key}_c{c}_rps", f"{label} c={c}", "req/s", target=Target("ratio", ratio)
                     ),
                     Figure(f"{key}_c{c}_p50", f"{label} c={c} p50", "ms", "lower"),
                     Figure(f"{key}_c{c}_p99", f"{label} c={c} p99", "ms", "lower"),
@@ -83,21 +100,6 @@ class SmallRequestsScenario:
     def prepare(self, env: Env) -> None:
         self.hload = build_hload(env.cache_dir)
 
-    def _hload(
-        self, port: int, method: str, path: str, digest: str, conns: int, seconds: float
-    ) -> dict:  # type: ignore[type-arg]
-        argv = [
-            str(self.hload), "-c", str(conns), "-d", str(seconds), "-m", method,
-            "-H", ACCEPT, "-x", f"docker-content-digest: {digest}",
-            "127.0.0.1", str(port), path,
-        ]  # fmt: skip
-        proc = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=seconds + 30
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"hload failed ({proc.returncode}): {proc.stderr.strip()}")
-        return json.loads(proc.stdout)  # type: ignore[no-any-return]
-
     def run(self, env: Env, spec: ServerSpec) -> RoundResult:
         p = env.profile
         result = RoundResult()
@@ -105,7 +107,7 @@ class SmallRequestsScenario:
         with open_server(spec, env.workdir) as srv:
             with srv.connect(30) as conn:
                 digests = oci.push_small_image(conn, REPO, "latest", env.data.read(0, 4096))
-                self._precheck(conn, digests)
+                self.precheck(conn, digests)
             srv.rss.reset()
             cpu0 = srv.cpu_seconds()
             requests = 0
@@ -116,7 +118,9 @@ class SmallRequestsScenario:
                     else f"/v2/{REPO}/blobs/{digests['layer']}"
                 )
                 for c in p.small_conns:
-                    r = self._hload(srv.port, method, path, digests[which], c, p.small_duration)
+                    r = run_hload(
+                        self.hload, srv.port, method, path, digests[which], c, p.small_duration
+                    )
                     err = r["errors"]
                     if err["status"] or err["header"]:
                         raise oci.ProtocolError(
@@ -137,7 +141,7 @@ class SmallRequestsScenario:
         return result
 
     @staticmethod
-    def _precheck(conn, digests: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    def precheck(conn, digests: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
         """The answers must be right before their rate means anything."""
         accept = {"Accept": ACCEPT.split(": ", 1)[1]}
         for method in ("GET", "HEAD"):

@@ -8,6 +8,7 @@ fails the round, so a fast wrong answer never counts.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -91,6 +92,7 @@ class PushScenario:
         body = env.data.slice(0, p.blob_size)
         digest = env.data.digest(0, p.blob_size)
         with open_server(spec, env.workdir) as srv, srv.connect(p.request_timeout) as conn:
+            os.sync()  # neither side pays for the other's writeback
             srv.rss.reset()
             cpu0 = srv.cpu_seconds()
             t0 = time.perf_counter()
@@ -129,7 +131,7 @@ class PullScenario:
         mib = profile.blob_size // (1024 * 1024)
         rmib = profile.range_size // (1024 * 1024)
         return [
-            Figure("mbps", f"pull {mib} MiB", "MB/s", target=Target("ratio", 0.8)),
+            Figure("mbps", f"pull {mib} MiB", "MB/s", target=Target("ratio", 1.3)),  # issue 14
             Figure("cpu", "server CPU time of the pull", "s", "lower"),
             Figure("range_rps", f"ranged GET {rmib} MiB, 1 conn", "req/s"),
             Figure("rss", "peak memory (PSS)", "MB", better="lower"),
@@ -222,6 +224,7 @@ class ConcurrentPushScenario:
         windows = [self._window(p, i) for i in range(n)]
         digests = [env.data.digest(*w) for w in windows]
         with open_server(spec, env.workdir) as srv:
+            os.sync()  # neither side pays for the other's writeback
             pushes = ConcurrentPushes(
                 lambda: srv.connect(p.request_timeout),
                 REPO,

@@ -1,6 +1,7 @@
 """Build the app from a Config and serve it with hypercorn's trio worker.
 
-One process per worker (``http.workers``; 0 = one per CPU, at most 2): the parent binds
+One process per worker (``http.workers``; 0 = one per CPU this process may use, after its
+cgroup CPU quota (cpuquota.py), at most 2): the parent binds
 the listening socket once, forks the workers, forwards SIGTERM/SIGINT to them and restarts
 one that dies (supervisor.py). Each worker builds its own driver and app, so nothing is
 shared but storage.
@@ -27,6 +28,7 @@ from hypercorn.utils import wrap_app
 
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
+from .cpuquota import auto_workers
 from .drivers import make_driver
 from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
 from .http.app import AppOptions, RegistryApp
@@ -188,7 +190,7 @@ def tune_hypercorn() -> None:
 def worker_count(config: Config) -> int:
     if config.http.workers > 0:
         return config.http.workers
-    return max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
+    return auto_workers(MAX_AUTO_WORKERS)  # one worker in a 0.25-CPU container
 
 
 async def _shutdown_on_signal() -> None:
