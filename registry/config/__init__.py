@@ -27,7 +27,7 @@ nanoseconds, as for Go's ``time.Duration`` in YAML.
 Our extensions, not in the reference::
 
     http:
-      workers: 0            # hypercorn worker processes; 0 = pick from the CPU count
+      workers: 0            # hypercorn worker processes; 0 = from the CPU quota (cgroup), at most 2
       headertimeout: 30s    # a request head must be complete this long after its first byte
       bodytimeout: 60s      # a request body idle this long is dropped (also the rate window)
       minbodyrate: 1024     # bytes/s a request body must average over bodytimeout; 0 = off
