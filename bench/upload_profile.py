@@ -201,15 +201,21 @@ def new_app(root: str, counter: CallCounter | None = None) -> RegistryApp:
     return RegistryApp(Storage(driver), AppOptions(delete_enabled=True, access_log=False))
 
 
+LOOP_SHARE: list[float] = []  # event-loop thread's share of the CPU, per measure() call
+
+
 def measure(fn: Callable[[], Awaitable[None]], profile: cProfile.Profile | None) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of running ``fn`` in a fresh trio run."""
-    c0, w0 = cpu_seconds(), time.perf_counter()
+    """(CPU seconds, wall seconds) of running ``fn`` in a fresh trio run; appends the
+    event-loop thread's share of that CPU to LOOP_SHARE (the rest is worker threads)."""
+    c0, t0, w0 = cpu_seconds(), time.thread_time(), time.perf_counter()
     if profile is not None:
         profile.enable()
     trio.run(fn)
     if profile is not None:
         profile.disable()
-    return cpu_seconds() - c0, time.perf_counter() - w0
+    cpu = cpu_seconds() - c0
+    LOOP_SHARE.append((time.thread_time() - t0) / cpu if cpu else 0.0)
+    return cpu, time.perf_counter() - w0
 
 
 def run_big(args: argparse.Namespace, kind: str, source: bytes, piece_kib: int) -> dict[str, float]:
@@ -229,10 +235,70 @@ def run_big(args: argparse.Namespace, kind: str, source: bytes, piece_kib: int) 
         cpus.append(cpu)
         walls.append(wall)
     cpu, wall = statistics.median(cpus), statistics.median(walls)
+    loop = statistics.median(LOOP_SHARE[-args.rounds :])
     if profile is not None:
         show_profile(profile, f"{kind} {piece_kib} KiB pieces")
     return {"cpu_s_per_gb": cpu / (total / 1e9), "mb_s": total / 1e6 / wall,
-            "cpu_min": min(cpus) / (total / 1e9), "cpu_max": max(cpus) / (total / 1e9)}
+            "cpu_min": min(cpus) / (total / 1e9), "cpu_max": max(cpus) / (total / 1e9),
+            "loop_share": loop}
+
+
+def run_concurrent(args: argparse.Namespace, source: bytes, piece_kib: int) -> dict[str, float]:
+    """``--concurrent`` distinct blobs of ``--concurrent-mib`` each, pushed (POST + PUT) all
+    at once: CPU per GB, wall MB/s and the peak RSS the pushes added (VmHWM, reset first)."""
+    size = args.concurrent_mib * MiB
+    blobs = []
+    for i in range(args.concurrent):
+        seed = i.to_bytes(8, "big")  # distinct blobs: the first piece differs
+        pieces, _ = make_pieces(size, piece_kib * 1024, source)
+        pieces = [seed + pieces[0][8:], *pieces[1:]]
+        h = hashlib.sha256()
+        for p in pieces:
+            h.update(p)
+        blobs.append((pieces, "sha256:" + h.hexdigest()))
+    cpus, walls, rss = [], [], []
+    for _ in range(args.rounds):
+        root = tempfile.mkdtemp(prefix="upload-profile-", dir=args.root)
+        try:
+            app = new_app(root)
+
+            async def pushes(app: RegistryApp = app) -> None:
+                async with trio.open_nursery() as nursery:
+                    for b in blobs:
+                        nursery.start_soon(push_mono, app, *b)
+
+            os.sync()
+            base = reset_peak_rss()
+            cpu, wall = measure(pushes, None)
+            rss.append(peak_rss() - base)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        cpus.append(cpu)
+        walls.append(wall)
+    total = size * args.concurrent
+    return {"cpu_s_per_gb": statistics.median(cpus) / (total / 1e9),
+            "mb_s": total / 1e6 / statistics.median(walls),
+            "loop_share": statistics.median(LOOP_SHARE[-args.rounds :]),
+            "added_peak_rss_mib": statistics.median(rss) / MiB}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> int:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5); the current RSS, bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss() -> int:
+    return _status_kib("VmHWM") * 1024
 
 
 def run_small(args: argparse.Namespace, source: bytes) -> dict[str, float]:
@@ -272,6 +338,7 @@ def run_small(args: argparse.Namespace, source: bytes) -> dict[str, float]:
         show_profile(profile, "small blobs")
     out = {"cpu_ms_per_blob": statistics.median(cpus) / n * 1e3,
            "blobs_per_s": n / statistics.median(walls),
+           "loop_share": statistics.median(LOOP_SHARE[-args.rounds :]),
            "thread_hops_per_blob": hops / n}
     out.update({f"calls.{k}": v / n for k, v in sorted(calls.items())})
     return out
@@ -286,13 +353,16 @@ def show_profile(profile: cProfile.Profile, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.upload_profile", description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="mono,stream,small", help="scenarios: mono,stream,small")
+    p.add_argument("--only", default="mono,stream,concurrent,small",
+                   help="scenarios: mono,stream,concurrent,small")
     p.add_argument("--size-mib", type=int, default=512, help="body size of mono/stream")
     p.add_argument("--pieces", default="64,256,1024", help="receive() piece sizes, KiB")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--small-count", type=int, default=500)
     p.add_argument("--small-size", type=int, default=4096, help="bytes per small blob")
     p.add_argument("--concurrency", type=int, default=16, help="small pushes at once")
+    p.add_argument("--concurrent", type=int, default=16, help="blobs pushed at once")
+    p.add_argument("--concurrent-mib", type=int, default=32, help="MiB per concurrent blob")
     p.add_argument("--root", default=None, help="where the temp storage goes")
     p.add_argument("--cprofile", action="store_true", help="print the loop thread's profile")
     args = p.parse_args(argv)
@@ -309,7 +379,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{kind:6} {args.size_mib} MiB in {piece:5} KiB pieces: "
                 f"{r['cpu_s_per_gb']:.3f} CPU-s/GB ({r['cpu_min']:.3f}..{r['cpu_max']:.3f}), "
-                f"{r['mb_s']:.0f} MB/s wall"
+                f"{r['mb_s']:.0f} MB/s wall, event loop {r['loop_share']:.0%} of the CPU"
+            )
+    if "concurrent" in only:
+        for piece in (int(x) for x in args.pieces.split(",")):
+            r = run_concurrent(args, source, piece)
+            print(
+                f"{args.concurrent} x {args.concurrent_mib} MiB at once, {piece} KiB pieces: "
+                f"{r['cpu_s_per_gb']:.3f} CPU-s/GB, {r['mb_s']:.0f} MB/s wall, event loop "
+                f"{r['loop_share']:.0%} of the CPU, peak RSS +{r['added_peak_rss_mib']:.0f} MiB"
             )
     if "small" in only:
         r = run_small(args, source)
