@@ -255,3 +255,52 @@ async def test_a_disconnect_mid_body_leaves_a_session_that_continues(driver, res
         await st.uploads.append(REPO, up.id, body_of([data[size:]]), start=size)
         await st.uploads.finish(REPO, up.id, digest_of(data), None)
         assert await read_all(driver, paths.blob_data(digest_of(data))) == data
+
+
+async def _chunked_patch(url: str, path: str, chunks: list[bytes]) -> bytes:
+    """A raw HTTP/1.1 PATCH whose body is sent in exactly these chunks (chunked transfer
+    encoding, each chunk its own send): the status line and headers of the answer."""
+    host, port = url.split("//")[1].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            f"PATCH {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n".encode()
+        )
+        for chunk in chunks:
+            await stream.send_all(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            await trio.sleep(0.01)  # let the server take it as its own piece
+        await stream.send_all(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            got = await stream.receive_some(65536)
+            if not got:
+                break
+            answer += got
+    return answer
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["right digest", "wrong digest"])
+async def test_streamed_patch_in_chunks_of_any_size_over_a_socket_push_12(served, wrong):
+    """Over a real socket, docker's way (chunked PATCH, empty PUT) with chunks of 1 byte to
+    over 2 MiB: the blob holds the bytes; a digest that does not match -> 400
+    DIGEST_INVALID with the JSON envelope, nothing published."""
+    sizes = [1, 2 * MiB + 3, 1, 300 * KiB, 64 * KiB, 700 * KiB, 1]
+    data = os.urandom(sum(sizes))
+    d = digest_of(data)
+    with trio.fail_after(TEST_TIMEOUT):
+        r = await served.client.post("/v2/pieces/sock/blobs/uploads/")
+        loc = r.headers["location"]
+        path = loc.split(served.url, 1)[1] if loc.startswith("http") else loc
+        head = await _chunked_patch(served.url, path, cut(data, sizes))
+        assert head.startswith(b"HTTP/1.1 202"), head[:200]
+        asked = digest_of(data + b"x") if wrong else d
+        r = await served.client.put(loc, params={"digest": str(asked)})
+        if wrong:
+            assert r.status_code == 400
+            assert r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+            assert (await served.client.head(f"/v2/pieces/sock/blobs/{asked}")).status_code == 404
+            assert (await served.client.head(f"/v2/pieces/sock/blobs/{d}")).status_code == 404
+        else:
+            assert r.status_code == 201, r.text
+            assert (await served.client.get(f"/v2/pieces/sock/blobs/{d}")).content == data
