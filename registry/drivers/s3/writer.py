@@ -261,7 +261,8 @@ class S3Writer:
     ) -> None:
         """Accept bytes (copied: the caller may reuse ``data``); full parts go to S3 in the
         background (may wait for a free slot). ``hasher`` is fed ``data`` first, in a
-        worker thread (the copy below is on the event loop and cheap)."""
+        worker thread: parts already in flight keep uploading meanwhile, so when S3 is the
+        bottleneck the hashing is hidden behind it (and no nursery wraps our errors)."""
         self._check_usable()
         if hasher is not None:
             await trio.to_thread.run_sync(hasher.update, data)
