@@ -8,6 +8,7 @@ counts, part sizes, multipart state, presigned URLs, TLS, purge, the memory budg
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from registry.drivers.base import (
 )
 from registry.drivers.filesystem import FilesystemDriver
 from registry.drivers.memory import MemoryDriver
+from registry.storage import sha256state
 
 
 @asynccontextmanager
@@ -210,6 +212,27 @@ async def test_writer_appends_across_sessions_and_commits(driver):
         assert w.size == len(data)
         await w.commit()
     assert await _read(driver, "/u/1/data") == data
+
+
+@pytest.mark.parametrize("make_hasher", ["hashlib", "sha256state"])
+async def test_write_feeds_its_hasher_exactly_the_bytes_it_appends(driver, make_hasher):
+    """base.FileWriter.write(data, hasher): the hasher sees exactly the appended bytes, in
+    order, whatever the piece's type (bytes, bytearray, a read-only memoryview slice), also
+    across parts on S3 and beside writes without a hasher (the upload path hashes so)."""
+    if make_hasher == "sha256state" and not sha256state.available():
+        pytest.skip("libcrypto lacks SHA256_Init/Update/Final")
+    h: Any = hashlib.sha256() if make_hasher == "hashlib" else sha256state.Sha256()
+    part = 5 * 1024 * 1024
+    data = os.urandom(part + 777)
+    pieces = [data[:1], bytearray(data[1 : part + 5]), memoryview(data)[part + 5 :]]
+    async with driver.writer("/u/13/data") as w:
+        await w.write(b"unhashed ")
+        for piece in pieces:
+            await w.write(piece, h)
+        assert w.size == len(data) + 9
+        await w.commit()
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert await _read(driver, "/u/13/data") == b"unhashed " + data
 
 
 async def test_commit_is_idempotent_and_refuses_more_writes(driver):

@@ -324,8 +324,8 @@ class ForeignAppendOnCommit:
             def __getattr__(self, name: str) -> Any:
                 return getattr(self._w, name)
 
-            async def write(self, data: Any) -> None:
-                await self._w.write(data)
+            async def write(self, data: Any, hasher: Any = None) -> None:
+                await self._w.write(data, hasher)
 
             async def commit(self) -> None:
                 await self._w.commit()

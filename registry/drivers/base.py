@@ -91,6 +91,13 @@ class FileInfo:
     is_dir: bool
 
 
+class Hasher(Protocol):
+    """What ``FileWriter.write`` can feed the bytes it appends to (hashlib's objects,
+    storage.sha256state.Sha256)."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+
 @runtime_checkable
 class FileWriter(Protocol):
     """An append-only writer for one path (an upload's data), see ``Driver.writer``.
@@ -104,8 +111,17 @@ class FileWriter(Protocol):
     @property
     def size(self) -> int: ...
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append data. Must not keep a reference to ``data`` after returning."""
+    async def write(
+        self, data: bytes | bytearray | memoryview, hasher: Hasher | None = None
+    ) -> None:
+        """Append data. Must not keep a reference to ``data`` after returning.
+
+        ``hasher``: fed exactly ``data`` (``hasher.update``) before this returns, so that
+        one call both stores and hashes a piece; a driver does it where it costs least
+        (the filesystem in the worker thread that writes: one thread hop for both, off
+        the event loop). If the write fails or is cancelled, whether the hasher saw the
+        bytes is undefined: the caller must not use that hasher again.
+        """
         ...
 
     async def commit(self) -> None: ...

@@ -32,6 +32,7 @@ from . import fsio
 from .base import (
     AlreadyExists,
     FileInfo,
+    Hasher,
     InvalidOffset,
     InvalidPath,
     PathNotFound,
@@ -344,13 +345,17 @@ class FileWriter:
     def size(self) -> int:
         return self._size
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(
+        self, data: bytes | bytearray | memoryview, hasher: Hasher | None = None
+    ) -> None:
+        """Append ``data`` and feed it to ``hasher`` in the same worker-thread call (one
+        hop per piece: a hop costs more than copying 64 KiB, see base.FileWriter)."""
         if self._done or self._fd is None:
             raise InvalidPath("writer already committed or cancelled")
         fd = self._fd
         start = self._size
         with os_errors(self._path):
-            await self._run(fsio.append, fd, data, start)
+            await self._run(fsio.append, fd, data, start, hasher)
         self._size += len(data)
 
     async def commit(self) -> None:

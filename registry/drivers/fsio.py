@@ -14,6 +14,8 @@ import shutil
 import uuid
 from collections.abc import Callable
 
+from .base import Hasher
+
 
 def make_dirs(d: str) -> list[str]:
     """``os.makedirs(d, exist_ok=True)`` that returns the directories it created itself,
@@ -151,7 +153,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _sync_file_range = _load_sync_file_range()
 
 
-def _write_all(fd: int, data: bytes, start: int = -1) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview, start: int = -1) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -166,16 +168,22 @@ def _write_all(fd: int, data: bytes, start: int = -1) -> None:
         _sync_file_range(fd, upto - WRITEBACK_EVERY, WRITEBACK_EVERY, _SYNC_FILE_RANGE_WRITE)
 
 
-def append(fd: int, data: bytes, start: int) -> None:
+def append(
+    fd: int, data: bytes | bytearray | memoryview, start: int, hasher: Hasher | None = None
+) -> None:
     """Append ``data`` to a file of ``start`` bytes, or leave it at ``start`` bytes: a write
     that fails part-way (ENOSPC) is cut back, so the upload stays at the size its client
-    was last told and the same chunk can be sent again once there is space."""
+    was last told and the same chunk can be sent again once there is space. Then feed
+    ``data`` to ``hasher`` (only once it is stored: after the write, the bytes are still
+    in the CPU's cache)."""
     try:
         _write_all(fd, data, start)
     except OSError:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
         raise
+    if hasher is not None:
+        hasher.update(data)
 
 
 def open_writer(full: str, append: bool) -> tuple[int, int]:

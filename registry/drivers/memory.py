@@ -14,6 +14,7 @@ import trio
 from .base import (
     AlreadyExists,
     FileInfo,
+    Hasher,
     InvalidOffset,
     InvalidPath,
     PathNotFound,
@@ -154,12 +155,16 @@ class MemoryWriter:
     def size(self) -> int:
         return len(self._driver._files.get(self._path, (b"", 0.0))[0])
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(
+        self, data: bytes | bytearray | memoryview, hasher: Hasher | None = None
+    ) -> None:
         if self._done:
             raise InvalidPath("writer already committed or cancelled")
         await trio.lowlevel.checkpoint()
         old = self._driver._files.get(self._path, (b"", 0.0))[0]
         self._driver._files[self._path] = (old + bytes(data), time.time())
+        if hasher is not None:
+            hasher.update(data)
 
     async def commit(self) -> None:
         self._done = True

@@ -44,6 +44,7 @@ from ..drivers.base import (
     Driver,
     DriverError,
     FileWriter,
+    Hasher,
     PathNotFound,
     Unavailable,
 )
@@ -146,9 +147,11 @@ class LeasedWriter:
     def size(self) -> int:
         return self._w.size
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(
+        self, data: bytes | bytearray | memoryview, hasher: Hasher | None = None
+    ) -> None:
         self._lease.check()
-        await self._w.write(data)
+        await self._w.write(data, hasher)
 
     async def commit(self) -> None:
         await self._w.commit()

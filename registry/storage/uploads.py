@@ -56,8 +56,12 @@ from .upload_lease import Lease, LeasedWriter, SessionBusy, open_lease
 
 log = logging.getLogger("registry.storage")
 
-COALESCE = 512 * 1024  # hash+write unit; 2 buffers per upload (DESIGN.md says ~1 MiB: half
-# that measured as fast here and keeps 64 concurrent pushes inside the memory budget)
+COALESCE = 512 * 1024  # hash+write unit for small pieces; 2 buffers per upload (DESIGN.md
+# says ~1 MiB: half that measured as fast here and keeps 64 concurrent pushes inside the
+# memory budget)
+DIRECT_MIN = COALESCE  # a piece this big is hashed and written as it is, not copied.
+# Smaller ones are copied: a thread hop per 256 KiB piece cost more CPU than copying it
+# into a 512 KiB unit (1.44 vs 1.20 CPU-s/GB, bench/upload_profile.py)
 HASHER_CACHE_ENTRIES = 4096  # live hashers kept per process (~200 bytes each)
 PUBLISH_TIMEOUT = 300.0  # seconds a shielded move+link may take (a multi-GB S3 copy)
 ABANDON_TIMEOUT = 120.0  # seconds removing a failed single-request upload may take (S3 abort)
@@ -480,48 +484,70 @@ async def _abandon(w: FileWriter) -> None:
 
 
 async def _pump(body: AsyncIterator[bytes], w: FileWriter, h: Hasher | None) -> int:
-    """Stream ``body`` into ``w`` in ~1 MiB pieces, hashing each piece in a worker thread
-    while the driver writes it, and receiving the next piece meanwhile. Returns the number
-    of bytes written (each of them hashed into ``h``).
+    """Stream ``body`` into ``w``, hashing every byte into ``h`` in the same driver call
+    that writes it (one worker-thread hop per unit on the filesystem) while the next piece
+    is received. Returns the number of bytes written (each of them hashed into ``h``).
 
-    Two fixed buffers per upload (double buffering): pieces are copied into one while the
-    other is hashed and written, so memory per upload is 2 x COALESCE whatever the body
-    size, with no per-piece allocations. The rendezvous channel guarantees a buffer is
-    refilled only after the consumer finished with it. ``w.write`` must not keep a
-    reference to the view it is given (drivers copy what they buffer).
+    A piece of at least DIRECT_MIN bytes is written as it is: no copy. Smaller pieces are
+    gathered into one of two COALESCE buffers (double buffering: one fills while the
+    other is written), made only when a second small piece arrives, so a small body of one
+    piece costs neither a buffer nor a copy. Memory per upload is therefore bounded
+    whatever the body size: two buffers plus the piece being written and the one
+    received meanwhile. The rendezvous channel guarantees a buffer is refilled only after
+    the consumer finished with it; ``w.write`` must not keep a reference to the view it is
+    given (drivers copy what they buffer). Pieces are bytes (ASGI), never reused.
     """
-    send, recv = trio.open_memory_channel[memoryview](0)
+    send, recv = trio.open_memory_channel[bytes | memoryview](0)
 
     async def consume() -> None:
         async with recv:
-            async for view in recv:
-                if h is None:
-                    await w.write(view)
-                    continue
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.to_thread.run_sync, h.update, view)
-                    await w.write(view)
+            async for unit in recv:
+                await w.write(unit, h)
 
-    buffers = (bytearray(COALESCE), bytearray(COALESCE))
+    buffers: list[bytearray] = []
     current = 0
-    filled = 0
+    filled = 0  # bytes in buffers[current]
+    pending: bytes | None = None  # one small piece not copied yet
     total = 0
+
+    async def flush() -> None:
+        nonlocal pending, filled, current
+        if pending is not None:
+            unit, pending = pending, None
+            await send.send(unit)
+        elif filled:
+            unit_view, filled = memoryview(buffers[current])[:filled], 0
+            current ^= 1
+            await send.send(unit_view)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
         async with send, aclosing(body) as pieces:  # type: ignore[type-var]
             async for piece in pieces:
+                n = len(piece)
+                total += n
+                if n >= DIRECT_MIN:
+                    await flush()  # what came before goes first
+                    await send.send(piece)
+                    continue
+                if not n:
+                    continue
+                if pending is None and not filled:
+                    pending = piece
+                    continue
+                if not buffers:
+                    buffers = [bytearray(COALESCE), bytearray(COALESCE)]
+                if pending is not None:
+                    first, pending = pending, None
+                    buffers[current][:len(first)] = first
+                    filled = len(first)
                 view = memoryview(piece)
                 while view:
-                    buf = buffers[current]
-                    n = min(len(view), COALESCE - filled)
-                    buf[filled : filled + n] = view[:n]
-                    filled += n
-                    total += n
-                    view = view[n:]
+                    take = min(len(view), COALESCE - filled)
+                    buffers[current][filled : filled + take] = view[:take]
+                    filled += take
+                    view = view[take:]
                     if filled == COALESCE:
-                        await send.send(memoryview(buf))
-                        current ^= 1
-                        filled = 0
-            if filled:
-                await send.send(memoryview(buffers[current])[:filled])
+                        await flush()
+            await flush()
     return total

@@ -256,10 +256,16 @@ class S3Writer:
         error.__cause__ = exc
         return error
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
+    async def write(
+        self, data: bytes | bytearray | memoryview, hasher: base.Hasher | None = None
+    ) -> None:
         """Accept bytes (copied: the caller may reuse ``data``); full parts go to S3 in the
-        background (may wait for a free slot)."""
+        background (may wait for a free slot). ``hasher`` is fed ``data`` first, in a
+        worker thread: parts already in flight keep uploading meanwhile, so when S3 is the
+        bottleneck the hashing is hidden behind it (and no nursery wraps our errors)."""
         self._check_usable()
+        if hasher is not None:
+            await trio.to_thread.run_sync(hasher.update, data)
         view = memoryview(data).cast("B")  # bytes, whatever the view's item size
         while view:
             if self._slot is None and self._shared is not None:
