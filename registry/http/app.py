@@ -269,11 +269,16 @@ class RegistryApp:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         sent = 0
         if not head:
-            async for chunk in body:
-                sent += len(chunk)
-                if ex is not None:
-                    ex.bytes_out = sent
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async for chunk in body:
+                    sent += len(chunk)
+                    if ex is not None:
+                        ex.bytes_out = sent
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:  # a send that raised (client gone) must not leave the blob open
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         await send({"type": "http.response.body", "body": b""})
         return sent
 

@@ -6,6 +6,7 @@ are handed that route by the table (``routes.py``) as keyword arguments."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
@@ -92,8 +93,9 @@ async def delete_blob(svc: Services, req: Request) -> Response:
 
 async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
     async with svc.storage.blobs.open(d, offset, length) as chunks:
-        async for chunk in chunks:
-            yield chunk
+        async with aclosing(chunks):  # type: ignore[type-var]  # closed when the client goes
+            async for chunk in chunks:
+                yield chunk
 
 
 def _upload_headers(

@@ -1,0 +1,608 @@
+"""Our own HTTP/1.1 connection loop: one task per connection, no task, channel or timer per
+request.
+
+Hypercorn (0.18) runs each request in a task of its own and passes every body piece and
+response part through memory channels, events, a send lock and a keep-alive timer task: on
+these machines that floor is ~2,000 trivial requests/s per worker. :class:`H1Connection`
+serves a plain-TCP or TLS (ALPN ``http/1.1``) connection in the connection's own task:
+
+- it reads into one reusable buffer (``recv_into`` on plain TCP), parses with httptools
+  (llhttp, strict: Content-Length with Transfer-Encoding, differing Content-Lengths, bad chunk
+  sizes, obs-fold and invalid header bytes are errors), builds the ASGI scope (the fields
+  hypercorn's ``HTTPStream`` sets) and calls the raw ASGI app in the same task, with
+  ``receive``/``send`` callables that read the body from the socket and write the response;
+- request bodies reach the app in pieces of up to :data:`PIECE` bytes (chunked bodies are
+  decoded and joined); ``Expect: 100-continue`` is answered when the app first receives;
+- responses: status line with reason phrase, the app's headers, a Date (formatted once per
+  second), no Server; the head leaves with the first body bytes in one send; chunked when
+  the app gives no Content-Length (close-delimited for HTTP/1.0); HEAD answers carry no body;
+- deadlines are cancel scopes computed by :mod:`.deadlines`' rules (head, body idle, body
+  rate, writes); an idle keep-alive connection closes after ``keep_alive_timeout`` or at once
+  when the worker shuts down (a request in progress finishes, bounded by hypercorn's
+  ``graceful_timeout`` on the server nursery);
+- bad requests get the JSON error envelope (400, 431 for a head past :data:`MAX_HEAD`) and
+  the connection closes; ``Upgrade: websocket`` gets 400 UNSUPPORTED; ``Upgrade: h2c`` is
+  ignored (answered over HTTP/1.1); an HTTP/2 preface gets 505 (h2c is not enabled here:
+  conn.py hands such connections to hypercorn when it is);
+- after an early answer (the app did not read the whole body) the connection is half-closed
+  and what the client still sends is read and dropped (bounded), then closed.
+
+A client that goes away while a response is written makes ``send`` raise
+:class:`~.request.ClientDisconnected` (the app's handler ends there).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import mmap
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+import trio
+
+from ..errors import ErrorCode, RegistryError
+from .deadlines import BODY, HEAD, READ_TIMEOUT, SLOW_READER, ConnLimits, ReadTimer, write_deadline
+from .request import ClientDisconnected
+from .responses import error_answer
+
+log = logging.getLogger("registry.http")
+
+BUFFER_SIZE = 1024 * 1024  # one read; anonymous mmap: pages become resident only when used
+PIECE = 1024 * 1024  # body bytes per ASGI message at most (a 512 MiB push: ~512+ messages)
+MAX_HEAD = 64 * 1024  # a request head past this gets 431 (hypercorn's h11_max_incomplete_size)
+KEEP_ALIVE_S = 75.0  # idle keep-alive, when the config has none (docker reuses connections)
+# Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
+# bound lets a manifest past the 4 MiB limit arrive whole; a client past it gets a reset.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+_END = object()  # the end of a request body in the event queue
+_NO_BODY_STATUS = frozenset({204, 304})
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_DISCONNECT = {"type": "http.disconnect"}
+_ASGI = {"spec_version": "2.1", "version": "3.0"}
+_PREFACE = b"PRI * HTTP/2.0"
+
+
+class _Date:
+    """The Date header line, formatted at most once per second (it costs ~5 us)."""
+
+    second = -1
+    line = b""
+
+    @classmethod
+    def header(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+            cls.second = now
+        return cls.line
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n`` (an unknown status gets no reason)."""
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+
+
+class BadRequest(Exception):
+    """The client broke HTTP/1.1; answered with ``status`` and the JSON envelope, then closed."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_bytes(status: int, message: str, code: ErrorCode = ErrorCode.UNSUPPORTED) -> bytes:
+    """A whole closing answer with the OCI error envelope, for errors outside the app."""
+    headers, body = error_answer(RegistryError(code, message, status=status))
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"%s%s%sconnection: close\r\n\r\n%s" % (status_line(status), head, _Date.header(), body)
+
+
+class _Head:
+    """One parsed request head (what the ASGI scope and the framing need)."""
+
+    __slots__ = ("expect", "headers", "keep_alive", "method", "target", "upgrade", "version")
+
+    def __init__(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], version: str,
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.upgrade = b""  # the Upgrade header's value when llhttp treated it as an upgrade
+        self.expect = False  # Expect: 100-continue
+
+
+class H1Connection:
+    """Serve one HTTP/1.1 connection until it closes; see the module docstring.
+
+    ``stream`` is a connected trio SocketStream or an SSLStream whose handshake is done;
+    ``app`` is the raw ASGI app; ``context`` hypercorn's WorkerContext (its ``terminated``
+    event starts a graceful shutdown). :meth:`serve` closes the stream and never raises but
+    for cancellation (and bugs, which the connection guard turns into one log line)."""
+
+    def __init__(
+        self, app: Any, stream: Any, *, context: Any, limits: ConnLimits, gate: Any,
+        ssl: bool, client: Any, server: Any, keep_alive_timeout: float = KEEP_ALIVE_S,
+        read_timeout: float = math.inf, root_path: str = "", state: Any = None,
+    ) -> None:
+        self.app = app
+        self.stream = stream
+        self.context = context
+        self.limits = limits
+        self.gate = gate
+        self.client = client
+        self.server = server
+        self.scheme = "https" if ssl else "http"
+        self.keep_alive_timeout = keep_alive_timeout
+        self.root_path = root_path
+        self.state = state
+        self._sock = None if ssl else stream.socket
+        self._buf = mmap.mmap(-1, BUFFER_SIZE)
+        self._view = memoryview(self._buf)
+        self._timer = ReadTimer(limits, read_timeout)
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[Any] = deque()  # _Head, body bytes, _END, in wire order
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._cycle = 0  # requests started on this connection
+        self._eof = False  # the client closed its side, or the connection broke
+        self._broken = False  # nothing more can be written
+        self._stop_reading = False  # what follows an upgrade head is not HTTP/1.1
+        self._terminating = False
+        self._idle: trio.CancelScope | None = None  # the wait for a next head, while idle
+        self._bad: BadRequest | None = None  # a parse error to answer once events are used
+        # the current request and its response
+        self._req: _Head | None = None
+        self._body_done = True
+        self._started = False
+        self._done = False
+        self._head_out: bytes | None = None
+        self._chunked = False
+        self._left: int | None = None  # Content-Length bytes still to send
+        self._close_after = False
+        self._is_head = False
+        self._response_done: trio.Event | None = None
+
+    # --- httptools callbacks (synchronous, inside feed_data) -------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        head = _Head(p.get_method().decode("ascii"), self._url, self._headers,
+                     p.get_http_version(), p.should_keep_alive())
+        for name, value in head.headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                head.expect = True
+            elif name == b"upgrade" and p.should_upgrade():
+                head.upgrade = value.lower()
+        self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._events.append(_END)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _feed(self, data: Any) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as up:
+            last = next((e for e in reversed(self._events) if type(e) is _Head), None)
+            if last is None or b"websocket" in last.upgrade or last.method == "CONNECT":
+                self._stop_reading = True  # answered with 400, then closed
+                return
+            # Upgrade: h2c (or another) is ignored: the request is answered over HTTP/1.1
+            # and what follows its head is parsed as HTTP/1.1 again.
+            offset = int(up.args[0])
+            rest = bytes(data[offset:])
+            if rest:
+                self._feed(rest)
+        except httptools.HttpParserError as e:
+            if bytes(data[: len(_PREFACE)]) == _PREFACE and self._cycle <= 1:
+                raise BadRequest("cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1,"
+                                 " or HTTP/2 over TLS", 505) from None
+            raise BadRequest(f"malformed HTTP/1.1 request: {e}") from None
+
+    async def _read(self, limit: int, deadline: float) -> int | None:
+        """Read at most ``limit`` bytes and feed them to the parser: how many (0 at EOF), or
+        None when ``deadline`` passed first. Raises BadRequest for a malformed request."""
+        if self._eof or self._stop_reading:
+            return 0
+        with trio.CancelScope(deadline=deadline):
+            try:
+                if self._sock is not None:
+                    n = await self._sock.recv_into(self._view, limit)
+                    data: Any = self._view[:n]
+                else:
+                    data = await self.stream.receive_some(limit)
+                    n = len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                n = 0
+            if n == 0:
+                self._eof = True
+                return 0
+            try:
+                self._feed(data)
+            finally:
+                del data  # the buffer's view must not outlive this read
+            return n
+        return None
+
+    async def _next_head(self) -> _Head | None:
+        """The next request's head, or None: the client closed, went idle past the keep-alive
+        time, the worker is shutting down, or it was too slow (dropped)."""
+        self._cycle += 1
+        timer = self._timer
+        fed = 0
+        while not self._events:
+            if self._bad is not None:
+                raise self._bad
+            if fed > MAX_HEAD:
+                raise BadRequest("request head too large", 431)
+            if self._terminating and not fed:
+                return None
+            now = trio.current_time()
+            deadline = timer.deadline(HEAD, self._cycle, now, buffered=fed > 0)
+            idle = not fed and timer.head_started is None
+            if idle:
+                deadline = min(deadline, now + self.keep_alive_timeout)
+                self._idle = trio.CancelScope()
+            try:
+                with self._idle or trio.CancelScope():
+                    got = await self._read(MAX_HEAD + 1, deadline)
+            finally:
+                self._idle = None
+            if got == 0:
+                return None
+            if got is None:
+                if idle:
+                    return None  # keep-alive ended, or shutdown
+                why = timer.after_wait(trio.current_time(), trio.current_time() - now, 0, True)
+                self._dropped(why)
+                return None
+            timer.after_wait(trio.current_time(), trio.current_time() - now, got, False)
+            fed += got
+        event = self._events.popleft()
+        if type(event) is not _Head:  # bytes before a head: impossible from llhttp
+            raise BadRequest("request body without a request")
+        return event
+
+    def _dropped(self, why: str | None) -> None:
+        self._eof = True
+        if why is not None and why != READ_TIMEOUT and self.gate is not None:
+            self.gate.dropped(why)
+
+    async def receive(self) -> dict[str, Any]:
+        """The ASGI receive callable: the next body piece, or a disconnect."""
+        if self._body_done:
+            if not self._done and not self._eof:
+                if self._response_done is None:
+                    self._response_done = trio.Event()
+                await self._response_done.wait()
+            return _DISCONNECT
+        req = self._req
+        if req is not None and req.expect and not self._started:
+            req.expect = False
+            await self._write(_CONTINUE)
+        events = self._events
+        timer = self._timer
+        while True:
+            pieces: list[bytes] = []
+            size = 0
+            end = False
+            while events and size < PIECE:
+                event = events[0]
+                if event is _END:
+                    events.popleft()
+                    end = True
+                    break
+                if type(event) is not bytes:
+                    break
+                events.popleft()
+                pieces.append(event)
+                size += len(event)
+            if pieces or end:
+                self._body_done = end
+                body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                return {"type": "http.request", "body": body, "more_body": not end}
+            if self._bad is not None or self._eof:
+                return await self._body_broken()
+            now = trio.current_time()
+            deadline = timer.deadline(BODY, self._cycle, now)
+            try:
+                got = await self._read(BUFFER_SIZE, deadline)
+            except BadRequest as bad:
+                self._bad = bad
+                continue
+            later = trio.current_time()
+            why = timer.after_wait(later, later - now, got or 0, got is None)
+            if why is not None:
+                self._dropped(why)
+                self._broken = True
+                await trio.aclose_forcefully(self.stream)
+            elif got is None:
+                continue
+
+    async def _body_broken(self) -> dict[str, Any]:
+        """The body cannot go on (a malformed chunk, EOF, a slow client): answer a malformed
+        one with 400 while no response has started; the app sees a disconnect."""
+        self._body_done = True
+        self._close_after = True
+        bad = self._bad
+        if bad is not None and not self._started:
+            self._started = self._done = True
+            self._bad = None
+            try:
+                await self._write(error_bytes(bad.status, str(bad)))
+            except ClientDisconnected:
+                pass
+        return _DISCONNECT
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        """Send ``data`` within :func:`write_deadline`; a client that does not take it (or
+        has gone) ends the connection and raises ClientDisconnected."""
+        if self._broken:
+            raise ClientDisconnected()
+        with trio.move_on_after(write_deadline(self.limits, len(data))) as scope:
+            try:
+                await self.stream.send_all(data)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if scope.cancelled_caught and self.gate is not None:
+            self.gate.dropped(SLOW_READER)
+        self._eof = self._broken = True
+        self._close_after = True
+        await trio.aclose_forcefully(self.stream)
+        raise ClientDisconnected()
+
+    def _start(self, message: dict[str, Any]) -> None:
+        req = self._req
+        assert req is not None
+        status = int(message["status"])
+        parts = [status_line(status)]
+        length: int | None = None
+        date = close = False
+        for name, value in message.get("headers", ()):
+            lname = name.lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"connection" and b"close" in value.lower():
+                close = True
+            elif lname == b"date":
+                date = True
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if not date:
+            parts.append(_Date.header())
+        no_body = self._is_head or status in _NO_BODY_STATUS or status < 200
+        if length is None and not no_body:
+            if req.version == "1.1":
+                self._chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self._close_after = True  # HTTP/1.0: the body ends with the connection
+        self._left = None if no_body else length
+        if self._close_after or not req.keep_alive or self._terminating:
+            self._close_after = True
+            if not close:
+                parts.append(b"connection: close\r\n")
+        elif close:
+            self._close_after = True
+        parts.append(b"\r\n")
+        self._head_out = b"".join(parts)
+        self._started = True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The ASGI send callable (``http.response.start`` and ``.body``)."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self._started:
+                raise RuntimeError("response already started")
+            self._start(message)
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if self._done:
+            if self._broken:
+                raise ClientDisconnected()
+            return
+        if not self._started:
+            raise RuntimeError("response body before its start")
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        out = self._head_out or b""
+        self._head_out = None
+        if body and not (self._is_head or self._left == 0 and not self._chunked):
+            if self._chunked:
+                out += b"%x\r\n%s\r\n" % (len(body), body)
+            else:
+                if self._left is not None:
+                    if len(body) > self._left:
+                        body = body[: self._left]
+                    self._left -= len(body)
+                out = out + body if out else body
+        if not more:
+            if self._chunked:
+                out += b"0\r\n\r\n"
+            elif self._left:  # fewer bytes than Content-Length: only a close can tell
+                self._close_after = True
+            self._done = True
+        if out:
+            await self._write(out)
+        if self._done and self._response_done is not None:
+            self._response_done.set()
+
+    # --- one request, the connection ------------------------------------------------------
+
+    def _scope(self, req: _Head) -> dict[str, Any]:
+        target = req.target
+        path, _, query = target.partition(b"?")
+        try:
+            text = unquote(path.decode("ascii"))
+        except UnicodeDecodeError:
+            raise BadRequest("request target is not ASCII") from None
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": req.version,
+            "method": req.method,
+            "scheme": self.scheme,
+            "path": text,
+            "raw_path": path,
+            "query_string": query,
+            "root_path": self.root_path,
+            "headers": req.headers,
+            "client": self.client,
+            "server": self.server,
+            "state": dict(self.state) if self.state else {},
+            "extensions": {},
+        }
+
+    def _check(self, req: _Head) -> None:
+        if b"websocket" in req.upgrade:
+            raise BadRequest("WebSocket is not supported")
+        hosts = sum(1 for name, _ in req.headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and req.version == "1.1"):
+            raise BadRequest("exactly one Host header is required")
+
+    async def _one(self, req: _Head) -> bool:
+        """Serve one request; True to keep the connection for the next one."""
+        self._check(req)
+        scope = self._scope(req)
+        self._req = req
+        self._body_done = False
+        self._started = self._done = self._chunked = self._close_after = False
+        self._head_out = None
+        self._left = None
+        self._is_head = req.method == "HEAD"
+        self._response_done = None
+        if req.upgrade or req.method == "CONNECT":
+            self._close_after = True  # llhttp skipped what may follow the head
+        await self.context.mark_request()
+        try:
+            await self.app(scope, self.receive, self.send)
+        except ClientDisconnected:
+            return False
+        except Exception:
+            log.exception("unhandled error in the app on %s %s", req.method, scope["path"][:300])
+            if not self._started:
+                await self._write(error_bytes(500, "internal error", ErrorCode.UNKNOWN))
+            return False
+        if not self._started:
+            await self._write(error_bytes(500, "no response", ErrorCode.UNKNOWN))
+            return False
+        if not self._done:
+            return False  # a response cut short: only a close tells the client
+        if not self._body_done and not self._skip_buffered_body():
+            await self._linger()
+            return False
+        return not self._close_after and not self._eof
+
+    def _skip_buffered_body(self) -> bool:
+        """Drop the unread body when its end is already parsed; False when it is not."""
+        if _END not in self._events:
+            return False
+        while self._events.popleft() is not _END:
+            pass
+        self._body_done = True
+        return True
+
+    async def _linger(self) -> None:
+        """After an early answer: half-close (not on TLS), then read and drop what the
+        client still sends, for at most LINGER_BYTES and LINGER_SECONDS."""
+        if self._eof:
+            return
+        if self._sock is not None:
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                return
+        await drain(self.stream)
+
+    async def _watch_shutdown(self) -> None:
+        await self.context.terminated.wait()
+        self._terminating = True
+        if self._idle is not None:
+            self._idle.cancel()
+
+    async def serve(self) -> None:
+        """Serve requests until the connection ends; then close it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_shutdown)
+                try:
+                    await self._serve_requests()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._events.clear()
+            self._view.release()
+            self._buf.close()
+            await trio.aclose_forcefully(self.stream)
+
+    async def _serve_requests(self) -> None:
+        while True:
+            try:
+                req = await self._next_head()
+                if req is None:
+                    return
+                if not await self._one(req):
+                    return
+            except BadRequest as bad:
+                if not self._started or self._req is None:
+                    try:
+                        await self._write(error_bytes(bad.status, str(bad)))
+                    except ClientDisconnected:
+                        return
+                    self._started = True
+                    await self._linger()
+                return
+            except ClientDisconnected:
+                return
+            if self._terminating:
+                return
+            self._req = None
+
+
+async def drain(stream: Any) -> None:
+    """Read and drop what the client still sends after our answer: until its EOF, for at
+    most LINGER_BYTES and LINGER_SECONDS, stopping after LINGER_IDLE_SECONDS of silence."""
+    left = LINGER_BYTES
+    with trio.move_on_after(LINGER_SECONDS):
+        while left > 0:
+            with trio.move_on_after(LINGER_IDLE_SECONDS) as idle:
+                try:
+                    data = await stream.receive_some(min(left, 256 * 1024))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+            if idle.cancelled_caught or not data:
+                return
+            left -= len(data)
