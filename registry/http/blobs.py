@@ -13,7 +13,7 @@ from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
 from .request import Request, Route, Services
-from .responses import Headers, Response, json_response
+from .responses import FileBody, Headers, Response, json_response
 
 BLOB_MAX_AGE = b"max-age=31536000"  # content-addressed: a digest's bytes never change
 
@@ -79,6 +79,10 @@ async def _blob(svc: Services, req: Request, *, head: bool) -> Response:
         headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{size}".encode()))
     if head:
         return Response(status, headers, b"", length=length, head=True)
+    if req.zerocopy and length:  # the server sends the file itself (sendfile on plain TCP)
+        file = await st.blobs.open_local(d)
+        if file is not None:
+            return Response(status, headers, FileBody(file, offset, length), length=length)
     return Response(status, headers, _stream(svc, d, offset, length), length=length)
 
 
@@ -92,10 +96,10 @@ async def delete_blob(svc: Services, req: Request) -> Response:
 
 
 async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
-    async with svc.storage.blobs.open(d, offset, length) as chunks:
-        async with aclosing(chunks):  # type: ignore[type-var]  # closed when the client goes
-            async for chunk in chunks:
-                yield chunk
+    # aclosing: the driver's reader closes at once when a send fails (the client went away)
+    async with svc.storage.blobs.open(d, offset, length) as chunks, aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            yield chunk
 
 
 def _upload_headers(

@@ -37,10 +37,12 @@ import email.utils
 import logging
 import math
 import mmap
+import os
+import socket
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import httptools
@@ -49,12 +51,13 @@ import trio
 from ..errors import ErrorCode, RegistryError
 from .deadlines import BODY, HEAD, READ_TIMEOUT, SLOW_READER, ConnLimits, ReadTimer, write_deadline
 from .request import ClientDisconnected
-from .responses import error_answer
+from .responses import ZEROCOPY, error_answer
 
 log = logging.getLogger("registry.http")
 
 BUFFER_SIZE = 1024 * 1024  # one read; anonymous mmap: pages become resident only when used
 PIECE = 1024 * 1024  # body bytes per ASGI message at most (a 512 MiB push: ~512+ messages)
+SENDFILE_PIECE = 4 * 1024 * 1024  # bytes of a file per write deadline and per checkpoint
 MAX_HEAD = 64 * 1024  # a request head past this gets 431 (hypercorn's h11_max_incomplete_size)
 KEEP_ALIVE_S = 75.0  # idle keep-alive, when the config has none (docker reuses connections)
 # Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
@@ -366,23 +369,25 @@ class H1Connection:
 
     # --- writing --------------------------------------------------------------------------
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, more: bool = False) -> None:
         """Send ``data`` within :func:`write_deadline`; a client that does not take it (or
-        has gone) ends the connection and raises ClientDisconnected."""
+        has gone) ends the connection and raises ClientDisconnected. ``more``: more bytes
+        follow at once (MSG_MORE: a head leaves in one segment with the file's first bytes)."""
         if self._broken:
             raise ClientDisconnected()
         with trio.move_on_after(write_deadline(self.limits, len(data))) as scope:
             try:
-                await self.stream.send_all(data)
+                if more and self._sock is not None:
+                    n = await self._sock.send(data, socket.MSG_MORE)
+                    data = data[n:]
+                if data:
+                    await self.stream.send_all(data)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         if scope.cancelled_caught and self.gate is not None:
             self.gate.dropped(SLOW_READER)
-        self._eof = self._broken = True
-        self._close_after = True
-        await trio.aclose_forcefully(self.stream)
-        raise ClientDisconnected()
+        await self._abort()
 
     def _start(self, message: dict[str, Any]) -> None:
         req = self._req
@@ -421,14 +426,15 @@ class H1Connection:
         self._started = True
 
     async def send(self, message: dict[str, Any]) -> None:
-        """The ASGI send callable (``http.response.start`` and ``.body``)."""
+        """The ASGI send callable: ``http.response.start``, ``.body`` and ``.zerocopysend``
+        (a file: sendfile(2) on plain TCP, read and sent over TLS)."""
         kind = message["type"]
         if kind == "http.response.start":
             if self._started:
                 raise RuntimeError("response already started")
             self._start(message)
             return
-        if kind != "http.response.body":
+        if kind != "http.response.body" and kind != ZEROCOPY:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
         if self._done:
             if self._broken:
@@ -436,20 +442,22 @@ class H1Connection:
             return
         if not self._started:
             raise RuntimeError("response body before its start")
-        body = message.get("body", b"")
-        more = message.get("more_body", False)
         out = self._head_out or b""
         self._head_out = None
-        if body and not (self._is_head or self._left == 0 and not self._chunked):
-            if self._chunked:
-                out += b"%x\r\n%s\r\n" % (len(body), body)
-            else:
-                if self._left is not None:
-                    if len(body) > self._left:
-                        body = body[: self._left]
-                    self._left -= len(body)
-                out = out + body if out else body
-        if not more:
+        if kind == ZEROCOPY:
+            out = await self._send_file(message, out)
+        else:
+            body = message.get("body", b"")
+            if body and not (self._is_head or self._left == 0 and not self._chunked):
+                if self._chunked:
+                    out += b"%x\r\n%s\r\n" % (len(body), body)
+                else:
+                    if self._left is not None:
+                        if len(body) > self._left:
+                            body = body[: self._left]
+                        self._left -= len(body)
+                    out = out + body if out else body
+        if not message.get("more_body", False):
             if self._chunked:
                 out += b"0\r\n\r\n"
             elif self._left:  # fewer bytes than Content-Length: only a close can tell
@@ -459,6 +467,84 @@ class H1Connection:
             await self._write(out)
         if self._done and self._response_done is not None:
             self._response_done.set()
+
+    async def _send_file(self, message: dict[str, Any], head: bytes) -> bytes:
+        """Send ``count`` bytes of ``file`` from ``offset`` after ``head``; what is left to
+        write (a chunk's end). A file shorter than promised ends the connection."""
+        fd = message["file"].fileno()
+        offset = message.get("offset") or 0
+        count = message.get("count")
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if self._is_head or (self._left is not None and not self._chunked):
+            count = min(count, self._left or 0)
+        if not count:
+            return head
+        if self._chunked:
+            head += b"%x\r\n" % count
+        if self._sock is not None:
+            if head:
+                await self._write(head, more=True)
+            sent = await self._sendfile(fd, offset, count)
+        else:
+            sent = await self._copy_file(fd, offset, count, head)
+        if sent < count:  # truncated under us: never keep a connection that owes bytes
+            log.warning("a file shrank while it was sent (%d of %d bytes); closing", sent, count)
+            await self._abort()
+        if self._left is not None:
+            self._left -= count
+        return b"\r\n" if self._chunked else b""
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> int:
+        """sendfile(2) ``count`` bytes from ``offset`` to the socket, each SENDFILE_PIECE
+        within its :func:`write_deadline`; the bytes sent (fewer: the file ended)."""
+        assert self._sock is not None
+        sock = self._sock.fileno()
+        sent = 0
+        while sent < count:
+            piece = min(SENDFILE_PIECE, count - sent)
+            with trio.move_on_after(write_deadline(self.limits, piece)) as scope:
+                while piece:
+                    try:
+                        n = os.sendfile(sock, fd, offset + sent, piece)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                        continue
+                    except OSError:
+                        await self._abort()
+                    if n == 0:
+                        return sent
+                    sent += n
+                    piece -= n
+                await trio.lowlevel.checkpoint()
+            if scope.cancelled_caught:
+                if self.gate is not None:
+                    self.gate.dropped(SLOW_READER)
+                await self._abort()
+        return sent
+
+    async def _copy_file(self, fd: int, offset: int, count: int, head: bytes) -> int:
+        """The zerocopysend fallback (TLS): read PIECE bytes at a time in a thread and send
+        them; the bytes sent (fewer: the file ended)."""
+        sent = 0
+        while sent < count:
+            data = await trio.to_thread.run_sync(
+                os.pread, fd, min(PIECE, count - sent), offset + sent
+            )
+            if not data:
+                break
+            await self._write(head + data if head else data)
+            head = b""
+            sent += len(data)
+        if head:
+            await self._write(head)
+        return sent
+
+    async def _abort(self) -> NoReturn:
+        """End the connection now (the response cannot be completed) and tell the app."""
+        self._eof = self._broken = self._close_after = True
+        await trio.aclose_forcefully(self.stream)
+        raise ClientDisconnected()
 
     # --- one request, the connection ------------------------------------------------------
 
@@ -483,7 +569,7 @@ class H1Connection:
             "client": self.client,
             "server": self.server,
             "state": dict(self.state) if self.state else {},
-            "extensions": {},
+            "extensions": {ZEROCOPY: {}},
         }
 
     def _check(self, req: _Head) -> None:
