@@ -590,8 +590,11 @@ class H1Connection:
         self._left = None
         self._is_head = req.method == "HEAD"
         self._response_done = None
-        if req.upgrade or req.method == "CONNECT":
-            self._close_after = True  # llhttp skipped what may follow the head
+        if (req.upgrade or req.method == "CONNECT") and any(
+            name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
+            for name, value in req.headers
+        ):
+            self._close_after = True  # llhttp did not parse this body: the stream is lost
         await self.context.mark_request()
         try:
             await self.app(scope, self.receive, self.send)
