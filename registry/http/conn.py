@@ -19,6 +19,11 @@ and adds, for HTTP/1.1:
   dropped, bounded in bytes and time, so that a client that writes its whole body before
   reading (Python's http.client) reads the answer instead of a connection reset.
 
+HTTP/1.1 connections (plain TCP when h2c is off; TLS with ALPN ``http/1.1``) are served by
+our own loop, :class:`.h1server.H1Connection`, in the connection's task: it applies the same
+limits from :mod:`.deadlines` and lingers the same way. The rest of this class serves the
+connections hypercorn keeps (HTTP/2, and cleartext when h2c is enabled).
+
 HTTP/2 connections keep hypercorn's read behaviour; the cap and the write deadline apply. :class:`AcceptErrorFilter`
 turns trio's accept-loop error (a traceback every 0.1 s while ``accept`` fails with EMFILE)
 into one line per interval. ``install()`` puts both in place; it checks the hypercorn hooks it

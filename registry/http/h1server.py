@@ -56,6 +56,7 @@ from .responses import ZEROCOPY, error_answer
 log = logging.getLogger("registry.http")
 
 BUFFER_SIZE = 1024 * 1024  # one read; anonymous mmap: pages become resident only when used
+SMALL_READ = 64 * 1024  # reads past this touched the buffer's far pages: give them back after
 PIECE = 1024 * 1024  # body bytes per ASGI message at most (a 512 MiB push: ~512+ messages)
 SENDFILE_PIECE = 4 * 1024 * 1024  # bytes of a file per write deadline and per checkpoint
 MAX_HEAD = 64 * 1024  # a request head past this gets 431 (hypercorn's h11_max_incomplete_size)
@@ -163,6 +164,7 @@ class H1Connection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._cycle = 0  # requests started on this connection
+        self._big = False  # a read filled more than SMALL_READ of the buffer
         self._eof = False  # the client closed its side, or the connection broke
         self._broken = False  # nothing more can be written
         self._stop_reading = False  # what follows an upgrade head is not HTTP/1.1
@@ -250,6 +252,8 @@ class H1Connection:
             if n == 0:
                 self._eof = True
                 return 0
+            if n > SMALL_READ:
+                self._big = True
             try:
                 self._feed(data)
             finally:
@@ -659,6 +663,9 @@ class H1Connection:
 
     async def _serve_requests(self) -> None:
         while True:
+            if self._big:  # an upload is over: an idle connection keeps no MiB resident
+                self._big = False
+                self._buf.madvise(mmap.MADV_DONTNEED)
             try:
                 req = await self._next_head()
                 if req is None:
