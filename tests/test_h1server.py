@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import ssl
@@ -468,3 +469,54 @@ async def test_a_blob_truncated_during_the_send_ends_the_connection_short(
     length, received, closed = await _in_thread(run)
     assert length == len(data)
     assert received < length and closed  # never fewer bytes on a connection kept alive
+
+
+# --- graceful shutdown --------------------------------------------------------------------
+
+
+async def test_shutdown_closes_idle_connections_at_once_and_finishes_a_request_in_flight(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hypercorn.trio import serve
+
+    from registry.server import build_app
+
+    config = registry_config(tmp_path)
+    hc = hypercorn_config(config)
+    hc.bind = ["127.0.0.1:0"]
+    hc.graceful_timeout = 30  # the request in flight has time; idle ones must not wait for it
+    stop = trio.Event()
+    served = trio.Event()
+
+    async def run_server(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(build_app(config), hc, shutdown_trigger=stop.wait, task_status=task_status)
+        served.set()
+
+    binds = await nursery.start(run_server)
+    port = int(binds[0].rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        r = await c.post("/v2/h1/drain/blobs/uploads/")
+        location = httpx.URL(r.headers["location"]).raw_path  # path and query
+    body = os.urandom(2 * MiB)
+    busy = await trio.open_tcp_stream("127.0.0.1", port)
+    idle = await trio.open_tcp_stream("127.0.0.1", port)
+    async with busy, idle:
+        await idle.send_all(b"GET /v2/ HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await idle.receive_some(65536)).startswith(b"HTTP/1.1 200 OK")
+        await busy.send_all(
+            b"PATCH %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (location, len(body), body[: MiB])
+        )
+        await trio.sleep(0.2)  # the app is reading the body
+        with trio.fail_after(BOUND):
+            stop.set()
+            assert await idle.receive_some(65536) == b""  # closed now, not after 30 s
+            await busy.send_all(body[MiB:])
+            reply = b""
+            while chunk := await busy.receive_some(65536):  # the answer, then the close
+                reply += chunk
+            await served.wait()
+    assert reply.startswith(b"HTTP/1.1 202 Accepted"), reply[:200]
+    assert b"range: 0-%d" % (len(body) - 1) in reply.lower()
+    assert b"connection: close" in reply.lower()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -315,6 +315,7 @@ class H1Connection:
             if idle:
                 deadline = min(deadline, now + self.keep_alive_timeout)
                 self._idle = trio.CancelScope()
+            got: int | None = None  # stays None when a shutdown cancels the idle wait
             try:
                 with self._idle or trio.CancelScope():
                     got = await self._read(MAX_HEAD + 1, deadline)
