@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -34,53 +34,97 @@ BOUND = 20  # seconds any one socket operation of a test may take
 MiB = 1024 * 1024
 
 
-def _read_response(sock: Any, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    """One response from a blocking socket: (status line, headers, body by Content-Length
-    or chunked); ``head_only`` for HEAD answers."""
-    got = recv_until(sock, b"\r\n\r\n")
-    head, _, rest = got.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if head_only:
-        return lines[0], headers, rest
-    if b"content-length" in headers:
-        n = int(headers[b"content-length"])
-        while len(rest) < n:
-            chunk = sock.recv(65536)
+class Wire:
+    """A blocking client socket and the bytes read past the last response (pipelining)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def setsockopt(self, *args: Any) -> None:
+        self.sock.setsockopt(*args)
+
+    def recv(self, n: int) -> bytes:
+        if self.buf:
+            data, self.buf = self.buf[:n], self.buf[n:]
+            return data
+        return bytes(self.sock.recv(n))
+
+    def _fill(self, n: int) -> bool:
+        """Buffer at least ``n`` bytes; False at EOF."""
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
             if not chunk:
-                break
-            rest += chunk
-        return lines[0], headers, rest
-    if headers.get(b"transfer-encoding") == b"chunked":
-        while not rest.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
+                return False
+            self.buf += chunk
+        return True
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            chunk = self.sock.recv(65536)
             if not chunk:
-                break
-            rest += chunk
-        body, data = b"", rest
-        while True:
-            size_line, _, data = data.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                return lines[0], headers, body
-            body += data[:size]
-            data = data[size + 2 :]
-    while chunk := sock.recv(65536):  # close-delimited
-        rest += chunk
-    return lines[0], headers, rest
+                data, self.buf = self.buf, b""
+                return data
+            self.buf += chunk
+        data, _, self.buf = self.buf.partition(marker)
+        return data + marker
+
+    def response(self, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        """(status line, headers, body by Content-Length, chunked or close); ``head_only``
+        for HEAD answers."""
+        head = self._until(b"\r\n\r\n")[:-4]
+        lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if head_only:
+            return lines[0], headers, b""
+        if b"content-length" in headers:
+            n = int(headers[b"content-length"])
+            self._fill(n)
+            body, self.buf = self.buf[:n], self.buf[n:]
+            return lines[0], headers, body
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                size = int(self._until(b"\r\n")[:-2].split(b";")[0], 16)
+                self._fill(size + 2)
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2 :]
+                if size == 0:
+                    return lines[0], headers, body
+        while chunk := self.sock.recv(65536):  # close-delimited
+            self.buf += chunk
+        body, self.buf = self.buf, b""
+        return lines[0], headers, body
 
 
-def _connect(port: int, tls: ssl.SSLContext | None = None) -> Any:
+def _read_response(wire: Wire, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One response from ``wire`` (see Wire.response)."""
+    return wire.response(head_only)
+
+
+def _connect(port: int, tls: ssl.SSLContext | None = None) -> Wire:
     sock = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
     if tls is not None:
-        return tls.wrap_socket(sock, server_hostname="127.0.0.1")
-    return sock
+        return Wire(tls.wrap_socket(sock, server_hostname="127.0.0.1"))
+    return Wire(sock)
 
 
-def _closed(sock: Any) -> bool:
+def _closed(sock: Wire) -> bool:
     """The server closed the connection (EOF or reset) within BOUND."""
     try:
         return sock.recv(65536) == b""
