@@ -583,6 +583,8 @@ class H1Connection:
     async def _abort(self) -> NoReturn:
         """End the connection now (the response cannot be completed) and tell the app."""
         self._eof = self._broken = self._close_after = True
+        if self._response_done is not None:  # a receive waiting for the response's end
+            self._response_done.set()
         await trio.aclose_forcefully(self.stream)
         raise ClientDisconnected()
 
