@@ -13,9 +13,8 @@ serves a plain-TCP or TLS (ALPN ``http/1.1``) connection in the connection's own
   ``receive``/``send`` callables that read the body from the socket and write the response;
 - request bodies reach the app in pieces of up to :data:`PIECE` bytes (chunked bodies are
   decoded and joined); ``Expect: 100-continue`` is answered when the app first receives;
-- responses: status line with reason phrase, the app's headers, a Date (formatted once per
-  second), no Server; the head leaves with the first body bytes in one send; chunked when
-  the app gives no Content-Length (close-delimited for HTTP/1.0); HEAD answers carry no body;
+- responses, and the ``http.response.zerocopysend`` extension it offers, are written by
+  :class:`.h1send.ResponseWriter`;
 - deadlines are cancel scopes computed by :mod:`.deadlines`' rules (head, body idle, body
   rate, writes); an idle keep-alive connection closes after ``keep_alive_timeout`` or at once
   when the worker shuts down (a request in progress finishes, bounded by hypercorn's
@@ -26,31 +25,25 @@ serves a plain-TCP or TLS (ALPN ``http/1.1``) connection in the connection's own
   conn.py hands such connections to hypercorn when it is);
 - after an early answer (the app did not read the whole body) the connection is half-closed
   and what the client still sends is read and dropped (bounded), then closed.
-
-A client that goes away while a response is written makes ``send`` raise
-:class:`~.request.ClientDisconnected` (the app's handler ends there).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import os
-import socket
-import time
 from collections import deque
-from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
 import trio
 
-from ..errors import ErrorCode, RegistryError
-from .deadlines import BODY, HEAD, READ_TIMEOUT, SLOW_READER, ConnLimits, ReadTimer, write_deadline
+from ..errors import ErrorCode
+from .deadlines import BODY, HEAD, READ_TIMEOUT, ConnLimits, ReadTimer
+from .h1send import ResponseWriter, error_bytes
 from .request import ClientDisconnected
-from .responses import ZEROCOPY, error_answer
+from .responses import ZEROCOPY
 
 log = logging.getLogger("registry.http")
 
@@ -60,7 +53,6 @@ log = logging.getLogger("registry.http")
 # 4.1 s (each upload holds a piece while storage/uploads.py copies it into its buffers).
 BUFFER_SIZE = 512 * 1024
 PIECE = 512 * 1024
-SENDFILE_PIECE = 4 * 1024 * 1024  # bytes of a file per write deadline and per checkpoint
 MAX_HEAD = 64 * 1024  # a request head past this gets 431 (hypercorn's h11_max_incomplete_size)
 KEEP_ALIVE_S = 75.0  # idle keep-alive, when the config has none (docker reuses connections)
 # Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
@@ -70,10 +62,6 @@ LINGER_IDLE_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 
 _END = object()  # the end of a request body in the event queue
-_NO_BODY_STATUS = frozenset({204, 304})
-_STATUS_LINES = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
-}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DISCONNECT = {"type": "http.disconnect"}
 _ASGI = {"spec_version": "2.1", "version": "3.0"}
@@ -94,39 +82,12 @@ def shared_buffer() -> memoryview:
         return view
 
 
-class _Date:
-    """The Date header line, formatted at most once per second (it costs ~5 us)."""
-
-    second = -1
-    line = b""
-
-    @classmethod
-    def header(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
-            cls.second = now
-        return cls.line
-
-
-def status_line(status: int) -> bytes:
-    """``HTTP/1.1 <status> <reason>\\r\\n`` (an unknown status gets no reason)."""
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
-
-
 class BadRequest(Exception):
     """The client broke HTTP/1.1; answered with ``status`` and the JSON envelope, then closed."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def error_bytes(status: int, message: str, code: ErrorCode = ErrorCode.UNSUPPORTED) -> bytes:
-    """A whole closing answer with the OCI error envelope, for errors outside the app."""
-    headers, body = error_answer(RegistryError(code, message, status=status))
-    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
-    return b"%s%s%sconnection: close\r\n\r\n%s" % (status_line(status), head, _Date.header(), body)
 
 
 class _Head:
@@ -147,7 +108,7 @@ class _Head:
         self.expect = False  # Expect: 100-continue
 
 
-class H1Connection:
+class H1Connection(ResponseWriter):
     """Serve one HTTP/1.1 connection until it closes; see the module docstring.
 
     ``stream`` is a connected trio SocketStream or an SSLStream whose handshake is done;
@@ -179,23 +140,12 @@ class H1Connection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._cycle = 0  # requests started on this connection
-        self._eof = False  # the client closed its side, or the connection broke
-        self._broken = False  # nothing more can be written
         self._stop_reading = False  # what follows an upgrade head is not HTTP/1.1
-        self._terminating = False
         self._idle: trio.CancelScope | None = None  # the wait for a next head, while idle
         self._bad: BadRequest | None = None  # a parse error to answer once events are used
         # the current request and its response
         self._req: _Head | None = None
         self._body_done = True
-        self._started = False
-        self._done = False
-        self._head_out: bytes | None = None
-        self._chunked = False
-        self._left: int | None = None  # Content-Length bytes still to send
-        self._close_after = False
-        self._is_head = False
-        self._response_done: trio.Event | None = None
 
     # --- httptools callbacks (synchronous, inside feed_data) -------------------------------
 
@@ -407,187 +357,6 @@ class H1Connection:
                 pass
         return _DISCONNECT
 
-    # --- writing --------------------------------------------------------------------------
-
-    async def _write(self, data: bytes, more: bool = False) -> None:
-        """Send ``data`` within :func:`write_deadline`; a client that does not take it (or
-        has gone) ends the connection and raises ClientDisconnected. ``more``: more bytes
-        follow at once (MSG_MORE: a head leaves in one segment with the file's first bytes)."""
-        if self._broken:
-            raise ClientDisconnected()
-        with trio.move_on_after(write_deadline(self.limits, len(data))) as scope:
-            try:
-                if more and self._sock is not None:
-                    n = await self._sock.send(data, socket.MSG_MORE)
-                    data = data[n:]
-                if data:
-                    await self.stream.send_all(data)
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        if scope.cancelled_caught and self.gate is not None:
-            self.gate.dropped(SLOW_READER)
-        await self._abort()
-
-    def _start(self, message: dict[str, Any]) -> None:
-        req = self._req
-        assert req is not None
-        status = int(message["status"])
-        parts = [status_line(status)]
-        length: int | None = None
-        date = close = False
-        for name, value in message.get("headers", ()):
-            lname = name.lower()
-            if lname == b"content-length":
-                length = int(value)
-            elif lname == b"connection" and b"close" in value.lower():
-                close = True
-            elif lname == b"date":
-                date = True
-            parts.append(b"%s: %s\r\n" % (name, value))
-        if not date:
-            parts.append(_Date.header())
-        no_body = self._is_head or status in _NO_BODY_STATUS or status < 200
-        if length is None and not no_body:
-            if req.version == "1.1":
-                self._chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self._close_after = True  # HTTP/1.0: the body ends with the connection
-        self._left = None if no_body else length
-        if self._close_after or not req.keep_alive or self._terminating:
-            self._close_after = True
-            if not close:
-                parts.append(b"connection: close\r\n")
-        elif close:
-            self._close_after = True
-        parts.append(b"\r\n")
-        self._head_out = b"".join(parts)
-        self._started = True
-
-    async def send(self, message: dict[str, Any]) -> None:
-        """The ASGI send callable: ``http.response.start``, ``.body`` and ``.zerocopysend``
-        (a file: sendfile(2) on plain TCP, read and sent over TLS)."""
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self._started:
-                raise RuntimeError("response already started")
-            self._start(message)
-            return
-        if kind != "http.response.body" and kind != ZEROCOPY:
-            raise RuntimeError(f"unexpected ASGI message {kind!r}")
-        if self._done:
-            if self._broken:
-                raise ClientDisconnected()
-            return
-        if not self._started:
-            raise RuntimeError("response body before its start")
-        out = self._head_out or b""
-        self._head_out = None
-        if kind == ZEROCOPY:
-            out = await self._send_file(message, out)
-        else:
-            body = message.get("body", b"")
-            if body and not (self._is_head or self._left == 0 and not self._chunked):
-                if self._chunked:
-                    out += b"%x\r\n%s\r\n" % (len(body), body)
-                else:
-                    if self._left is not None:
-                        if len(body) > self._left:
-                            body = body[: self._left]
-                        self._left -= len(body)
-                    out = out + body if out else body
-        if not message.get("more_body", False):
-            if self._chunked:
-                out += b"0\r\n\r\n"
-            elif self._left:  # fewer bytes than Content-Length: only a close can tell
-                self._close_after = True
-            self._done = True
-        if out:
-            await self._write(out)
-        if self._done and self._response_done is not None:
-            self._response_done.set()
-
-    async def _send_file(self, message: dict[str, Any], head: bytes) -> bytes:
-        """Send ``count`` bytes of ``file`` from ``offset`` after ``head``; what is left to
-        write (a chunk's end). A file shorter than promised ends the connection."""
-        fd = message["file"].fileno()
-        offset = message.get("offset") or 0
-        count = message.get("count")
-        if count is None:
-            count = max(0, os.fstat(fd).st_size - offset)
-        if self._is_head or (self._left is not None and not self._chunked):
-            count = min(count, self._left or 0)
-        if not count:
-            return head
-        if self._chunked:
-            head += b"%x\r\n" % count
-        if self._sock is not None:
-            if head:
-                await self._write(head, more=True)
-            sent = await self._sendfile(fd, offset, count)
-        else:
-            sent = await self._copy_file(fd, offset, count, head)
-        if sent < count:  # truncated under us: never keep a connection that owes bytes
-            log.warning("a file shrank while it was sent (%d of %d bytes); closing", sent, count)
-            await self._abort()
-        if self._left is not None:
-            self._left -= count
-        return b"\r\n" if self._chunked else b""
-
-    async def _sendfile(self, fd: int, offset: int, count: int) -> int:
-        """sendfile(2) ``count`` bytes from ``offset`` to the socket, each SENDFILE_PIECE
-        within its :func:`write_deadline`; the bytes sent (fewer: the file ended)."""
-        assert self._sock is not None
-        sock = self._sock.fileno()
-        sent = 0
-        while sent < count:
-            piece = min(SENDFILE_PIECE, count - sent)
-            with trio.move_on_after(write_deadline(self.limits, piece)) as scope:
-                while piece:
-                    try:
-                        n = os.sendfile(sock, fd, offset + sent, piece)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(sock)
-                        continue
-                    except OSError:
-                        await self._abort()
-                    if n == 0:
-                        return sent
-                    sent += n
-                    piece -= n
-                await trio.lowlevel.checkpoint()
-            if scope.cancelled_caught:
-                if self.gate is not None:
-                    self.gate.dropped(SLOW_READER)
-                await self._abort()
-        return sent
-
-    async def _copy_file(self, fd: int, offset: int, count: int, head: bytes) -> int:
-        """The zerocopysend fallback (TLS): read PIECE bytes at a time in a thread and send
-        them; the bytes sent (fewer: the file ended)."""
-        sent = 0
-        while sent < count:
-            data = await trio.to_thread.run_sync(
-                os.pread, fd, min(PIECE, count - sent), offset + sent
-            )
-            if not data:
-                break
-            await self._write(head + data if head else data)
-            head = b""
-            sent += len(data)
-        if head:
-            await self._write(head)
-        return sent
-
-    async def _abort(self) -> NoReturn:
-        """End the connection now (the response cannot be completed) and tell the app."""
-        self._eof = self._broken = self._close_after = True
-        if self._response_done is not None:  # a receive waiting for the response's end
-            self._response_done.set()
-        await trio.aclose_forcefully(self.stream)
-        raise ClientDisconnected()
-
     # --- one request, the connection ------------------------------------------------------
 
     def _scope(self, req: _Head) -> dict[str, Any]:
@@ -627,11 +396,7 @@ class H1Connection:
         scope = self._scope(req)
         self._req = req
         self._body_done = False
-        self._started = self._done = self._chunked = self._close_after = False
-        self._head_out = None
-        self._left = None
-        self._is_head = req.method == "HEAD"
-        self._response_done = None
+        self._begin(req.method, req.version, req.keep_alive)
         if (req.upgrade or req.method == "CONNECT") and any(
             name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
             for name, value in req.headers
