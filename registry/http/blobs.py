@@ -6,7 +6,6 @@ are handed that route by the table (``routes.py``) as keyword arguments."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
@@ -96,10 +95,14 @@ async def delete_blob(svc: Services, req: Request) -> Response:
 
 
 async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
-    # aclosing: the driver's reader closes at once when a send fails (the client went away)
-    async with svc.storage.blobs.open(d, offset, length) as chunks, aclosing(chunks):  # type: ignore[type-var]
-        async for chunk in chunks:
-            yield chunk
+    async with svc.storage.blobs.open(d, offset, length) as chunks:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # a send that failed (client gone) ends here: close the driver's reader now
+            aclose = getattr(chunks, "aclose", None)  # a generator's; S3's reader has none
+            if aclose is not None:
+                await aclose()
 
 
 def _upload_headers(
