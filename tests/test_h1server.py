@@ -564,3 +564,30 @@ async def test_shutdown_closes_idle_connections_at_once_and_finishes_a_request_i
     assert b"range: 0-%d" % (len(body) - 1) in reply.lower()
     assert b"connection: close" in reply.lower()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_open_local_gives_the_blob_file_only_where_the_driver_keeps_files(
+    tmp_path: Path,
+) -> None:
+    from registry.digest import Digest
+    from registry.drivers.base import PathNotFound
+    from registry.drivers.filesystem import FilesystemDriver
+    from registry.drivers.memory import MemoryDriver
+    from registry.errors import RegistryError
+    from registry.storage.blobs import BlobStore
+    from registry.storage.paths import blob_data
+
+    data = b"local bytes"
+    d = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+    fs = FilesystemDriver(str(tmp_path))
+    await fs.put_content(blob_data(d), data)
+    f = await BlobStore(fs).open_local(d)
+    assert f is not None
+    with f:
+        assert f.read() == data
+    with pytest.raises(PathNotFound):
+        await fs.open_local("/docker")  # a directory is no blob
+    missing = Digest.parse("sha256:" + "0" * 64)
+    with pytest.raises(RegistryError, match="BLOB_UNKNOWN"):
+        await BlobStore(fs).open_local(missing)
+    assert await BlobStore(MemoryDriver()).open_local(d) is None  # no local files: streamed
