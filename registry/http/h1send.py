@@ -117,6 +117,8 @@ class ResponseWriter:
         await self._abort()
 
     def _start(self, message: dict[str, Any]) -> None:
+        """Build the head of ``http.response.start`` (held: it leaves with the first body
+        bytes) and decide the framing: Content-Length, chunked, or the connection's end."""
         status = int(message["status"])
         parts = [status_line(status)]
         length: int | None = None
