@@ -591,3 +591,38 @@ async def test_open_local_gives_the_blob_file_only_where_the_driver_keeps_files(
     with pytest.raises(RegistryError, match="BLOB_UNKNOWN"):
         await BlobStore(fs).open_local(missing)
     assert await BlobStore(MemoryDriver()).open_local(d) is None  # no local files: streamed
+
+
+async def test_a_blob_out_of_the_page_cache_is_sent_whole(registry: int, tmp_path: Path) -> None:
+    from registry.http.h1send import resident
+
+    data = os.urandom(12 * MiB + 7)
+    d = await _push(registry, "h1/cold", data)
+    hexd = d.split(":", 1)[1]
+    blob = tmp_path / "root" / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+    fd = os.open(blob, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        cold = not resident(fd, 0, len(data))
+    finally:
+        os.close(fd)
+
+    def run() -> bytes:
+        with _connect(registry) as s:
+            s.sendall(b"GET /v2/h1/cold/blobs/%s HTTP/1.1\r\nHost: t\r\n\r\n" % d.encode())
+            return _read_response(s)[2]
+
+    assert await _in_thread(run) == data  # sent from a worker thread: the pages were cold
+    assert cold or not hasattr(os, "RWF_NOWAIT") or _on_tmpfs(tmp_path), "no cold pages seen"
+
+
+def _on_tmpfs(path: Path) -> bool:
+    """``path`` is on tmpfs (no RWF_NOWAIT there: the probe cannot tell, and need not)."""
+    best, fstype = "", ""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, mnt, kind, *_ = line.split()
+            if str(path).startswith(mnt) and len(mnt) > len(best):
+                best, fstype = mnt, kind
+    return fstype == "tmpfs"

@@ -64,6 +64,26 @@ def error_bytes(status: int, message: str, code: ErrorCode = ErrorCode.UNSUPPORT
 
 
 
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux >= 4.14
+
+
+def resident(fd: int, offset: int, count: int) -> bool:
+    """Are the first and last byte of ``count`` bytes at ``offset`` in the page cache? (A
+    probe, not a guarantee: two one-byte preadv(RWF_NOWAIT) reads.) True where the probe
+    cannot tell (no RWF_NOWAIT, tmpfs' EOPNOTSUPP: memory-backed anyway)."""
+    if _RWF_NOWAIT is None:
+        return True
+    probe = bytearray(1)
+    try:
+        for pos in (offset, offset + max(0, count - 1)):
+            os.preadv(fd, [probe], pos, _RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # sendfile will meet the same error and say so
+    return True
+
+
 class ResponseWriter:
     """The response state of one connection and the ASGI ``send`` callable. The connection
     class (h1server.H1Connection) sets ``stream``, ``limits``, ``gate`` and ``_sock`` and
@@ -230,10 +250,20 @@ class ResponseWriter:
         sent = 0
         while sent < count:
             piece = min(SENDFILE_PIECE, count - sent)
+            # sendfile(2) reads the file side blocking: pages not in the page cache would
+            # stall every connection of the worker while the disk reads them, so a piece
+            # that is not resident is sent from a worker thread (the socket stays
+            # non-blocking there: a full socket buffer is EAGAIN, waited for here).
+            cold = not resident(fd, offset + sent, piece)
             with trio.move_on_after(write_deadline(self.limits, piece)) as scope:
                 while piece:
                     try:
-                        n = os.sendfile(sock, fd, offset + sent, piece)
+                        if cold:
+                            n = await trio.to_thread.run_sync(
+                                os.sendfile, sock, fd, offset + sent, piece
+                            )
+                        else:
+                            n = os.sendfile(sock, fd, offset + sent, piece)
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(sock)
                         continue
