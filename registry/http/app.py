@@ -31,7 +31,7 @@ from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
-from .responses import API_VERSION_HEADER, Response, error_response
+from .responses import API_VERSION_HEADER, ZEROCOPY, FileBody, Response, error_response
 
 __all__ = ["AppOptions", "RegistryApp"]
 
@@ -130,6 +130,7 @@ class RegistryApp:
             client=client[0] if client else "-",
             server=scope.get("server"),
             receive=receive,
+            zerocopy=ZEROCOPY in scope.get("extensions", ()),
         )
         m = router.match(req.path, req.method)
         if m is not None:
@@ -266,14 +267,33 @@ class RegistryApp:
             headers.append((b"content-length", str(resp.length).encode()))
         if ex is not None:
             self._started(ex, resp.status, headers)
+        if isinstance(body, FileBody):
+            try:
+                await send({"type": "http.response.start", "status": resp.status,
+                            "headers": headers})
+                if head:
+                    await send({"type": "http.response.body", "body": b""})
+                    return 0
+                if ex is not None:
+                    ex.bytes_out = body.count
+                await send({"type": ZEROCOPY, "file": body.file, "offset": body.offset,
+                            "count": body.count, "more_body": False})
+                return body.count
+            finally:
+                await body.aclose()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         sent = 0
         if not head:
-            async for chunk in body:
-                sent += len(chunk)
-                if ex is not None:
-                    ex.bytes_out = sent
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async for chunk in body:
+                    sent += len(chunk)
+                    if ex is not None:
+                        ex.bytes_out = sent
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:  # a send that raised (client gone) must not leave the blob open
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         await send({"type": "http.response.body", "body": b""})
         return sent
 
