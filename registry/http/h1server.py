@@ -53,6 +53,12 @@ log = logging.getLogger("registry.http")
 # 4.1 s (each upload holds a piece while storage/uploads.py copies it into its buffers).
 BUFFER_SIZE = 512 * 1024
 PIECE = 512 * 1024
+# A body message waits for more bytes until it holds at least PIECE - PIECE_SLACK of them (or
+# the body ends): pieces that reach storage/uploads.py that big are hashed and written as they
+# are, where smaller ones are copied into its buffers first, with a thread hop per piece
+# either way. Reads are bounded to what the piece lacks, so a message never exceeds PIECE; the
+# slack lets a chunked body's framing bytes fit (a 32 KiB chunk costs ~10 bytes of framing).
+PIECE_SLACK = 16 * 1024
 MAX_HEAD = 64 * 1024  # a request head past this gets 431 (hypercorn's h11_max_incomplete_size)
 KEEP_ALIVE_S = 75.0  # idle keep-alive, when the config has none (docker reuses connections)
 # Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
@@ -305,9 +311,9 @@ class H1Connection(ResponseWriter):
             await self._write(_CONTINUE)
         events = self._events
         timer = self._timer
+        pieces: list[bytes] = []
+        size = 0
         while True:
-            pieces: list[bytes] = []
-            size = 0
             end = False
             while events and size < PIECE:
                 event = events[0]
@@ -320,16 +326,17 @@ class H1Connection(ResponseWriter):
                 events.popleft()
                 pieces.append(event)
                 size += len(event)
-            if pieces or end:
+            stopped = self._bad is not None or self._eof or self._stop_reading
+            if end or size >= PIECE - PIECE_SLACK or (pieces and (stopped or events)):
                 self._body_done = end
                 body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 return {"type": "http.request", "body": body, "more_body": not end}
-            if self._bad is not None or self._eof:
+            if stopped:
                 return await self._body_broken()
             now = trio.current_time()
             deadline = timer.deadline(BODY, self._cycle, now)
             try:
-                got = await self._read(BUFFER_SIZE, deadline)
+                got = await self._read(min(BUFFER_SIZE, PIECE - size), deadline)
             except BadRequest as bad:
                 self._bad = bad
                 continue
