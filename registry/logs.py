@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from json import JSONEncoder
 from typing import Any
 
 from . import __version__
@@ -46,6 +47,7 @@ LOGRUS_LEVELS = {
 }
 # logrus TextFormatter.needsQuoting: any other character and the value is quoted.
 _BARE = re.compile(r"[A-Za-z0-9\-._/@^+]*\Z").match
+_PRINTABLE = re.compile(r"[ -~]*\Z").match  # printable ASCII: quoting escapes only \ and "
 # An incoming X-Request-Id we adopt (a proxy's id, so both logs join); anything else, and
 # we make our own. The character set keeps a hostile id from forging fields in text lines.
 _INCOMING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=@/-]{0,127}\Z").match
@@ -266,10 +268,15 @@ def _go_text(value: Any) -> str:
 
 
 def _text_value(value: Any) -> str:
-    text = _go_text(value)
+    """A value as logrus's TextFormatter writes it: bare, or quoted as Go's %q."""
+    if value.__class__ is int:  # status, bytes: never quoted
+        return str(value)
+    text = value if value.__class__ is str else _go_text(value)
     if _BARE(text):
         return text
-    return json.dumps(text, ensure_ascii=False)  # Go's %q for what logs hold
+    if _PRINTABLE(text):  # the usual case (a host:port, a user agent): no escapes but two
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(text, ensure_ascii=False)  # control characters: escaped, one line
 
 
 class LogrusFormatter(logging.Formatter):
@@ -286,30 +293,39 @@ class LogrusFormatter(logging.Formatter):
             # logrus renames a field that clashes with its own keys (prefixFieldClashes).
             static[f"fields.{key}" if key in ("time", "level", "msg") else str(key)] = value
         self.static = static
+        # Text: each static field is rendered once, "key=value", and sorted in per line.
+        self._static_text = {k: f"{k}={_text_value(v)}" for k, v in static.items()}
         self.json = json
+        # One encoder, built once: json.dumps with options builds one per call.
+        self._encode = JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                   default=str).encode
         self._clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = dict(self.static)
         rl = record.__dict__.get("request") or _REQUEST.get()
-        if rl is not None:
-            fields.update(rl.fields())
         extra = record.__dict__.get("fields")
-        if extra:
-            fields.update(extra)
-        if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info)
         stamp = self._clock.format(record.created)
         level = LOGRUS_LEVELS.get(record.levelno) or record.levelname.lower()
         msg = record.getMessage()
         if self.json:
+            fields = dict(self.static)
+            if rl is not None:
+                fields.update(rl.fields())
+            if extra:
+                fields.update(extra)
+            if record.exc_info:
+                fields["error"] = self.formatException(record.exc_info)
             fields["time"], fields["level"], fields["msg"] = stamp, level, msg
-            return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=str)
-        parts = [f'time="{stamp}" level={level} msg={_text_value(msg)}']
-        for key in sorted(fields):
-            parts.append(f"{key}={_text_value(fields[key])}")
-        return " ".join(parts)
+            return self._encode(fields)
+        rendered = dict(self._static_text)
+        for more in (rl.fields() if rl is not None else None, extra):
+            if more:
+                for key, value in more.items():
+                    rendered[key] = f"{key}={_text_value(value)}"
+        if record.exc_info:
+            rendered["error"] = "error=" + _text_value(self.formatException(record.exc_info))
+        head = f'time="{stamp}" level={level} msg={_text_value(msg)}'
+        return head + " " + " ".join([rendered[k] for k in sorted(rendered)])
 
 
 def setup(level: str = "info", formatter: str = "text", fields: Mapping[str, Any] | None = None) -> None:
