@@ -28,7 +28,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"registry exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
-            if httpx.get(url + "/v2/", timeout=1).status_code == 200:
+            if httpx.get(url + "/v2/", timeout=1).status_code in (200, 401):  # 401: auth on
                 return
         except httpx.HTTPError:
             time.sleep(0.1)
