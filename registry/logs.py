@@ -320,12 +320,34 @@ class LogrusFormatter(logging.Formatter):
         rendered = dict(self._static_text)
         for more in (rl.fields() if rl is not None else None, extra):
             if more:
-                for key, value in more.items():
-                    rendered[key] = f"{key}={_text_value(value)}"
+                _render_into(rendered, more)
         if record.exc_info:
             rendered["error"] = "error=" + _text_value(self.formatException(record.exc_info))
         head = f'time="{stamp}" level={level} msg={_text_value(msg)}'
         return head + " " + " ".join([rendered[k] for k in sorted(rendered)])
+
+
+_QUOTED: dict[str, str] = {}  # string value -> as written; most values repeat (hosts, agents)
+QUOTED_CACHE_ENTRIES = 4096  # then cleared: bounded memory, whatever clients send
+
+
+def _render_into(rendered: dict[str, str], fields: Mapping[str, Any]) -> None:
+    """``rendered[key] = "key=value"`` as logrus writes each field (_text_value, with the
+    string results remembered: this runs for every field of every access line)."""
+    cache = _QUOTED
+    for key, value in fields.items():
+        cls = value.__class__
+        if cls is str:
+            text = cache.get(value)
+            if text is None:
+                if len(cache) >= QUOTED_CACHE_ENTRIES:
+                    cache.clear()
+                text = cache[value] = _text_value(value)
+            rendered[key] = key + "=" + text
+        elif cls is int:
+            rendered[key] = key + "=" + str(value)
+        else:
+            rendered[key] = key + "=" + _text_value(value)
 
 
 def setup(level: str = "info", formatter: str = "text", fields: Mapping[str, Any] | None = None) -> None:
