@@ -295,6 +295,7 @@ class LogrusFormatter(logging.Formatter):
         self.static = static
         # Text: each static field is rendered once, "key=value", and sorted in per line.
         self._static_text = {k: f"{k}={_text_value(v)}" for k, v in static.items()}
+        self._quoted: dict[str, str] = {}  # string value -> as written (see _render_into)
         self.json = json
         # One encoder, built once: json.dumps with options builds one per call.
         self._encode = JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -320,21 +321,20 @@ class LogrusFormatter(logging.Formatter):
         rendered = dict(self._static_text)
         for more in (rl.fields() if rl is not None else None, extra):
             if more:
-                _render_into(rendered, more)
+                _render_into(rendered, more, self._quoted)
         if record.exc_info:
             rendered["error"] = "error=" + _text_value(self.formatException(record.exc_info))
         head = f'time="{stamp}" level={level} msg={_text_value(msg)}'
         return head + " " + " ".join([rendered[k] for k in sorted(rendered)])
 
 
-_QUOTED: dict[str, str] = {}  # string value -> as written; most values repeat (hosts, agents)
 QUOTED_CACHE_ENTRIES = 4096  # then cleared: bounded memory, whatever clients send
 
 
-def _render_into(rendered: dict[str, str], fields: Mapping[str, Any]) -> None:
+def _render_into(rendered: dict[str, str], fields: Mapping[str, Any], cache: dict[str, str]) -> None:
     """``rendered[key] = "key=value"`` as logrus writes each field (_text_value, with the
-    string results remembered: this runs for every field of every access line)."""
-    cache = _QUOTED
+    string results remembered in ``cache``: most values repeat (hosts, user agents, names),
+    and this runs for every field of every access line)."""
     for key, value in fields.items():
         cls = value.__class__
         if cls is str:
