@@ -239,19 +239,20 @@ def _frac(value: int, digits: int) -> str:
 
 class _Clock:
     """RFC 3339 with nanoseconds as Go's RFC3339Nano (trailing zeros dropped), in UTC;
-    the date and time part is formatted once per second."""
+    the date and time part is formatted once per second (kept as one tuple: threads that
+    log may race here, and each must see a second with its own text)."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cached: tuple[int, str] = (-1, "")
 
     def format(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
+        cached_second, prefix = self._cached
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
         us = int((created - second) * 1_000_000)
-        return self._prefix + (f".{us:06d}".rstrip("0") if us else "") + "Z"
+        return prefix + (f".{us:06d}".rstrip("0") if us else "") + "Z"
 
 
 def _go_text(value: Any) -> str:
