@@ -23,7 +23,6 @@ from test_cli_process import _Serving
 
 from registry import logs
 
-TEST_TIMEOUT_S = 60  # each _Serving waits at most 20 s to start and 20 s to stop
 USER, PASSWORD = "alice", "s3cret-pw"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 # Go's time.Duration.String(): "5.770729ms", "850ns", "12.5µs", "1m1.5s".
