@@ -282,6 +282,7 @@ def run(config: Config) -> int:
             n, partial(serve_worker, config, hc, sockets, debug, multiprocess_dir),
             on_exit=partial(_worker_gone, multiprocess_dir),
             on_stop=partial(_close_listeners, sockets),
+            drain_s=hc.graceful_timeout,
         )
     finally:
         if multiprocess_dir:
