@@ -35,7 +35,7 @@ from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
 from .notifications import build_notifier
-from .ops import build_operations, parse_health
+from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
@@ -238,6 +238,7 @@ def _check_startup(config: Config) -> None:
     build_ratelimiter(config.raw)
     build_notifier(config)
     parse_health(config.health)
+    parse_checks(config.health)
 
 
 def _debug_sockets(config: Config) -> Any:

@@ -209,6 +209,10 @@ class RegistryApp:
         return error_response(err, head)
 
     async def _dispatch(self, req: Request, m: router.Match | None) -> Response:
+        health = self.ops.health
+        if health is not None and not health.healthy:  # every path, as the reference
+            raise RegistryError(ErrorCode.UNAVAILABLE,
+                                detail="health check failed: please see /debug/health")
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
