@@ -36,6 +36,9 @@ DEFAULT_HEALTH_INTERVAL_S = 10.0  # the reference's default (handlers/app.go)
 # 60 s from 2 workers stays far inside R2's free monthly million.
 IMPLICIT_S3_INTERVAL_S = 60.0
 IMPLICIT_S3_THRESHOLD = 3  # failed probes in a row (after a first that passed)
+# Ours: an unhealthy check re-probes at least this often, so a bucket created (or S3 back)
+# answers within seconds rather than one implicit 60 s interval later.
+RECOVERY_INTERVAL_S = 5.0
 MAX_ERROR_CHARS = 300  # of a failing check's message in /debug/health
 
 
@@ -91,16 +94,18 @@ class PeriodicCheck:
         self._publish()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check now, report started, then every ``interval`` forever. A check whose first
-        probe fails is unhealthy at once: the threshold forgives blips in a check that
-        worked, not a bucket that never existed."""
+        """Check now, report started, then every ``interval`` forever (every
+        RECOVERY_INTERVAL_S at most while unhealthy). A check whose first probe fails is
+        unhealthy at once: the threshold forgives blips in a check that worked, not a
+        bucket that never existed."""
         await self.check_once()
         if self.failures:
             self.failures = max(self.failures, self.threshold)
             self._publish()
         task_status.started()
         while True:
-            await trio.sleep(self.interval)
+            await trio.sleep(self.interval if self.healthy
+                             else min(self.interval, RECOVERY_INTERVAL_S))
             await self.check_once()
 
     def status(self) -> dict[str, str]:
