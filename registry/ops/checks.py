@@ -97,7 +97,11 @@ class TCPCheck(PeriodicCheck):
         try:
             stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
         except OSError as e:
-            raise CheckFailed(f"{self.addr}: connection failed: {e}") from None
+            # trio says "all attempts to connect ... failed"; the first attempt's error
+            # (connection refused, no route) is the one worth reading.
+            group = e.__cause__
+            first = group.exceptions[0] if isinstance(group, BaseExceptionGroup) else e
+            raise CheckFailed(f"{self.addr}: connection failed: {first}") from None
         await stream.aclose()
 
 

@@ -44,7 +44,9 @@ class DebugApp:
         elif path == "/debug/health":
             failing = self.health.status() if self.health is not None else {}
             status = 503 if failing else 200
-            ctype, body = "application/json", json.dumps(failing).encode()
+            # compact and sorted, as Go's json.Marshal
+            ctype, body = "application/json", json.dumps(
+                failing, separators=(",", ":"), sort_keys=True).encode()
         elif self.metrics is not None and path == self.metrics_path:
             body, ctype = self.metrics.exposition()
             status = 200
