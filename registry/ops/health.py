@@ -71,7 +71,8 @@ class PeriodicCheck:
 
     @property
     def healthy(self) -> bool:
-        return self.failures < max(1, self.threshold)
+        # failures < max(1, threshold), without the call: the API reads this per request
+        return self.failures == 0 or self.failures < self.threshold
 
     async def check_once(self) -> None:
         """Probe once under the deadline and update the state; never raises but Cancelled."""
@@ -154,7 +155,10 @@ class Health:
 
     @property
     def healthy(self) -> bool:
-        return all(check.healthy for check in self.checks)
+        for check in self.checks:  # a loop, not all(genexpr): read on every API request
+            if not check.healthy:
+                return False
+        return True
 
     def status(self) -> dict[str, str]:
         """The failing checks, the reference's /debug/health body (``{}``: healthy)."""
