@@ -161,13 +161,14 @@ async def test_objects_are_written_encrypted(options: dict, expected: dict) -> N
     with trio.fail_after(TEST_TIMEOUT_S):
         async with s3_support.open_s3_driver(**options) as driver:
             await driver.put_content("/small", b"x" * 10)
+            await driver.put_content("/kept", b"k")
             async with driver.writer("/big") as w:  # one full part + the rest: multipart
                 await w.write(b"y" * (5 * 1024 * 1024 + 10))
                 await w.commit()
             await driver.move("/small", "/moved")
             s3 = s3_support.moto_server().boto3()
             bucket, root = driver.params.bucket, driver.params.root
-            for name in ("big", "moved"):
+            for name in ("kept", "big", "moved"):  # PutObject, multipart, CopyObject
                 head = await trio.to_thread.run_sync(
                     lambda n=name: s3.head_object(Bucket=bucket, Key=f"{root}/{n}"))
                 assert {k: head.get(k) for k in expected} == expected, name
