@@ -109,26 +109,25 @@ class Target:
         await send({"type": "http.response.body", "body": b""})
 
 
-async def test_http_check_flips_after_threshold_and_recovers(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
-) -> None:
+async def test_http_check_flips_after_threshold_and_recovers(nursery: trio.Nursery) -> None:
+    """Probes driven one by one (real sockets: no autojump clock, which would jump past the
+    probe's deadline while the loopback answer is in flight)."""
     target = Target()
     url = await serve_asgi(nursery, target)
-    check = HTTPCheck(f"{url}/ping", (("X-Probe", "yes"),), interval=5, threshold=2,
-                      timeout=5)
+    check = HTTPCheck(f"{url}/ping", (("X-Probe", "yes"),), threshold=2, timeout=30)
     with trio.fail_after(TEST_TIMEOUT_S):
-        await nursery.start(check.serve)
+        await check.check_once()
         assert check.healthy
         assert target.seen[-1][0] == "HEAD" and target.seen[-1][1]["x-probe"] == "yes"
         target.status = 500
-        await trio.sleep(5.5)
+        await check.check_once()
         assert check.healthy and check.failures == 1  # under the threshold
-        await trio.sleep(5)
+        await check.check_once()
         assert check.status() == {
             f"{url}/ping": f"{url}/ping: downstream service returned unexpected status: 500"
         }
         target.status = 200
-        await trio.sleep(5)
+        await check.check_once()
         assert check.healthy
 
 
@@ -157,6 +156,20 @@ async def test_a_check_failing_its_first_probe_is_unhealthy_at_once(
     with trio.fail_after(TEST_TIMEOUT_S):
         await nursery.start(checker.serve)
     assert not checker.healthy
+
+
+async def test_an_unhealthy_check_recovers_within_seconds_not_an_interval(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    driver = FlakyDriver()  # no I/O: the autojump clock is safe here
+    driver.down = True
+    checker = HealthChecker(driver, interval=60, threshold=3)
+    await nursery.start(checker.serve)
+    driver.down = False
+    await trio.sleep(5.5)  # RECOVERY_INTERVAL_S, not the 60 s interval
+    assert checker.healthy
+    await trio.sleep(30)  # healthy again: back to the configured interval
+    assert driver.calls == 2
 
 
 # --- the API gate and /debug/health ---------------------------------------------------------
