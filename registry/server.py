@@ -218,9 +218,11 @@ async def serve_worker(
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
-            await nursery.start(partial(serve_debug, app.ops.debug_app(), debug_sockets))
         await nursery.start(serve)
+        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
+            # After the app's start-up, which ran every health check's first probe: until
+            # then this worker's /debug/health would say {} for a bucket that is missing.
+            await nursery.start(partial(serve_debug, app.ops.debug_app(), debug_sockets))
         if ready is not None:
             ready()
 
