@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .aws import fill_s3_credentials
 from .env import (
     CONFIG_PATH_VARIABLE,
     ENV_PREFIX,
@@ -269,6 +270,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
                 f" the {stray} driver"
             )
             del storage[stray]
+    fill_s3_credentials(merged, environ)  # AWS_* variables, the shared credentials file
     config = _build(merged)
     warnings.extend(unknown_keys(merged, SCHEMA, ""))
     return config, warnings

@@ -39,6 +39,9 @@ __all__ = ["AppOptions", "RegistryApp"]
 log = logging.getLogger("registry.http")
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The reference's answer while a health check fails (its health.Handler), word for word.
+_UNHEALTHY = RegistryError(ErrorCode.UNAVAILABLE,
+                           detail="health check failed: please see /debug/health")
 
 Background = Callable[[trio.Nursery], Awaitable[None]]
 Authenticate = Callable[[Request], Awaitable[None]]
@@ -219,6 +222,10 @@ class RegistryApp:
         return error_response(err, head)
 
     async def _dispatch(self, req: Request, m: router.Match | None) -> Response:
+        health = self.ops.health
+        if health is not None and not health.healthy:  # every path, as the reference
+            # Returned, not raised: the failing check logs once, not every request.
+            return error_response(_UNHEALTHY, req.method == "HEAD")
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
