@@ -1,10 +1,14 @@
-"""The container image, the compose file and the Dokploy template (issue 7).
+"""The container image, the compose file and the Dokploy template (issues 7 and 15).
 
 The image is built offline from a debootstrapped Debian base (docker/build.sh --offline
 --debootstrap-base) and exercised as users run registry:3: `docker run` with the shipped
 config, docker push/pull through it, a restart on the same volume, `registry
 garbage-collect` with docker exec, and the 0.25 CPU / 256 MB budget under 16 concurrent
-pushes. The compose file is validated by docker compose and cross-checked with the
+pushes. Issue 15 (swapping it in for registry:3): registry:3's own program writes the data,
+root-owned, that ours then serves with the seed's settings (config path argument,
+REGISTRY_* verbatim, htpasswd at /auth/htpasswd) and collects; the entrypoint's argument
+rules and ownership fix are also checked without docker. The compose file is validated by
+docker compose (every REGISTRY_* of .env reaches the container) and cross-checked with the
 template; the shipped config and the health check script are checked without docker.
 """
 
