@@ -83,6 +83,7 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
         extra_headers=headers,
         chunk_min_length=chunk_min,
         access_log=not config.log.accesslog_disabled,
+        catalog_max_entries=config.catalog_maxentries,
     )
     authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
     background = [notifier.start] if notifier else []

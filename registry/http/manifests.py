@@ -119,7 +119,19 @@ async def tags(svc: Services, req: Request) -> Response:
 
 
 async def catalog(svc: Services, req: Request) -> Response:
+    """A page of at most ``catalog.maxentries`` repositories (the reference's cap; its
+    default 1000): without ``n`` the page is that size, with a Link when more follow; an
+    ``n`` above it is 400 PAGINATION_NUMBER_INVALID, as the reference answers."""
     n, last = _page_params(req)
+    cap = svc.options.catalog_max_entries
+    if n is not None and n > cap:
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"n must be at most {cap} (catalog.maxentries)",
+            {"n": n},
+        )
+    if n is None:
+        n = cap
     repos = await svc.storage.catalog()
     page, more = paginate(repos, n, last)
     headers = []
