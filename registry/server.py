@@ -66,7 +66,10 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     )
     v = config.validation  # manifests.urls: the layer URLs pushes may carry
     urls = URLRules.compile(v.manifests_urls_allow, v.manifests_urls_deny, enabled=not v.disabled)
-    storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls)
+    storage = Storage(
+        driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls,
+        blob_descriptor_cache=s.blobdescriptorsize if s.blobdescriptor else None,
+    )
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, values in config.http.headers.items()

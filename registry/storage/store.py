@@ -62,9 +62,12 @@ class Storage:
         *,
         tag_concurrency: int = 100,
         manifest_urls: URLRules = NO_URL_LISTS,
+        blob_descriptor_cache: int | None = None,
     ) -> None:
+        """``blob_descriptor_cache``: None = no blob descriptor cache, 0 = unbounded,
+        n = at most n entries (storage.cache, see blobs.py)."""
         self.driver = driver
-        self.blobs = BlobStore(driver)
+        self.blobs = BlobStore(driver, blob_descriptor_cache)
         self.uploads = Uploads(driver, self.blobs)
         self.tags = TagStore(driver, tag_concurrency)
         self.manifests = ManifestStore(driver, self.blobs, self.tags, manifest_urls)
