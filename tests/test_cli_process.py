@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -220,3 +221,19 @@ def test_bad_s3_options_are_one_line_and_exit_2(tmp_path: Path, env, key):
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0], out.stderr
+
+
+def test_inmemory_storage_serves_with_one_worker_so_pushes_stay_visible(tmp_path: Path):
+    # Two workers would each hold their own in-memory store: a blob pushed through one
+    # would be 404 on the other. Forced to one worker, with a warning (issue 15, item 4).
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("version: 0.1\nstorage: inmemory\n")
+    with _Serving(tmp_path, str(cfg), REGISTRY_HTTP_WORKERS="2") as srv:
+        data = b"in memory"
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = httpx.post(f"{srv.url}/v2/mem/blobs/uploads/", params={"digest": d}, content=data, timeout=10)
+        assert r.status_code == 201, r.text
+        for _ in range(8):  # a new connection each time: any worker could answer
+            assert httpx.get(f"{srv.url}/v2/mem/blobs/{d}", timeout=10).content == data
+    assert "(1 worker)" in srv.log
+    assert "storage.inmemory: each worker process would have its own store" in srv.log
