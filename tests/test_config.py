@@ -365,8 +365,8 @@ BAD_CONFIGS: list[tuple[str, str | None, dict[str, str], str]] = [
     (
         "int-minimum",
         None,
-        {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": "0"},
-        "storage.tag.concurrencylimit: must be at least 1, got 0",
+        {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": "-1"},
+        "storage.tag.concurrencylimit: must be at least 0, got -1",
     ),
     ("workers", None, {"REGISTRY_HTTP_WORKERS": "-1"}, "http.workers: must be at least 0, got -1"),
     (

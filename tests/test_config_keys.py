@@ -241,3 +241,9 @@ async def test_catalog_pages_are_capped_by_maxentries_discovery_23(nursery, tmp_
         assert r.json() == {"repositories": ["c"]} and "link" not in r.headers
         r = await client.get("/v2/_catalog", params={"n": 3})
         assert r.status_code == 400 and error_codes(r) == ["PAGINATION_NUMBER_INVALID"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 100), ("8", 8)])
+def test_tag_concurrencylimit_zero_means_the_default_as_the_reference(tmp_path, value, expected):
+    config, _ = load(tmp_path, V, {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": value})
+    assert config.storage.tag_concurrencylimit == expected

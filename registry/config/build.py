@@ -89,7 +89,9 @@ def _build_storage(root: Node) -> StorageConfig:
         blobdescriptorsize=storage.section("cache").get_int(
             "blobdescriptorsize", BLOBDESCRIPTOR_SIZE, minimum=0
         ),
-        tag_concurrencylimit=storage.section("tag").get_int("concurrencylimit", 100, minimum=1),
+        # The reference: 0 (or unset) means its default (GOMAXPROCS); ours is 100.
+        tag_concurrencylimit=storage.section("tag").get_int("concurrencylimit", 0, minimum=0)
+        or 100,
     )
 
 

@@ -102,7 +102,7 @@ KEYS: tuple[Key, ...] = (
     _k("storage.s3.parallelparts", OURS, "parts uploaded at once per upload"),
     _k("storage.s3.maxconcurrency", OURS, "connections to S3 per worker"),
     _k("storage.s3.maxbuffermemory", OURS, "part buffers per worker"),
-    _k("storage.tag.concurrencylimit"),
+    _k("storage.tag.concurrencylimit", note="0 = the default (100 here)"),
     _k("storage.delete.enabled"),
     _k("storage.redirect.disable"),
     _k("storage.cache.blobdescriptor", note="inmemory: a per-worker cache of blob sizes;"
