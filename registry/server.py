@@ -69,6 +69,9 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     storage = Storage(
         driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls,
         blob_descriptor_cache=s.blobdescriptorsize if s.blobdescriptor else None,
+        # validation.disabled turns the index check off too (the reference)
+        index_children="none" if v.disabled else v.indexes_platforms,
+        index_platforms=v.indexes_platformlist,
     )
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1"))

@@ -5,19 +5,23 @@ storage: inmemory with one worker, version)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import start_app
-from oci import error_codes, push_image
+from conftest import serve_asgi, start_app
+from oci import OCI_INDEX, OCI_MANIFEST, error_codes, push_image
 
 from registry.config import ConfigError, load_config
 from registry.config.keys import KEYS, OURS, REFUSED, SUPPORTED, markdown_table, refusals
 from registry.config.schema import SCHEMA, unknown_keys
+from registry.drivers.filesystem import FilesystemDriver
+from registry.http.app import RegistryApp
 from registry.http.request import AppOptions
+from registry.storage.store import Storage
 
 V = "version: 0.1\nstorage: inmemory\n"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -247,3 +251,42 @@ async def test_catalog_pages_are_capped_by_maxentries_discovery_23(nursery, tmp_
 def test_tag_concurrencylimit_zero_means_the_default_as_the_reference(tmp_path, value, expected):
     config, _ = load(tmp_path, V, {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": value})
     assert config.storage.tag_concurrencylimit == expected
+
+
+def test_index_platformlist_is_read(tmp_path):
+    config, _ = load(tmp_path, V + "validation:\n  manifests:\n    indexes:\n      platforms: List\n"
+                     "      platformlist:\n        - {architecture: amd64, os: linux}\n")
+    assert config.validation.indexes_platforms == "list"
+    assert config.validation.indexes_platformlist == (("amd64", "linux"),)
+
+
+def test_index_platformlist_entries_need_architecture_and_os(tmp_path):
+    assert refused(tmp_path, V + "validation:\n  manifests:\n    indexes:\n      platformlist:\n"
+                   "        - {os: linux}\n") == (
+        "validation.manifests.indexes.platformlist.0: needs both architecture and os"
+    )
+
+
+@pytest.mark.parametrize(("children", "platforms", "status"), [
+    ("all", (), 400), ("none", (), 201),
+    ("list", (("amd64", "linux"),), 400), ("list", (("arm64", "linux"),), 201),
+    ("list", (), 400),
+], ids=["all", "none", "list-names-the-missing-one", "list-names-another", "empty-list-is-all"])
+async def test_index_children_that_must_exist_follow_validation_manifests_indexes(
+    nursery, tmp_path, children, platforms, status
+):
+    # An index whose amd64/linux child was never pushed: refused (400 MANIFEST_BLOB_UNKNOWN)
+    # only when the configuration says that child must exist, as the reference.
+    storage = Storage(FilesystemDriver(str(tmp_path / "s")), index_children=children,
+                      index_platforms=platforms)
+    url = await serve_asgi(nursery, RegistryApp(storage, AppOptions()))
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 100,
+         "platform": {"architecture": "amd64", "os": "linux"}},
+    ]}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.put("/v2/idx/manifests/v1", content=json.dumps(index).encode(),
+                             headers={"Content-Type": OCI_INDEX})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert error_codes(r) == ["MANIFEST_BLOB_UNKNOWN"]

@@ -210,14 +210,34 @@ def _build_validation(root: Node) -> ValidationConfig:
     urls = manifests.section("urls")
     # The reference: the deprecated `enabled: true` wins over `disabled`.
     enabled = validation.get_bool("enabled", False)
+    indexes = manifests.section("indexes")
     return ValidationConfig(
         disabled=validation.get_bool("disabled", False) and not enabled,
         manifests_urls_allow=_patterns(urls, "allow"),
         manifests_urls_deny=_patterns(urls, "deny"),
-        indexes_platforms=manifests.section("indexes").get_choice(
+        indexes_platforms=indexes.get_choice(
             "platforms", "all", {p: p for p in INDEX_PLATFORMS}, "platforms setting"
         ),
+        indexes_platformlist=_platforms(indexes),
     )
+
+
+def _platforms(indexes: Node) -> tuple[tuple[str, str], ...]:
+    """``validation.manifests.indexes.platformlist``: (architecture, os) pairs."""
+    raw = indexes.data.get("platformlist")
+    if raw is None:
+        return ()
+    key = indexes.key("platformlist")
+    if not isinstance(raw, list):
+        raise ConfigError(f"{key}: expected a list of {{architecture, os}} mappings")
+    out = []
+    for i, item in enumerate(raw):
+        entry = Node(item, f"{key}.{i}")
+        arch, os_ = entry.get_str("architecture", None), entry.get_str("os", None)
+        if not arch or not os_:
+            raise ConfigError(f"{key}.{i}: needs both architecture and os")
+        out.append((arch, os_))
+    return tuple(out)
 
 
 def _build_gc(root: Node) -> GCConfig:

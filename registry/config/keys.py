@@ -195,8 +195,10 @@ KEYS: tuple[Key, ...] = (
     _k("validation.disabled"),
     _k("validation.manifests.urls.allow"),
     _k("validation.manifests.urls.deny"),
-    _k("validation.manifests.indexes.platforms"),
-    _k("validation.manifests.indexes.platformlist"),
+    _k("validation.manifests.indexes.platforms", note="all, none, list: which children of a"
+       " pushed index must exist"),
+    _k("validation.manifests.indexes.platformlist", note="architecture and os of the"
+       " children that must exist with platforms: list"),
     _k("policy.repository.classes", REFUSED, "repository classes are not supported; remove"
        " them (policy.access restricts who may push)"),
     _k("policy.access", OURS, "who may pull, push, delete which repositories"),

@@ -108,6 +108,7 @@ class ValidationConfig:
     manifests_urls_allow: tuple[str, ...] = ()
     manifests_urls_deny: tuple[str, ...] = ()
     indexes_platforms: str = "all"  # all | list | none
+    indexes_platformlist: tuple[tuple[str, str], ...] = ()  # (architecture, os) for "list"
 
 
 @dataclass(frozen=True)
