@@ -9,7 +9,8 @@ microseconds (``time.process_time``: user + system of this process, so threads t
 hands work to count too). Variants of the app: ``plain`` (the bench's server config: no
 auth, no metrics, access log off), ``auth`` (htpasswd with one bcrypt user, every request
 carrying its Basic credentials), ``metrics`` (Prometheus metrics on) and ``accesslog``
-(the access log on, as by default, in the text format, written to /dev/null).
+(the access log on, as by default, in the text format, written to /dev/null) and
+``accessjson`` (the same with ``log.formatter: json``).
 
 ``--profile NAME`` (e.g. ``plain:manifest_get_tag``) runs that one case under cProfile and
 prints the top of the profile by internal time. Every answer's status (and, for manifest
@@ -47,7 +48,7 @@ USER, PASSWORD = "bench", "bench-password"
 BCRYPT_COST = 10  # htpasswd -B's default: what a deployment has
 REPO = "bench/small"
 WARMUP = 200  # calls before timing: caches, lazily built metric children, code paths
-VARIANTS = ("plain", "auth", "metrics", "accesslog")
+VARIANTS = ("plain", "auth", "metrics", "accesslog", "accessjson")
 
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115  where the access log goes, for the whole run
 
@@ -113,7 +114,7 @@ def build(variant: str, root: Path) -> tuple[Any, Headers]:
         "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
         "REGISTRY_LOG_LEVEL": "error",
     }
-    level = "error"
+    level, formatter = "error", "text"
     headers: Headers = []
     if variant == "auth":
         htpasswd = root / "htpasswd"
@@ -125,13 +126,13 @@ def build(variant: str, root: Path) -> tuple[Any, Headers]:
         headers.append((b"authorization", b"Basic " + token))
     elif variant == "metrics":
         env["REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED"] = "true"
-    elif variant == "accesslog":
+    elif variant in ("accesslog", "accessjson"):
         env |= {"REGISTRY_LOG_ACCESSLOG_DISABLED": "false", "REGISTRY_LOG_LEVEL": "info"}
-        level = "info"
+        level, formatter = "info", "json" if variant == "accessjson" else "text"
     config, warnings = load_config(None, env)
     assert not warnings, warnings
     with contextlib.redirect_stderr(DEVNULL):
-        logs.setup(level)  # the handler keeps the stream it finds there
+        logs.setup(level, formatter)  # the handler keeps the stream it finds there
     return build_app(config), headers
 
 

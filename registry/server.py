@@ -35,7 +35,7 @@ from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
 from .notifications import build_notifier
-from .ops import build_operations, parse_health
+from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
@@ -225,9 +225,11 @@ async def serve_worker(
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
-            await nursery.start(partial(serve_debug, app.ops.debug_app(), debug_sockets))
         await nursery.start(serve)
+        if debug_sockets is not None:  # the debug listener (http.debug.addr), same lifetime
+            # After the app's start-up, which ran every health check's first probe: until
+            # then this worker's /debug/health would say {} for a bucket that is missing.
+            await nursery.start(partial(serve_debug, app.ops.debug_app(), debug_sockets))
         if ready is not None:
             ready()
 
@@ -245,6 +247,7 @@ def _check_startup(config: Config) -> None:
     build_ratelimiter(config.raw)
     build_notifier(config)
     parse_health(config.health)
+    parse_checks(config.health)
 
 
 def _debug_sockets(config: Config) -> Any:
@@ -289,6 +292,7 @@ def run(config: Config) -> int:
             n, partial(serve_worker, config, hc, sockets, debug, multiprocess_dir),
             on_exit=partial(_worker_gone, multiprocess_dir),
             on_stop=partial(_close_listeners, sockets),
+            drain_s=hc.graceful_timeout,
         )
     finally:
         if multiprocess_dir:

@@ -31,6 +31,8 @@ from typing import Any
 
 import trio
 
+from .logs import go_duration
+
 log = logging.getLogger("registry")
 
 RESTART_DELAY_S = 0.1  # first restart after a crash: quick, the worker was healthy before
@@ -67,12 +69,15 @@ def supervise(
     target: Callable[..., Any],
     on_exit: Callable[[int], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    drain_s: float | None = None,
 ) -> int:
     """Run ``n`` workers, each ``trio.run(partial(target, ready=notify))`` in a forked child
     (``notify()`` must be called once the worker serves), until SIGTERM/SIGINT, which is
     forwarded to them. ``on_exit(pid)`` runs for each worker that ends; ``on_stop()`` once
     when stopping begins (close the parent's copies of the listening sockets there: the
     kernel must refuse new connections once the workers stop accepting, not queue them).
+    On SIGTERM/SIGINT the parent logs v3's line, ``stopping server gracefully. Draining
+    connections for <drain_s>`` (when ``drain_s`` is given), once, outside the handler.
     Returns 0 after a signal once every worker has ended, 1 after giving up on start-up
     failures."""
     children: dict[int, _Worker] = {}
@@ -80,6 +85,7 @@ def supervise(
     streak = [0] * n  # crashes in a row per slot, after it had been ready
     startup_failures = 0
     stopping = False
+    announced = False  # the stop line is logged from the loop, not the signal handler
     result = 0
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -130,6 +136,10 @@ def supervise(
                     pass
             except BlockingIOError:
                 pass
+            if stopping and not announced and drain_s is not None and result == 0:
+                announced = True
+                log.info("stopping server gracefully. Draining connections for %s",
+                         go_duration(drain_s))
             while children:
                 try:
                     pid, status = os.waitpid(-1, os.WNOHANG)

@@ -6,16 +6,21 @@ Contracts:
   debootstrap (`BASE_IMAGE`, kept by tag across runs, so only the first run pays for it) and
   returns the tag. It fails under CI=true, and skips elsewhere, when a tool is missing.
 - `RegistryContainer` owns one `docker run -d` of the image on the host network, a free
-  port and a named volume; `start()` waits (bounded) for GET /v2/ to answer 200 (401 when told auth is on) and fails
+  port and a named volume (or a host directory: an absolute path is bind-mounted), with
+  `command` as the container's arguments; `start()` waits (bounded) for GET /v2/ to answer 200 (401 when told auth is on) and fails
   with the container's log when it does not; `remove()` removes the container (the volume
   goes with `remove_volume()`). Container names and volumes carry `PREFIX`.
 - `memory(docker, container)` reads the container's cgroup (v1 or v2) once.
+- `run_registry_3(root)` runs registry:3's own program (../shared/bin/registry-v3.0.0, as
+  root here, as in its image) on filesystem storage under `root`, like e2e.run_reference;
+  a missing binary fails under CI=true and skips elsewhere.
 - `compose_variables(compose)` lists the ${VAR} references and pass-through variables of a
   parsed compose file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -90,6 +95,7 @@ class RegistryContainer:
     volume: str
     port: int
     run_args: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()  # the container's arguments (registry:3's: a config path)
     ready_status: int = 200  # what GET /v2/ answers when up: 401 with auth on
 
     @property
@@ -116,6 +122,7 @@ class RegistryContainer:
                 f"{self.volume}:/var/lib/registry",
                 *self.run_args,
                 self.image,
+                *self.command,
             ]
         )
         self.wait_ready()
@@ -164,6 +171,26 @@ class RegistryContainer:
 
     def remove_volume(self) -> None:
         e2e.run([self.docker, "volume", "rm", "-f", self.volume], check=False)
+
+
+REGISTRY_3 = REPO_ROOT.parent / "shared" / "bin" / "registry-v3.0.0"  # see its README
+
+
+@contextlib.contextmanager
+def run_registry_3(root: Path) -> Iterator[e2e.RegistryProcess]:
+    """registry:3's program serving filesystem storage under `root` (see the module docstring)."""
+    if not REGISTRY_3.exists():
+        reason = f"{REGISTRY_3} is missing (distribution v3.0.0's registry; see shared/bin)"
+        if e2e.in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+    def command(config: Path) -> tuple[list[str], dict[str, str]]:
+        # AWS_CA_BUNDLE makes Go's S3 client panic at startup, even with filesystem storage.
+        return [str(REGISTRY_3), "serve", str(config)], e2e.clean_env(drop=["AWS_CA_BUNDLE"])
+
+    with e2e._run_registry("registry-v3", root, command) as reg:
+        yield reg
 
 
 @dataclasses.dataclass(frozen=True)

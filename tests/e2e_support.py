@@ -231,6 +231,7 @@ def _run_registry(
     *,
     workdir: Path | None = None,
     check_log: Callable[[str], str | None] | None = None,
+    ready_status: int = 200,
 ) -> Iterator[RegistryProcess]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -252,7 +253,7 @@ def _run_registry(
         )
     reg = RegistryProcess(name=name, root=root, port=port, proc=proc, log_path=log_path)
     try:
-        _wait_ready(reg)
+        _wait_ready(reg, ready_status)
         try:
             yield reg
         except BaseException as exc:
@@ -285,7 +286,8 @@ def ours_log_problem(log: str) -> str | None:
     return None
 
 
-def _wait_ready(reg: RegistryProcess) -> None:
+def _wait_ready(reg: RegistryProcess, ready_status: int = 200) -> None:
+    """Until ``GET /v2/`` answers ``ready_status`` (503: up, but a health check fails)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     last = "no answer yet"
     with httpx.Client(timeout=2.0) as client:
@@ -298,7 +300,7 @@ def _wait_ready(reg: RegistryProcess) -> None:
                 )
             try:
                 resp = client.get(f"{reg.url}/v2/")
-                if resp.status_code == 200:
+                if resp.status_code == ready_status:
                     return
                 last = f"GET /v2/ -> {resp.status_code} {resp.text[:200]}"
             except httpx.TransportError as exc:

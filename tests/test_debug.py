@@ -231,8 +231,47 @@ def test_process_with_two_workers_one_scrape_target(tmp_path: Path) -> None:
                          code="200")
             assert got >= n, text[:2000]
         assert sample(text, "registry_storage_healthy") == 1
+        # process_*: the sum over both workers (issue 15 item 2). CPU seconds only grow, so
+        # a scrape after reading both workers' counters is at least their sum; one worker's
+        # own figure (what a plain ProcessCollector reports) is less.
+        workers = worker_pids(reg.proc.pid)
+        assert len(workers) == 2, workers
+        before = sum(cpu_seconds(pid) for pid in workers)
+        text = httpx.get(f"{debug}/metrics", headers={"Connection": "close"}).text
+        assert sample(text, "process_cpu_seconds_total") >= before > max(map(cpu_seconds, workers))
+        assert sample(text, "process_resident_memory_bytes") > 0
+        assert sample(text, "process_open_fds") >= 2 * 3  # each: stdin, stdout, stderr at least
+        assert sample(text, "process_max_fds") > 0 and sample(text, "process_start_time_seconds") > 0
+        assert text.count("# TYPE process_resident_memory_bytes") == 1
         reg.proc.send_signal(signal.SIGTERM)
         assert reg.proc.wait(timeout=20) == 0
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The live children of ``parent`` (Linux /proc)."""
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` from /proc/<pid>/stat."""
+    import os
+
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_one_worker_exposes_its_process_metrics(nursery: trio.Nursery) -> None:
+    """process_* (memory, CPU, fds, start time) on the metrics endpoint (issue 15 item 2)."""
+    metrics = Metrics()
+    debug_url = await serve_asgi(nursery, DebugApp(None, metrics))
+    async with httpx.AsyncClient(base_url=debug_url) as d:
+        text = (await d.get("/metrics")).text
+    for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes",
+                 "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+                 "process_start_time_seconds"):
+        assert sample(text, name) > 0, name
 
 
 def test_prometheus_path_is_configurable() -> None:

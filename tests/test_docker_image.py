@@ -1,10 +1,14 @@
-"""The container image, the compose file and the Dokploy template (issue 7).
+"""The container image, the compose file and the Dokploy template (issues 7 and 15).
 
 The image is built offline from a debootstrapped Debian base (docker/build.sh --offline
 --debootstrap-base) and exercised as users run registry:3: `docker run` with the shipped
 config, docker push/pull through it, a restart on the same volume, `registry
 garbage-collect` with docker exec, and the 0.25 CPU / 256 MB budget under 16 concurrent
-pushes. The compose file is validated by docker compose and cross-checked with the
+pushes. Issue 15 (swapping it in for registry:3): registry:3's own program writes the data,
+root-owned, that ours then serves with the seed's settings (config path argument,
+REGISTRY_* verbatim, htpasswd at /auth/htpasswd) and collects; the entrypoint's argument
+rules and ownership fix are also checked without docker. The compose file is validated by
+docker compose (every REGISTRY_* of .env reaches the container) and cross-checked with the
 template; the shipped config and the health check script are checked without docker.
 """
 
@@ -46,6 +50,7 @@ COMPOSE_FILE = support.DOCKER_DIR / "docker-compose.yml"
 TEMPLATE_FILE = support.DOCKER_DIR / "template.toml"
 CONFIG_FILE = support.DOCKER_DIR / "config.yml"
 HEALTHCHECK_FILE = support.DOCKER_DIR / "healthcheck.py"
+ENTRYPOINT_FILE = support.DOCKER_DIR / "entrypoint.py"
 
 MAX_IMAGE_BYTES = 150 * 10**6  # issue 7: aim under 150 MB
 MEMORY_LIMIT = "256m"  # the deployment budget, as in docker-compose.yml
@@ -57,6 +62,16 @@ PUSH_LAYER_BYTES = 16 * support.MiB  # random, so gzip cannot shrink what the se
 PUSH_DEADLINE_S = 300.0
 SAMPLE_EVERY_S = 0.1
 SETTLE_S = 3.0  # let start-up garbage go before the idle reading
+IMAGE_UID = IMAGE_GID = 1000  # the image's "registry" user
+SEED_CONFIG = "/etc/docker/registry/config.yml"  # the seed's GC command names this path
+# The seed's REGISTRY_* set, verbatim: htpasswd at /auth/htpasswd, as the Dokploy template.
+SEED_ENV = {
+    "REGISTRY_AUTH": "htpasswd",
+    "REGISTRY_AUTH_HTPASSWD_REALM": "Registry Realm",
+    "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
+    "REGISTRY_HTTP_RELATIVEURLS": "true",
+    "REGISTRY_HTTP_SECRET": "a-shared-secret-of-thirty-chars",
+}
 R2_ENV = {
     "REGISTRY_STORAGE": "s3",
     "REGISTRY_STORAGE_S3_BUCKET": "images",
@@ -80,15 +95,21 @@ def make_container(docker_cli: str, image: str) -> Iterator[Any]:
     """A factory of RegistryContainers; all are removed, with their volumes, afterwards."""
     made: list[support.RegistryContainer] = []
 
-    def make(*run_args: str, ready_status: int = 200) -> support.RegistryContainer:
+    def make(
+        *run_args: str,
+        ready_status: int = 200,
+        volume: str | None = None,
+        command: tuple[str, ...] = (),
+    ) -> support.RegistryContainer:
         suffix = secrets.token_hex(4)
         container = support.RegistryContainer(
             docker=docker_cli,
             image=image,
             name=f"{support.PREFIX}-{suffix}",
-            volume=f"{support.PREFIX}-{suffix}",
+            volume=volume or f"{support.PREFIX}-{suffix}",
             port=e2e.free_port(),
             run_args=run_args,
+            command=command,
             ready_status=ready_status,
         )
         made.append(container)
@@ -97,7 +118,8 @@ def make_container(docker_cli: str, image: str) -> Iterator[Any]:
     yield make
     for container in made:
         container.remove()
-        container.remove_volume()
+        if not container.volume.startswith("/"):  # a host directory is the test's own
+            container.remove_volume()
 
 
 @pytest.fixture
@@ -149,14 +171,19 @@ def mib(n: int | None) -> str:
 
 
 @pytest.mark.e2e
-def test_image_is_small_non_root_and_used_like_registry_3(docker_cli: str, image: str) -> None:
+def test_image_is_small_runs_as_uid_1000_and_takes_registry_3s_arguments(
+    docker_cli: str, image: str
+) -> None:
+    """registry:3's ENTRYPOINT/CMD shape (the argument is the config path), its two config
+    paths, its argument rules (a .yml path, a subcommand, `registry ...`, any command), and
+    every process the entrypoint starts runs as uid/gid 1000 with no other groups."""
     info = support.inspect(docker_cli, image)
     config = info["Config"]
     print(f"\nimage {image}: {info['Size'] / 1e6:.1f} MB")
     assert info["Size"] < MAX_IMAGE_BYTES, f"image is {info['Size'] / 1e6:.1f} MB"
-    assert config["User"] == "1000:1000"
+    assert not config["User"], "starts as root: the entrypoint fixes the volume, then drops"
     assert config["Entrypoint"] == ["registry"]
-    assert config["Cmd"] == ["serve", "/etc/distribution/config.yml"]
+    assert config["Cmd"] == ["/etc/distribution/config.yml"]
     assert "5000/tcp" in config["ExposedPorts"]
     assert "/var/lib/registry" in config["Volumes"]
     assert config["Healthcheck"]["Test"] == ["CMD", "registry-healthcheck"]
@@ -165,13 +192,18 @@ def test_image_is_small_non_root_and_used_like_registry_3(docker_cli: str, image
         return e2e.run([docker_cli, "run", "--rm", "--network", "none", *args]).stdout
 
     assert run(image, "--version").startswith("registry ")
-    # The process runs unprivileged, and the shipped config is the one documented.
-    uid = run("--entrypoint", "python3", image, "-c", "import os; print(os.getuid())")
-    assert uid.strip() == "1000"
-    shipped = run(
-        "--entrypoint", "python3", image, "-c", "print(open('/etc/distribution/config.yml').read())"
-    )
-    assert yaml.safe_load(shipped) == yaml.safe_load(CONFIG_FILE.read_text())
+    assert run(image, "registry", "--version").startswith("registry ")
+    assert run("--user", "1000:1000", image, "--version").startswith("registry ")
+    ids = "import os; print(os.getuid(), os.getgid(), os.getgroups())"
+    assert run(image, "python3", "-c", ids).strip() == "1000 1000 []"
+    read = "import sys; print(open(sys.argv[1]).read())"
+    for path in ("/etc/distribution/config.yml", "/etc/docker/registry/config.yml"):
+        shipped = run(image, "python3", "-c", read, path)
+        assert yaml.safe_load(shipped) == yaml.safe_load(CONFIG_FILE.read_text()), path
+    # A subcommand runs as `registry <subcommand>` (a bare config path serves: see
+    # test_replaces_registry_3_on_its_root_owned_volume).
+    dry = run(image, "garbage-collect", "--dry-run", "/etc/docker/registry/config.yml")
+    assert "garbage-collect summary" in dry, dry
 
 
 @pytest.mark.e2e
@@ -222,6 +254,115 @@ def test_push_pull_restart_and_garbage_collect(
     assert pull_and_read(docker, ref_a) == text_a, "pull after garbage collection"
 
 
+def owners(root: Path) -> dict[tuple[int, int], int]:
+    """How many entries under `root` (itself included) each (uid, gid) owns."""
+    found: dict[tuple[int, int], int] = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        found[(st.st_uid, st.st_gid)] = found.get((st.st_uid, st.st_gid), 0) + 1
+    return found
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        os.lchown(path, uid, gid)
+
+
+def process_ids(reg: support.RegistryContainer) -> set[tuple[int, int]]:
+    """(uid, gid) of every process in the container but the reader itself (docker exec)
+    and docker's health check (it runs as the image's user, root, by docker's choice)."""
+    script = (
+        "import os\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit() and int(pid) != os.getpid():\n"
+        "        try:\n"
+        "            lines = open(f'/proc/{pid}/status').read().splitlines()\n"
+        "            cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "        except OSError: continue\n"
+        "        if b'registry-healthcheck' in cmd: continue\n"
+        "        f = dict(l.split(':', 1) for l in lines if ':' in l)\n"
+        "        print(f['Uid'].split()[1], f['Gid'].split()[1])\n"
+    )
+    out = reg.exec("python3", "-c", script).stdout
+    return {(int(u), int(g)) for u, g in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.e2e
+def test_replaces_registry_3_on_its_root_owned_volume(
+    docker_cli: str, make_container: Any, local_refs: list[str], tmp_path: Path
+) -> None:
+    """Issue 15 item 3. registry:3's own program (as root, as in its image) stores two
+    images; that root-owned directory becomes the volume of ours, started as the seed starts
+    registry:3: the config path as the only argument (/etc/docker/registry/config.yml), the
+    seed's REGISTRY_* verbatim, htpasswd at /auth/htpasswd. The server comes up (as uid
+    1000, the data now 1000's), docker login + pull get registry:3's image, and `docker exec
+    <c> registry garbage-collect /etc/docker/registry/config.yml` collects the deleted one's
+    blobs and leaves nothing root-owned behind."""
+    docker = docker_cli
+    data = tmp_path / "data"
+    with support.run_registry_3(data) as v3:
+        refs_v3 = [f"{v3.host}/seed/app:a", f"{v3.host}/seed/app:b"]
+        local_refs.extend(refs_v3)
+        text_a = build_app_image(docker, tmp_path / "a", refs_v3[0])
+        build_app_image(docker, tmp_path / "b", refs_v3[1])
+        digest_a, _ = e2e.docker_push(docker, refs_v3[0])
+        digest_b, _ = e2e.docker_push(docker, refs_v3[1])
+    chown_tree(data, 0, 0)  # as registry:3's container leaves it (it runs as root)
+    assert set(owners(data)) == {(0, 0)}
+
+    password = secrets.token_hex(12)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"seeduser:{hashed}\n")
+    htpasswd.chmod(0o644)
+    env_args = [arg for name, value in SEED_ENV.items() for arg in ("-e", f"{name}={value}")]
+    reg = make_container(
+        "-v",
+        f"{htpasswd}:/auth/htpasswd:ro",
+        *env_args,
+        volume=str(data),
+        command=(SEED_CONFIG,),
+        ready_status=401,
+    )
+    reg.start()
+    assert set(owners(data)) == {(IMAGE_UID, IMAGE_GID)}, "the volume was not given to 1000"
+    assert process_ids(reg) == {(IMAGE_UID, IMAGE_GID)}, "a container process runs as root"
+
+    config_dir = tmp_path / "docker-config"  # keep the login out of the host's config
+    login = [docker, "--config", str(config_dir)]
+    e2e.run([*login, "login", "-u", "seeduser", "--password-stdin", reg.host],
+            input=password.encode())  # fmt: skip
+    ref_a = f"{reg.host}/seed/app:a"
+    local_refs.append(ref_a)
+    e2e.docker_remove_images(docker, *refs_v3)  # the pull must fetch every layer from ours
+    e2e.run([*login, "pull", ref_a])
+    cat = [docker, "run", "--rm", "--network", "none", ref_a, "cat", "/data/nonce.txt"]
+    assert e2e.run(cat).stdout == text_a, "registry:3's image read back through ours"
+
+    auth = httpx.BasicAuth("seeduser", password)
+    accept = {"Accept": e2e.ACCEPT_ALL_MANIFESTS}
+    with httpx.Client(base_url=reg.url, timeout=30.0, auth=auth) as client:
+        manifest_a = client.get(f"/v2/seed/app/manifests/{digest_a}", headers=accept).json()
+        manifest_b = client.get(f"/v2/seed/app/manifests/{digest_b}", headers=accept).json()
+        layers_a = {layer["digest"] for layer in manifest_a["layers"]}
+        only_b = {layer["digest"] for layer in manifest_b["layers"]} - layers_a
+        assert only_b, "image b should have a layer of its own"
+        deleted = client.delete(f"/v2/seed/app/manifests/{digest_b}")
+        assert deleted.status_code == 202, deleted.text
+
+        gc = reg.exec("registry", "garbage-collect", SEED_CONFIG, check=False)
+        assert gc.returncode == 0, (
+            f"`registry garbage-collect {SEED_CONFIG}` failed in the container "
+            f"(exit {gc.returncode}):\nstdout:\n{gc.stdout}\nstderr:\n{gc.stderr}"
+        )
+        for digest in only_b:
+            resp = client.head(f"/v2/seed/app/blobs/{digest}")
+            assert resp.status_code == 404, f"{digest} of the deleted manifest survived GC"
+        for digest in layers_a:
+            assert client.head(f"/v2/seed/app/blobs/{digest}").status_code == 200, digest
+    assert set(owners(data)) == {(IMAGE_UID, IMAGE_GID)}, "GC (docker exec) wrote as root"
+
+
 @pytest.mark.e2e
 def test_htpasswd_auth_with_the_templates_mounted_file(
     docker_cli: str, make_container: Any, local_refs: list[str], tmp_path: Path
@@ -240,13 +381,13 @@ def test_htpasswd_auth_with_the_templates_mounted_file(
         "--health-interval",
         "1s",
         "-v",
-        f"{htpasswd}:/etc/distribution/htpasswd:ro",
+        f"{htpasswd}:/auth/htpasswd:ro",
         "-e",
         "REGISTRY_AUTH=htpasswd",
         "-e",
         "REGISTRY_AUTH_HTPASSWD_REALM=Registry",
         "-e",
-        "REGISTRY_AUTH_HTPASSWD_PATH=/etc/distribution/htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
         ready_status=401,
     )
     reg.start()
@@ -343,24 +484,41 @@ def compose_command(docker: str) -> list[str]:
 
 def compose_env(**extra: str) -> dict[str, str]:
     # No REGISTRY_*/template variables from the caller's environment leak into the check.
-    names = {
-        "REGISTRY_DOMAIN",
-        "REGISTRY_IMAGE",
-        "DELETE_ENABLED",
-        "LOG_LEVEL",
-        "LOG_FORMATTER",
-        "HTPASSWD_FILE",
-    }
+    names = {"DOMAIN", "IMAGE", "BUILD_CONTEXT", "HTPASSWD_FILE"}
     return {**e2e.clean_env(drop=sorted(names)), **extra}
 
 
+def compose_project(tmp_path: Path, dotenv: dict[str, str]) -> Path:
+    """The compose file in a copy of the layout Dokploy makes (docker/ beside files/), with
+    `dotenv` as the .env next to it (Dokploy's Environment tab); returns the file."""
+    compose_dir = tmp_path / "docker"
+    compose_dir.mkdir()
+    target = compose_dir / COMPOSE_FILE.name
+    target.write_text(COMPOSE_FILE.read_text())
+    (compose_dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
+    return target
+
+
+# REGISTRY_* settings no fixed list in the compose file names: they must arrive all the same.
+UNLISTED_ENV = {
+    "REGISTRY_HTTP_SECRET": "a-shared-secret",
+    "REGISTRY_STORAGE_S3_ROOTDIRECTORY": "/registry",
+    "REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES": "true",
+}
+
+
 @pytest.mark.e2e
-def test_compose_file_is_valid_and_resolves_the_template_variables(docker_cli: str) -> None:
+def test_compose_passes_every_registry_variable_of_dotenv_through(
+    docker_cli: str, tmp_path: Path
+) -> None:
+    """Issue 15: every REGISTRY_* of .env reaches the container (R2's and ones no list in
+    the compose file names), with the traefik labels and the seed's /auth/htpasswd mount."""
     compose = compose_command(docker_cli)
-    env = compose_env(REGISTRY_DOMAIN="registry.example.com", **R2_ENV)
-    e2e.run([*compose, "-f", str(COMPOSE_FILE), "config", "-q"], env=env)
+    dotenv = {"DOMAIN": "registry.example.com", **R2_ENV, **UNLISTED_ENV}
+    path = compose_project(tmp_path, dotenv)
+    e2e.run([*compose, "-f", str(path), "config", "-q"], env=compose_env())
     resolved = yaml.safe_load(
-        e2e.run([*compose, "-f", str(COMPOSE_FILE), "config"], env=env).stdout
+        e2e.run([*compose, "-f", str(path), "config"], env=compose_env()).stdout
     )
     service = resolved["services"]["registry"]
     labels = service["labels"]
@@ -371,46 +529,68 @@ def test_compose_file_is_valid_and_resolves_the_template_variables(docker_cli: s
     )
     assert labels["traefik.http.routers.ociregistry.tls.certresolver"] == "letsencrypt"
     environment = service["environment"]
-    assert environment["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
-    assert environment["REGISTRY_LOG_LEVEL"] == "info"
-    assert environment["REGISTRY_STORAGE"] == "s3", "R2 variables pass through when set"
-    assert environment["REGISTRY_STORAGE_S3_BUCKET"] == "images"
+    for name, value in {**R2_ENV, **UNLISTED_ENV}.items():
+        assert environment.get(name) == value, f"{name} did not reach the container"
+    targets = {
+        (v["target"] if isinstance(v, dict) else v.split(":")[1]) for v in service["volumes"]
+    }
+    assert {"/var/lib/registry", "/auth/htpasswd"} <= targets, targets
     assert resolved["networks"]["dokploy-network"]["external"] is True
+    assert service["build"]["context"] == str(tmp_path), "default: the checkout above docker/"
 
 
 @pytest.mark.e2e
-def test_compose_refuses_to_start_without_a_domain(docker_cli: str) -> None:
+def test_compose_builds_from_a_git_url_when_told(docker_cli: str, tmp_path: Path) -> None:
+    """BUILD_CONTEXT (the template sets it) makes `--build` fetch the source by git URL, so
+    the template alone is enough on a Dokploy server (not built here: no network)."""
     compose = compose_command(docker_cli)
-    proc = e2e.run(
-        [*compose, "-f", str(COMPOSE_FILE), "config", "-q"], env=compose_env(), check=False
+    url = "https://github.com/OWNER/REPO.git#main"
+    path = compose_project(tmp_path, {"DOMAIN": "r.example.com", "BUILD_CONTEXT": url})
+    resolved = yaml.safe_load(
+        e2e.run([*compose, "-f", str(path), "config"], env=compose_env()).stdout
     )
+    build = resolved["services"]["registry"]["build"]
+    assert build == {"context": url, "dockerfile": "docker/Dockerfile"}
+
+
+@pytest.mark.e2e
+def test_compose_refuses_to_start_without_a_domain(docker_cli: str, tmp_path: Path) -> None:
+    compose = compose_command(docker_cli)
+    path = compose_project(tmp_path, {"REGISTRY_LOG_LEVEL": "info"})
+    proc = e2e.run([*compose, "-f", str(path), "config", "-q"], env=compose_env(), check=False)
     assert proc.returncode != 0
-    assert "REGISTRY_DOMAIN" in proc.stdout + proc.stderr
+    assert "DOMAIN" in proc.stdout + proc.stderr
 
 
 def test_template_and_compose_agree() -> None:
-    """Every template variable is one the compose file reads, with the same default, every
-    required compose variable is set by the template, and the domain, port, service and
-    mounts line up."""
+    """Every template variable the compose file does not read is a REGISTRY_* setting for
+    the container (which gets all of .env) and loads without a warning; the required compose
+    variable is set by the template; nothing in `environment:` overrides .env; the domain,
+    port, service and mounts line up."""
     template = tomllib.loads(TEMPLATE_FILE.read_text())
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     variables = support.compose_variables(compose)
     env = template["config"]["env"]
 
     assert template["variables"]["main_domain"] == "${domain}"
-    assert variables.required == {"REGISTRY_DOMAIN"}
-    assert env["REGISTRY_DOMAIN"] == "${main_domain}"
-    known = variables.referenced | variables.passthrough
-    assert set(env) <= known, f"template sets variables compose ignores: {set(env) - known}"
-    assert variables.required <= set(env)
-    for name, value in env.items():
-        if name in variables.defaults:
-            assert value == variables.defaults[name], f"{name}: template {value!r} vs compose"
+    assert variables.required == {"DOMAIN"}
+    assert env["DOMAIN"] == "${main_domain}"
+    for_compose = {k for k in env if not k.startswith("REGISTRY_")}
+    assert for_compose <= variables.referenced, for_compose - variables.referenced
     assert variables.plain <= variables.required | set(variables.defaults), variables.plain
-    assert env.keys() >= {"DELETE_ENABLED", "LOG_LEVEL", "LOG_FORMATTER"}
+    for name in for_compose & set(variables.defaults):
+        if name != "BUILD_CONTEXT":  # the template names the git URL; compose: the checkout
+            assert env[name] == variables.defaults[name], f"{name}: template vs compose"
+    for_registry = {k: v for k, v in env.items() if k.startswith("REGISTRY_")}
+    assert for_registry, "the template shows where REGISTRY_* settings go"
+    config, warnings = load_config(str(CONFIG_FILE), for_registry)
+    assert warnings == []
+    assert config.storage.delete_enabled
 
     (domain,) = template["config"]["domains"]
     service = compose["services"][domain["serviceName"]]
+    assert service["env_file"] in (".env", [".env"])
+    assert "environment" not in service, "a value there would override the same name in .env"
     assert domain["host"] == "${main_domain}"
     assert str(domain["port"]) in service["expose"]
     labels = dict(label.split("=", 1) for label in service["labels"])
@@ -423,22 +603,11 @@ def test_template_and_compose_agree() -> None:
     volumes = [v.replace("${HTPASSWD_FILE:-", "").replace("}", "") for v in service["volumes"]]
     for mount in template["config"]["mounts"]:
         # Dokploy writes a template's mounts to ../files/<filePath> beside the compose file.
-        assert any(v.startswith(f"../files/{mount['filePath']}:") for v in volumes), mount
+        assert f"../files/{mount['filePath']}:/auth/htpasswd:ro" in volumes, mount
 
     limits = service["deploy"]["resources"]["limits"]
     assert float(limits["cpus"]) == float(service["cpus"]) == float(CPU_LIMIT)
     assert limits["memory"].lower().rstrip("b") == service["mem_limit"].lower() == MEMORY_LIMIT
-    mapped = {k: v for k, v in service["environment"].items() if v is not None}
-    assert mapped == {
-        "REGISTRY_STORAGE_DELETE_ENABLED": "${DELETE_ENABLED:-true}",
-        "REGISTRY_LOG_LEVEL": "${LOG_LEVEL:-info}",
-        "REGISTRY_LOG_FORMATTER": "${LOG_FORMATTER:-text}",
-    }
-    assert {
-        "REGISTRY_STORAGE",
-        "REGISTRY_AUTH",
-        "REGISTRY_AUTH_HTPASSWD_PATH",
-    } <= variables.passthrough
 
 
 # --------------------------------------------------------------------------- config, health
@@ -531,3 +700,93 @@ def test_healthcheck_accepts_200_and_401_only(
 def test_healthcheck_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGISTRY_HTTP_ADDR", f":{e2e.free_port()}")
     assert load_healthcheck().main() == 1
+
+
+# --------------------------------------------------------------------------- entrypoint
+
+
+def load_entrypoint() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("registry_entrypoint", ENTRYPOINT_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REAL = "/opt/registry/bin/registry"
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        ([], [REAL, "serve", "/etc/distribution/config.yml"]),
+        (["/etc/distribution/config.yml"], [REAL, "serve", "/etc/distribution/config.yml"]),
+        (["/etc/docker/registry/config.yml"], [REAL, "serve", "/etc/docker/registry/config.yml"]),
+        (["/srv/registry.yaml"], [REAL, "serve", "/srv/registry.yaml"]),
+        (["serve", "/c.yml"], [REAL, "serve", "/c.yml"]),
+        (["garbage-collect", "-m", "/c.yml"], [REAL, "garbage-collect", "-m", "/c.yml"]),
+        (["--version"], [REAL, "--version"]),
+        (["help"], [REAL, "--help"]),
+        (["registry", "garbage-collect", "/c.yml"], [REAL, "garbage-collect", "/c.yml"]),
+        (["registry", "/c.yml"], [REAL, "serve", "/c.yml"]),
+        (["registry"], [REAL, "--help"]),
+        (["python3", "-c", "pass"], ["python3", "-c", "pass"]),
+        (["registry-healthcheck"], ["registry-healthcheck"]),
+    ],
+)
+def test_entrypoint_takes_registry_3s_arguments(args: list[str], command: list[str]) -> None:
+    """registry:3's entrypoint rules: a .yml/.yaml path serves it, a subcommand or option
+    goes to `registry`, anything else runs as given; `registry ...` (docker exec) too."""
+    assert load_entrypoint().command_for(args) == command
+
+
+def test_entrypoint_finds_the_filesystem_root_of_the_named_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory to give to uid 1000 is the one the command's config (plus REGISTRY_*
+    overrides) stores into; none for S3, for a config that does not load, or for commands
+    that do not write the storage."""
+    entry = load_entrypoint()
+    for name in list(os.environ):
+        if name.startswith("REGISTRY_"):
+            monkeypatch.delenv(name)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/d\n")
+    assert entry.storage_root([REAL, "serve", str(config)]) == f"{tmp_path}/d"
+    assert entry.storage_root([REAL, "garbage-collect", "-d", str(config)]) == f"{tmp_path}/d"
+    assert entry.storage_root([REAL, "--version"]) is None
+    assert entry.storage_root(["python3", str(config)]) is None
+    monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/elsewhere")
+    assert entry.storage_root([REAL, "serve", str(config)]) == "/elsewhere"
+    monkeypatch.setenv("REGISTRY_STORAGE", "s3")
+    monkeypatch.setenv("REGISTRY_STORAGE_S3_BUCKET", "b")
+    monkeypatch.setenv("REGISTRY_STORAGE_S3_REGION", "auto")
+    assert entry.storage_root([REAL, "serve", str(config)]) is None
+    monkeypatch.delenv("REGISTRY_STORAGE")
+    config.write_text("storage: [not, a, mapping\n")
+    assert entry.storage_root([REAL, "serve", str(config)]) is None
+
+
+def test_entrypoint_gives_root_owned_files_to_the_image_user(tmp_path: Path) -> None:
+    """What registry:3 (root) wrote becomes 1000:1000, every level deep; a second run
+    changes nothing; a symlink is changed itself, never the file it points to."""
+    if os.geteuid() != 0:
+        reason = "chown to another user needs root"
+        if e2e.in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    entry = load_entrypoint()
+    root = tmp_path / "data"
+    blob = root / "docker/registry/v2/blobs/sha256/ab/ab12/data"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.write_text("not ours")
+    (root / "link").symlink_to(outside)
+    chown_tree(tmp_path, 0, 0)
+    entries = len([root, *root.rglob("*")])
+
+    assert entry.give_to(str(root), IMAGE_UID, IMAGE_GID) == entries
+    assert owners(root) == {(IMAGE_UID, IMAGE_GID): entries}
+    assert (outside.stat().st_uid, outside.stat().st_gid) == (0, 0)
+    assert entry.give_to(str(root), IMAGE_UID, IMAGE_GID) == 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,8 @@ def reference_exe() -> str:
 
 @contextlib.contextmanager
 def run_on_s3(
-    tmp_path: Path, s3_env: dict[str, str], *, reference: bool = False, name: str = ""
+    tmp_path: Path, s3_env: dict[str, str], *, reference: bool = False, name: str = "",
+    ready_status: int = 200,
 ) -> Iterator[e2e.RegistryProcess]:
     """One registry process on S3, configured by environment only (the file it gets names
     filesystem storage, which ``REGISTRY_STORAGE=s3`` replaces)."""
@@ -56,7 +60,8 @@ def run_on_s3(
     workdir = tmp_path / label
     workdir.mkdir(exist_ok=True)
     with e2e._run_registry(
-        label, workdir / "unused-root", command, workdir=workdir, check_log=check
+        label, workdir / "unused-root", command, workdir=workdir, check_log=check,
+        ready_status=ready_status,
     ) as reg:
         yield reg
 
@@ -282,8 +287,9 @@ def test_the_r2_style_variables_alone_configure_the_bucket(tmp_path: Path) -> No
 
 
 def test_s3_down_at_startup_then_back(tmp_path: Path) -> None:
-    """The registry starts with S3 unreachable, answers 503 (one log line, no traceback),
-    and serves once S3 is up."""
+    """The registry starts with S3 unreachable, answers 503 (one log line, no traceback) --
+    /v2/ too, so the container's health check fails (issue 15, item 5) -- and serves once
+    S3 is up."""
     port = e2e.free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
@@ -297,9 +303,10 @@ def test_s3_down_at_startup_then_back(tmp_path: Path) -> None:
         "REGISTRY_HTTP_WORKERS": "1",
     }
     blob = b"arrives once S3 is back"
-    with run_on_s3(tmp_path, env) as reg, reg.client() as client:
+    with run_on_s3(tmp_path, env, ready_status=503) as reg, reg.client() as client:
         down = client.head(f"/v2/late/app/blobs/{digest_of(blob)}")
         assert down.status_code == 503
+        assert client.get("/v2/").json()["errors"][0]["code"] == "UNAVAILABLE"
         assert client.post("/v2/late/app/blobs/uploads/").status_code == 503
         moto = s3_support.start_moto_process(port)
         try:
@@ -313,6 +320,9 @@ def test_s3_down_at_startup_then_back(tmp_path: Path) -> None:
                 aws_access_key_id="AKIDNOAUTH",
                 aws_secret_access_key="secret",
             ).create_bucket(Bucket="later")
+            deadline = time.monotonic() + 30  # the unhealthy check re-probes every 5 s
+            while client.get("/v2/").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
             digest = e2e.push_blob(client, "late/app", blob)
             assert client.get(f"/v2/late/app/blobs/{digest}").content == blob
         finally:
@@ -433,3 +443,27 @@ def test_docker_push_pull_run_on_s3(docker_cli: str, tmp_path: Path, redirect: b
     assert all((" 307 " in line) == redirect for line in blob_gets), blob_gets
     if not redirect:
         assert open_uploads(bucket_of(env)) == []
+
+
+@pytest.mark.parametrize("fault", ["missing bucket", "wrong secret"])
+def test_unusable_bucket_at_startup_is_unhealthy_everywhere(tmp_path: Path, fault: str) -> None:
+    """Issue 15, item 5: with no health section at all, a bucket that does not exist or a
+    wrong key shows on /debug/health (503, storagedriver_s3), on /v2/ (503 UNAVAILABLE),
+    and so in the image's health check (docker/healthcheck.py exits 1)."""
+    if fault == "missing bucket":
+        env = s3_env("no-such-bucket-here")
+    else:
+        env = s3_env(secretkey="wrong")
+    debug_port = e2e.free_port()
+    env["REGISTRY_HTTP_DEBUG_ADDR"] = f"127.0.0.1:{debug_port}"
+    with run_on_s3(tmp_path, env, ready_status=503) as reg:
+        health = httpx.get(f"http://127.0.0.1:{debug_port}/debug/health", timeout=10)
+        assert health.status_code == 503 and list(health.json()) == ["storagedriver_s3"]
+        assert httpx.get(f"{reg.url}/v2/", timeout=10).json()["errors"][0]["code"] == (
+            "UNAVAILABLE")
+        probe = subprocess.run(
+            [sys.executable, str(e2e.REPO_ROOT / "docker" / "healthcheck.py")],
+            env={**e2e.clean_env(), "REGISTRY_HTTP_ADDR": f":{reg.port}"},
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert probe.returncode == 1 and "503" in probe.stderr, probe.stderr

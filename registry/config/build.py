@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .aws import fill_s3_credentials
 from .env import (
     CONFIG_PATH_VARIABLE,
     ENV_PREFIX,
@@ -315,6 +316,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
                 f" or unset them"
             )
     check_refused(merged)
+    fill_s3_credentials(merged, environ)  # AWS_* variables, the shared credentials file
     config = _build(merged)
     warnings.extend(unknown_keys(merged, SCHEMA, ""))
     if config.storage.driver == "inmemory" and config.http.workers != 1:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 
@@ -151,6 +151,21 @@ class FilesystemDriver:
             yield self._chunks(path, fd, offset, end)  # the caller's body: not os_errors
         finally:
             os.close(fd)  # close(2) on a regular file does not block: safe under cancel
+
+    async def open_local(self, path: str) -> BinaryIO:
+        """``path`` opened for reading as a local file (unbuffered), for a server that sends
+        it with sendfile(2); the caller closes it. PathNotFound if it is not a regular file."""
+        full = self._full(path)
+        try:
+            f: BinaryIO = await self._run(open, full, "rb", 0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        except OSError as exc:
+            raise driver_error(path, exc) from exc
+        if not stat_mod.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            raise PathNotFound(path)
+        return f
 
     async def _chunks(self, path: str, fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
         """Read [offset, end) in CHUNK pieces. Cached pages are copied right here with

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from .. import logs
 from ..errors import ErrorCode, RegistryError, unwrap
 from ..ops import Operations
 from ..ops.exchange import Exchange, metric_method
@@ -31,14 +32,16 @@ from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from . import router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
-from .responses import API_VERSION_HEADER, Response, error_response
+from .responses import API_VERSION_HEADER, ZEROCOPY, FileBody, Response, error_response
 
 __all__ = ["AppOptions", "RegistryApp"]
 
 log = logging.getLogger("registry.http")
-access_log = logging.getLogger("registry.access")
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The reference's answer while a health check fails (its health.Handler), word for word.
+_UNHEALTHY = RegistryError(ErrorCode.UNAVAILABLE,
+                           detail="health check failed: please see /debug/health")
 
 Background = Callable[[trio.Nursery], Awaitable[None]]
 Authenticate = Callable[[Request], Awaitable[None]]
@@ -130,8 +133,16 @@ class RegistryApp:
             client=client[0] if client else "-",
             server=scope.get("server"),
             receive=receive,
+            zerocopy=ZEROCOPY in scope.get("extensions", ()),
         )
-        m = router.match(req.path, req.method)
+        rl = logs.begin_request(req, scope)  # every line of this request carries its fields
+        try:
+            await self._route(req, m=router.match(req.path, req.method), send=send,
+                              started=started)
+        finally:
+            logs.end_request(rl)
+
+    async def _route(self, req: Request, m: router.Match | None, send: Any, started: float) -> None:
         if m is not None:
             req.params = m.params
             if m.method_ok:
@@ -171,7 +182,6 @@ class RegistryApp:
             if maybe is None:
                 raise
             resp = maybe
-        status = resp.status
         try:
             if req.unread_body:
                 sent = await self._send_unread(send, resp, head or resp.head, req, ex)
@@ -181,7 +191,7 @@ class RegistryApp:
             pass
         finally:
             if self.options.access_log:
-                self._log_access(req, status, sent, time.perf_counter() - started)
+                self._log_access(resp, sent, time.perf_counter() - started)
 
     def _observed(self, ex: Exchange) -> None:
         """Hand a finished exchange to the metrics and the listeners. Listeners must not
@@ -206,9 +216,16 @@ class RegistryApp:
             err = RegistryError(ErrorCode.UNKNOWN)
         elif err.status >= 500:
             log.warning("%s %s: %s", req.method, req.path, exc)
+        rl = logs.current_request()
+        if rl is not None:  # the access line names the error, as v3's
+            rl.error = err
         return error_response(err, head)
 
     async def _dispatch(self, req: Request, m: router.Match | None) -> Response:
+        health = self.ops.health
+        if health is not None and not health.healthy:  # every path, as the reference
+            # Returned, not raised: the failing check logs once, not every request.
+            return error_response(_UNHEALTHY, req.method == "HEAD")
         if m is None:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
@@ -247,6 +264,9 @@ class RegistryApp:
         """Send ``resp``; the body bytes sent. ``ex`` (when observing) gets the status as
         the response starts, the response headers (for listeners), and the bytes sent."""
         headers = list(self._common)
+        rl = logs.current_request()
+        if rl is not None:  # the request id, for a client's report to match our line
+            headers.append((logs.REQUEST_ID_HEADER, rl.id.encode()))
         headers.extend(resp.headers)
         body = resp.body
         if isinstance(body, (bytes, bytearray)):
@@ -266,14 +286,33 @@ class RegistryApp:
             headers.append((b"content-length", str(resp.length).encode()))
         if ex is not None:
             self._started(ex, resp.status, headers)
+        if isinstance(body, FileBody):
+            try:
+                await send({"type": "http.response.start", "status": resp.status,
+                            "headers": headers})
+                if head:
+                    await send({"type": "http.response.body", "body": b""})
+                    return 0
+                if ex is not None:
+                    ex.bytes_out = body.count
+                await send({"type": ZEROCOPY, "file": body.file, "offset": body.offset,
+                            "count": body.count, "more_body": False})
+                return body.count
+            finally:
+                await body.aclose()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         sent = 0
         if not head:
-            async for chunk in body:
-                sent += len(chunk)
-                if ex is not None:
-                    ex.bytes_out = sent
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async for chunk in body:
+                    sent += len(chunk)
+                    if ex is not None:
+                        ex.bytes_out = sent
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:  # a send that raised (client gone) must not leave the blob open
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         await send({"type": "http.response.body", "body": b""})
         return sent
 
@@ -282,31 +321,15 @@ class RegistryApp:
         if self.ops.listeners:  # only listeners read headers: decode for them
             ex.response_headers = decode_headers(headers)
 
-    def _log_access(self, req: Request, status: int, sent: int, seconds: float) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
+    def _log_access(self, resp: Response, sent: int, seconds: float) -> None:
+        rl = logs.current_request()
+        if rl is None:
             return
-        access_log.info(
-            '%s "%s %s" %d %d %.1fms "%s"',
-            req.client,
-            req.method,
-            req.path[:300],
-            status,
-            sent,
-            seconds * 1000,
-            req.headers.get("user-agent", "-")[:200],
-            extra={
-                "http": {
-                    "remote": req.client,
-                    "method": req.method,
-                    "path": req.path[:300],
-                    "status": status,
-                    "bytes": sent,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "user": req.user,
-                    "user_agent": req.headers.get("user-agent", "")[:200],
-                }
-            },
-        )
+        ctype = None
+        for name, value in resp.headers:
+            if name == b"content-type":
+                ctype = value.decode("latin-1")
+        logs.access(rl, resp.status, sent, seconds, ctype)
 
 
 def _only_cancellation(exc: BaseException) -> bool:

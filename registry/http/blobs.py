@@ -12,7 +12,7 @@ from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_name
 from .ranges import Unsatisfiable, check_chunk, parse_content_length, parse_range
 from .request import Request, Route, Services
-from .responses import Headers, Response, json_response
+from .responses import FileBody, Headers, Response, json_response
 
 BLOB_MAX_AGE = b"max-age=31536000"  # content-addressed: a digest's bytes never change
 
@@ -78,6 +78,10 @@ async def _blob(svc: Services, req: Request, *, head: bool) -> Response:
         headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{size}".encode()))
     if head:
         return Response(status, headers, b"", length=length, head=True)
+    if req.zerocopy and length:  # the server sends the file itself (sendfile on plain TCP)
+        file = await st.blobs.open_local(d)
+        if file is not None:
+            return Response(status, headers, FileBody(file, offset, length), length=length)
     return Response(status, headers, _stream(svc, d, offset, length), length=length)
 
 
@@ -92,8 +96,13 @@ async def delete_blob(svc: Services, req: Request) -> Response:
 
 async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
     async with svc.storage.blobs.open(d, offset, length) as chunks:
-        async for chunk in chunks:
-            yield chunk
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # a send that failed (client gone) ends here: close the driver's reader now
+            aclose = getattr(chunks, "aclose", None)  # a generator's; S3's reader has none
+            if aclose is not None:
+                await aclose()
 
 
 def _upload_headers(

@@ -19,6 +19,11 @@ and adds, for HTTP/1.1:
   dropped, bounded in bytes and time, so that a client that writes its whole body before
   reading (Python's http.client) reads the answer instead of a connection reset.
 
+HTTP/1.1 connections (plain TCP when h2c is off; TLS with ALPN ``http/1.1``) are served by
+our own loop, :class:`.h1server.H1Connection`, in the connection's task: it applies the same
+limits from :mod:`.deadlines` and lingers the same way. The rest of this class serves the
+connections hypercorn keeps (HTTP/2, and cleartext when h2c is enabled).
+
 HTTP/2 connections keep hypercorn's read behaviour; the cap and the write deadline apply. :class:`AcceptErrorFilter`
 turns trio's accept-loop error (a traceback every 0.1 s while ``accept`` fails with EMFILE)
 into one line per interval. ``install()`` puts both in place; it checks the hypercorn hooks it
@@ -37,11 +42,13 @@ from typing import Any
 import h11
 import hypercorn.trio.run
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HyperConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import tcp_server
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import parse_socket_addr
 
 from ..errors import ErrorCode, RegistryError
 from .deadlines import (
@@ -54,17 +61,13 @@ from .deadlines import (
     ReadTimer,
     write_deadline,
 )
+from .h1server import LINGER_IDLE_SECONDS, LINGER_SECONDS, H1Connection, drain
 from .responses import error_answer
 
 log = logging.getLogger("registry.conn")
 
 LOG_INTERVAL = 10.0  # seconds between two log lines about refused or dropped connections
 REFUSE_SEND_SECONDS = 1.0  # the canned 503 fits the socket buffer; never wait on a flooder
-# Lingering after an early answer (nginx: lingering_time 30 s, lingering_timeout 5 s). The byte
-# bound lets a manifest past the 4 MiB limit arrive whole; a client past it gets a reset.
-LINGER_SECONDS = 10.0
-LINGER_IDLE_SECONDS = 2.0
-LINGER_BYTES = 64 * 1024 * 1024
 
 class LogThrottle:
     """At most one log line per kind per LOG_INTERVAL; the next says how many it stands for."""
@@ -164,10 +167,49 @@ class RegistryTCPServer(TCPServer):
             await self._refuse()
             return
         try:
-            await super().run()
+            if not await self._serve_h1():
+                await super().run()
         finally:
             if gate is not None:
                 gate.release()
+
+    async def _serve_h1(self) -> bool:
+        """Serve an HTTP/1.1 connection with our own loop (h1server.py); False leaves the
+        connection to hypercorn: HTTP/2 by ALPN or by prior knowledge over TLS, any
+        cleartext connection when h2c is enabled (a preface or an Upgrade may switch it),
+        and apps hypercorn wraps in something other than its ASGI wrapper."""
+        stream, config = self.stream, self.config
+        if type(self.app) is not ASGIWrapper:
+            return False
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(config.ssl_handshake_timeout):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                await trio.aclose_forcefully(stream)
+                return True  # as hypercorn: a failed handshake ends the connection
+            alpn = stream.selected_alpn_protocol()
+            if alpn == "h2" or (alpn is None and "h2" in config.alpn_protocols):
+                return False
+            sock = stream.transport_stream.socket
+        elif getattr(config, "h2c_enabled", False):
+            return False
+        else:
+            sock = stream.socket
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(stream)
+            return True
+        await H1Connection(
+            self.app.app, stream, context=self.context, limits=self.limits, gate=self.gate,
+            ssl=isinstance(stream, trio.SSLStream),
+            client=client, server=server, keep_alive_timeout=config.keep_alive_timeout,
+            read_timeout=config.read_timeout or math.inf, root_path=config.root_path,
+            state=self.state,
+        ).serve()
+        return True
 
     async def _refuse(self) -> None:
         """Past the cap: the canned 503 (not over TLS: no handshake for a flooder), then close."""
@@ -300,19 +342,8 @@ class RegistryTCPServer(TCPServer):
         await super()._close()
 
     async def _drain(self) -> None:
-        """Read and drop what the client still sends after our answer: until its EOF, for at
-        most LINGER_BYTES and LINGER_SECONDS, stopping after LINGER_IDLE_SECONDS of silence."""
-        left = LINGER_BYTES
-        with trio.move_on_after(LINGER_SECONDS):
-            while left > 0:
-                with trio.move_on_after(LINGER_IDLE_SECONDS) as idle:
-                    try:
-                        data = await self.stream.receive_some(min(left, 256 * 1024))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        return
-                if idle.cancelled_caught or not data:
-                    return
-                left -= len(data)
+        """h1server.drain: read and drop what the client still sends after our answer."""
+        await drain(self.stream)
 
 
 ACCEPT_ERRNOS = {

@@ -155,6 +155,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     body_done: bool = False  # the last body message (or a disconnect) has been received
+    zerocopy: bool = False  # the server takes file bodies (responses.FileBody, ZEROCOPY)
     bytes_in: int = 0  # body bytes received so far (read or discarded)
 
     def q(self, key: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import RegistryError
 
@@ -16,11 +16,28 @@ Headers = list[tuple[bytes, bytes]]
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")  # SPEC General 1
 
 
+ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension h1server.py offers
+
+
+@dataclass
+class FileBody:
+    """A response body sent from an open local file with the ASGI zerocopysend extension:
+    ``count`` bytes from ``offset``. The body owns ``file``: :meth:`aclose` closes it (the
+    app calls it once the response is sent or abandoned)."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+    async def aclose(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class Response:
     status: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes | AsyncIterator[bytes] = b""
+    body: bytes | AsyncIterator[bytes] | FileBody = b""
     length: int | None = None  # Content-Length when body is an iterator (or HEAD)
     head: bool = False  # send headers only
 

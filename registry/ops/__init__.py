@@ -11,7 +11,8 @@ exchanges), ``server.py`` builds it; it imports neither ``http/`` nor ``notifica
 - ``exchange.py``: :class:`Exchange` (one request and its answer) and :class:`EventKind`
   (what a route's exchanges are about; the route table gives each route one).
 - ``metrics.py``: the Prometheus metrics (multiprocess mode with several workers).
-- ``health.py``: the periodic storage health check and its configuration.
+- ``health.py``: the checks' polling and threshold rules, the storage check, :class:`Health`.
+- ``checks.py``: the file, HTTP and TCP checks and their configuration.
 - ``debug.py``: the debug listener (``/debug/health``, ``/metrics``).
 """
 
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..drivers.instrumented import InstrumentedDriver
+from .checks import parse_checks
 from .debug import DebugApp
 from .exchange import Listener
-from .health import HealthChecker, parse_health
+from .health import Health, HealthChecker, PeriodicCheck, parse_health
 from .metrics import Metrics
 
 
@@ -35,7 +37,7 @@ class Operations:
     them a request pays nothing for operations."""
 
     metrics: Metrics | None = None
-    health: HealthChecker | None = None
+    health: Health | None = None  # None: no check configured (always healthy)
     listeners: tuple[Listener, ...] = ()
     metrics_path: str = "/metrics"
 
@@ -54,7 +56,11 @@ def build_operations(config: Any, driver: Any, multiprocess_dir: str | None = No
     metrics = Metrics(multiprocess_dir) if config.http.debug_prometheus_enabled else None
     if metrics is not None:
         driver = InstrumentedDriver(driver, metrics)
-    enabled, interval, threshold = parse_health(config.health)
-    health = HealthChecker(driver, interval, threshold, metrics) if enabled else None
+    enabled, interval, threshold = parse_health(config.health, config.storage.driver)
+    checks: list[PeriodicCheck] = (
+        [HealthChecker(driver, interval, threshold, metrics)] if enabled else []
+    )
+    checks.extend(parse_checks(config.health))
+    health = Health(tuple(checks)) if checks else None
     ops = Operations(metrics, health, listeners, config.http.debug_prometheus_path)
     return ops, driver

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from .health import HealthChecker
+from .health import Health, PeriodicCheck
 from .metrics import Metrics
 
 DEBUG_KEEP_ALIVE_S = 30  # scrapers reconnect every interval anyway
@@ -21,7 +21,7 @@ DEBUG_READ_TIMEOUT_S = 30
 class DebugApp:
     """ASGI app of the debug listener: /debug/health and the metrics path."""
 
-    def __init__(self, health: HealthChecker | None, metrics: Metrics | None,
+    def __init__(self, health: Health | PeriodicCheck | None, metrics: Metrics | None,
                  metrics_path: str = "/metrics") -> None:
         self.health = health
         self.metrics = metrics
@@ -44,7 +44,9 @@ class DebugApp:
         elif path == "/debug/health":
             failing = self.health.status() if self.health is not None else {}
             status = 503 if failing else 200
-            ctype, body = "application/json", json.dumps(failing).encode()
+            # compact and sorted, as Go's json.Marshal
+            ctype, body = "application/json", json.dumps(
+                failing, separators=(",", ":"), sort_keys=True).encode()
         elif self.metrics is not None and path == self.metrics_path:
             body, ctype = self.metrics.exposition()
             status = 200

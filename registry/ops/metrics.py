@@ -11,10 +11,21 @@ a fresh private directory before any worker imports prometheus_client, each work
 values to files there, and whichever worker answers a scrape aggregates all of them
 (counters and histograms summed, in-flight gauges summed over live workers: ``livesum``).
 With one worker, metrics live in process memory. Either way one scrape target.
+
+``process_*`` (memory, CPU, open files, start time; prometheus-client's ProcessCollector):
+with one worker, that worker's. With several, the values are not in the multiprocess files
+(a collector reads /proc at scrape time), so the worker answering a scrape reads every live
+worker's /proc entry (the workers with live gauge files in the directory) and reports the
+sums (memory, CPU seconds, open files), the earliest start time and the file limit: the
+registry's process metrics, whichever worker answers, under the usual names.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from .exchange import UPLOAD_EVENTS, Exchange
@@ -68,6 +79,10 @@ class Metrics:
         self.gc_seconds = Histogram(
             "registry_gc_duration_seconds", "Garbage collection run time",
             buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600), registry=r)
+        if multiprocess_dir is None:
+            from prometheus_client import ProcessCollector
+
+            ProcessCollector(registry=r)  # process_*: this (the only) worker
         self._healthy: Any = None  # created by the first health check (none: no gauge)
         # labels() takes a lock and builds a key: children are looked up once (child()),
         # and the four an exchange updates once per (route, method, status) together.
@@ -143,5 +158,47 @@ class Metrics:
 
             merged = CollectorRegistry()
             MultiProcessCollector(merged, path=self.multiprocess_dir)
+            merged.register(WorkerProcesses(self.multiprocess_dir))
             return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# The gauge files of a live worker: prometheus-client names them <kind>_<mode>_<pid>.db, and
+# mark_process_dead (server.py, when a worker exits) deletes the live* ones.
+_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db\Z")
+_SUMMED = {"process_virtual_memory_bytes", "process_resident_memory_bytes",
+           "process_cpu_seconds", "process_open_fds"}
+
+
+class WorkerProcesses:
+    """A collector of ``process_*`` over every live worker (see the module doc)."""
+
+    def __init__(self, multiprocess_dir: str) -> None:
+        self.multiprocess_dir = multiprocess_dir
+
+    def pids(self) -> list[int]:
+        found = {int(m.group(1)) for name in os.listdir(self.multiprocess_dir)
+                 if (m := _LIVE_FILE.match(name))}
+        found.add(os.getpid())  # this worker, even before its first live gauge file
+        return sorted(found)
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client import ProcessCollector
+
+        families: dict[str, Any] = {}
+        values: dict[str, list[float]] = {}
+        for pid in self.pids():
+            # A worker that exited since the listing has no /proc entry: it adds nothing.
+            for family in ProcessCollector(pid=partial(str, pid), registry=None).collect():
+                families.setdefault(family.name, family)
+                values.setdefault(family.name, []).extend(s.value for s in family.samples)
+        for name, family in families.items():
+            got = values[name]
+            if name in _SUMMED:
+                value = sum(got)
+            elif name == "process_start_time_seconds":
+                value = min(got)
+            else:  # process_max_fds: the same limit in every worker
+                value = max(got)
+            family.samples = [family.samples[0]._replace(value=value)]
+            yield family

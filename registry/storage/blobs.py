@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import BinaryIO
 
 from ..digest import Digest, DigestError
 from ..drivers.base import Driver, InvalidOffset, PathNotFound
@@ -98,6 +99,18 @@ class BlobStore:
             await self.driver.delete(paths.layer_dir(name, d))
         except PathNotFound:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)}) from None
+
+    async def open_local(self, d: Digest) -> BinaryIO | None:
+        """Blob ``d``'s data as an open local file (the caller closes it), or None when the
+        driver keeps no local files (S3): the zero-copy path of blob GETs. BLOB_UNKNOWN if gone."""
+        opener = getattr(self.driver, "open_local", None)
+        if opener is None:
+            return None
+        try:
+            f: BinaryIO = await opener(paths.blob_data(d))
+        except PathNotFound:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)}) from None
+        return f
 
     @asynccontextmanager
     async def open(

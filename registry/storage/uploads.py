@@ -59,9 +59,10 @@ log = logging.getLogger("registry.storage")
 COALESCE = 512 * 1024  # hash+write unit for small pieces; 2 buffers per upload (DESIGN.md
 # says ~1 MiB: half that measured as fast here and keeps 64 concurrent pushes inside the
 # memory budget)
-DIRECT_MIN = COALESCE  # a piece this big is hashed and written as it is, not copied.
-# Smaller ones are copied: a thread hop per 256 KiB piece cost more CPU than copying it
-# into a 512 KiB unit (1.44 vs 1.20 CPU-s/GB, bench/upload_profile.py)
+DIRECT_MIN = COALESCE * 3 // 4  # a piece this big is hashed and written as it is, not
+# copied. Smaller ones are copied: a thread hop per 256 KiB piece cost more CPU than copying
+# it into a 512 KiB unit (1.44 vs 1.20 CPU-s/GB, bench/upload_profile.py). The HTTP/1.1
+# server's body pieces are 496-512 KiB (http/h1server.py PIECE, PIECE_SLACK): all direct.
 HASHER_CACHE_ENTRIES = 4096  # live hashers kept per process (~200 bytes each)
 PUBLISH_TIMEOUT = 300.0  # seconds a shielded move+link may take (a multi-GB S3 copy)
 ABANDON_TIMEOUT = 120.0  # seconds removing a failed single-request upload may take (S3 abort)

@@ -2,7 +2,8 @@
 
 XML in and out is built and parsed here with xml.etree; keys are full bucket keys (the
 driver adds ``rootdirectory``). Errors are the typed classes of :mod:`.errors`.
-Only headers R2 accepts are sent: no ACL, no SSE, no checksum headers.
+Only headers R2 accepts are sent by default: no checksum headers, and ACL/SSE headers only
+when ``storage.s3.objectacl``/``encrypt`` ask for them (``S3Params.write_headers``).
 """
 
 from __future__ import annotations
@@ -73,14 +74,19 @@ def _xml_bytes(root: ET.Element) -> bytes:
 
 
 class S3Api:
-    """One bucket's operations. ``storage_class`` None sends no header (config "NONE")."""
+    """One bucket's operations. ``write_headers`` go on every call that creates an object
+    (PutObject, CreateMultipartUpload, CopyObject): storage class, SSE, ACL."""
 
-    def __init__(self, client: S3Client, storage_class: str | None = "STANDARD") -> None:
+    def __init__(
+        self, client: S3Client, write_headers: Mapping[str, str] | None = None
+    ) -> None:
         self.client = client
-        self.storage_class = storage_class
+        self.write_headers = dict(
+            {"x-amz-storage-class": "STANDARD"} if write_headers is None else write_headers
+        )
 
     def _class_header(self) -> dict[str, str]:
-        return {"x-amz-storage-class": self.storage_class} if self.storage_class else {}
+        return self.write_headers
 
     def _copy_source(self, key: str) -> str:
         return sigv4.uri_encode(f"/{self.client.endpoint.bucket}/{key}", encode_slash=False)

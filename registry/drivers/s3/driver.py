@@ -66,7 +66,7 @@ class S3Driver:
             verify=not params.skipverify,
             max_connections=params.max_concurrency,
         )
-        self.api = S3Api(self.client, params.storageclass)
+        self.api = S3Api(self.client, params.write_headers())
         self._root = params.root
         # Part uploads in flight across all writers: 3/4 of the connections, so metadata
         # calls always find one, and memory stays bounded however many clients push.

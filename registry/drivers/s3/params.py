@@ -18,6 +18,7 @@ from registry.drivers.s3.client import Endpoint
 
 log = logging.getLogger("registry.drivers.s3")
 
+R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"  # R2's S3 endpoints (SPEC.md, Cloudflare R2)
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MIN_CHUNK = 5 * MiB  # S3/R2 minimum part size
@@ -28,6 +29,11 @@ DEFAULT_COPY_CONCURRENCY = 100  # reference: multipartcopymaxconcurrency
 DEFAULT_COPY_THRESHOLD = 32 * MiB  # reference: multipartcopythresholdsize
 DEFAULT_PARALLEL_PARTS = 4  # ours: part uploads in flight per upload (memory: 4 x chunk)
 DEFAULT_MAX_CONCURRENCY = 64  # ours: connections to S3 per process
+# The reference's canned ACLs (aws-sdk-go's s3.ObjectCannedACL* values it accepts).
+OBJECT_ACLS = frozenset({
+    "private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+    "bucket-owner-read", "bucket-owner-full-control",
+})
 # ours: bytes of parts buffered or in flight per process, across all uploads (at least two
 # parts). 32 MiB keeps 16 concurrent pushes inside the container's 256 MB with room left.
 DEFAULT_MAX_BUFFER_MEMORY = 32 * MiB
@@ -54,13 +60,13 @@ KNOWN = frozenset(
         "maxconcurrency",
         "parallelparts",
         "maxbuffermemory",
-        # accepted for compatibility with reference configs, without effect here:
         "encrypt",
         "keyid",
+        "objectacl",
+        # accepted for compatibility with reference configs, without effect here:
         "useragent",
         "usedualstack",
         "accelerate",
-        "objectacl",
         "loglevel",
         "checksum_disabled",
         "checksumdisabled",
@@ -154,6 +160,26 @@ class S3Params:
     parallel_parts: int
     max_concurrency: int
     max_buffer_memory: int = DEFAULT_MAX_BUFFER_MEMORY
+    encrypt: bool = False  # server-side encryption: SSE-S3 (AES256), or SSE-KMS with keyid
+    keyid: str | None = None  # the KMS key for SSE-KMS; only with encrypt
+    # None: send no x-amz-acl, which S3 treats as "private" (the reference's default) and
+    # which R2 needs (it rejects ACL headers); any other canned ACL is sent as configured.
+    objectacl: str | None = None
+
+    def write_headers(self) -> dict[str, str]:
+        """The headers the reference sends on every object-creating call (PutObject,
+        CreateMultipartUpload, CopyObject): storage class, server-side encryption, ACL.
+        They are signed like every header (sigv4.Signer signs all it is given)."""
+        headers = {}
+        if self.storageclass:
+            headers["x-amz-storage-class"] = self.storageclass
+        if self.encrypt:
+            headers["x-amz-server-side-encryption"] = "aws:kms" if self.keyid else "AES256"
+            if self.keyid:
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.keyid
+        if self.objectacl:
+            headers["x-amz-acl"] = self.objectacl
+        return headers
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> S3Params:
@@ -167,8 +193,9 @@ class S3Params:
         accesskey, secretkey = _str(params, "accesskey"), _str(params, "secretkey")
         if not accesskey or not secretkey:
             raise S3ConfigError(
-                "storage.s3.accesskey and storage.s3.secretkey: both required "
-                "(instance-role credentials are not supported)"
+                "storage.s3.accesskey and storage.s3.secretkey: both required, or"
+                " AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or a profile in the AWS shared"
+                " credentials file (instance and container roles are not supported)"
             )
         if not _bool(params, "v4auth", True):
             log.warning("storage.s3.v4auth=false: signature V2 is gone from S3; using V4")
@@ -192,6 +219,20 @@ class S3Params:
             else None
         )
         storageclass = _str(params, "storageclass", "STANDARD")
+        encrypt = _bool(params, "encrypt", False)
+        keyid = _str(params, "keyid") or None
+        if keyid and not encrypt:
+            # The reference sends the key id alone, which S3 refuses on every write.
+            log.warning("storage.s3.keyid is set but encrypt is false: no encryption header"
+                        " is sent; set storage.s3.encrypt: true for SSE-KMS")
+        objectacl = _str(params, "objectacl", "private")
+        if objectacl not in OBJECT_ACLS:
+            raise S3ConfigError(f"storage.s3.objectacl: {objectacl!r} is not one of "
+                                f"{', '.join(sorted(OBJECT_ACLS))}")
+        if endpoint.host.endswith(R2_HOST_SUFFIX) and (encrypt or objectacl != "private"):
+            raise S3ConfigError(
+                "storage.s3.encrypt/objectacl: Cloudflare R2 rejects server-side encryption"
+                " and ACL headers (R2 encrypts every object at rest itself); remove them")
         return cls(
             accesskey=accesskey,
             secretkey=secretkey,
@@ -218,4 +259,7 @@ class S3Params:
             max_buffer_memory=_int(
                 params, "maxbuffermemory", DEFAULT_MAX_BUFFER_MEMORY, MIN_CHUNK, 64 * GiB
             ),
+            encrypt=encrypt,
+            keyid=keyid if encrypt else None,
+            objectacl=None if objectacl == "private" else objectacl,
         )
