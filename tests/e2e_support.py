@@ -140,6 +140,22 @@ def _text(data: bytes | str | None) -> str:
 _handed_out: set[int] = set()
 
 
+_ACCESS_FIELD = re.compile(r'(http\.request\.method|http\.request\.uri|http\.response\.status)=("[^"]*"|\S+)')
+
+
+def access_lines(log: str, method: str, uri_prefix: str) -> list[tuple[str, int]]:
+    """(uri, status) of each access line (registry:3's text format, logs.py) in ``log`` for
+    ``method`` requests whose URI starts with ``uri_prefix``."""
+    found = []
+    for line in log.splitlines():
+        fields = {k: v.strip('"') for k, v in _ACCESS_FIELD.findall(line)}
+        if len(fields) == 3 and fields["http.request.method"] == method:
+            uri = fields["http.request.uri"]
+            if uri.startswith(uri_prefix):
+                found.append((uri, int(fields["http.response.status"])))
+    return found
+
+
 def free_port() -> int:
     """A free loopback port, never one this process handed out before: the kernel may give
     the same ephemeral port to two back-to-back probes (an API and a debug listener)."""

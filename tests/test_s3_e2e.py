@@ -438,9 +438,9 @@ def test_docker_push_pull_run_on_s3(docker_cli: str, tmp_path: Path, redirect: b
         finally:
             e2e.docker_remove_images(docker_cli, ref)
         log = reg.log_path.read_text(errors="replace")
-    blob_gets = [line for line in log.splitlines() if '"GET /v2/s3e2e/app/blobs/' in line]
+    blob_gets = e2e.access_lines(log, "GET", "/v2/s3e2e/app/blobs/")
     assert blob_gets, "docker pulled no blob through us?"
-    assert all((" 307 " in line) == redirect for line in blob_gets), blob_gets
+    assert all((status == 307) == redirect for _, status in blob_gets), blob_gets
     if not redirect:
         assert open_uploads(bucket_of(env)) == []
 

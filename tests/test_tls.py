@@ -90,11 +90,8 @@ def test_docker_push_pull_over_tls_with_ca_in_certs_d(tmp_path: Path, docker_cli
                 e2e.docker_remove_images(docker_cli, ref)
             log = reg.log()
         # Every request came over TLS (docker falls back to plain HTTP on loopback if not).
-        assert any(
-            "http.request.method=PUT" in line
-            and "http.request.uri=/v2/tls/busybox/manifests/v1 " in line
-            and "http.response.status=201" in line
-            for line in log.splitlines()
+        assert ("/v2/tls/busybox/manifests/v1", 201) in e2e.access_lines(
+            log, "PUT", "/v2/tls/busybox/manifests/"
         ), log[-3000:]
     finally:
         shutil.rmtree(certs, ignore_errors=True)
