@@ -34,6 +34,7 @@ from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
 from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
+from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
@@ -146,6 +147,7 @@ def connection_limits(config: Config) -> deadlines.ConnLimits:
 
 
 def hypercorn_config(config: Config) -> HyperConfig:
+    """Hypercorn's settings for ``config``; loads the TLS files (ConfigError if unusable)."""
     hc = conn.ServerConfig(connection_limits(config))
     hc.bind = [bind_address(config.http.addr)]
     hc.accesslog = None
@@ -164,12 +166,19 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hc.max_app_queue_size = 2
     hc.include_server_header = False
     hc.include_date_header = True
-    if config.http.tls_certificate and config.http.tls_key:
-        hc.certfile = config.http.tls_certificate
-        hc.keyfile = config.http.tls_key
     # HTTP/2: over TLS by ALPN unless http.http2.disabled; cleartext only with http.h2c.enabled
     # (both the reference's keys). Hostile h2 traffic is screened by http/h2proto.py.
     hc.alpn_protocols = ["http/1.1"] if config.http.http2_disabled else ["h2", "http/1.1"]
+    h = config.http
+    if h.tls_certificate and h.tls_key:
+        try:
+            hc.use_tls(TLSSettings(
+                h.tls_certificate, h.tls_key, clientcas=h.tls_clientcas,
+                clientauth=h.tls_clientauth, minimumtls=h.tls_minimumtls,
+                ciphersuites=h.tls_ciphersuites,
+            ))
+        except TLSConfigError as e:
+            raise ConfigError(str(e)) from None
     hc.h2c_enabled = config.http.h2c_enabled
     tune_hypercorn()
     return hc
@@ -259,10 +268,10 @@ def _debug_sockets(config: Config) -> Any:
 def run(config: Config) -> int:
     try:  # fail before forking: a missing htpasswd file is a one-line startup error
         _check_startup(config)
+        hc = hypercorn_config(config)
     except ConfigError as e:
         print(f"registry: configuration error: {e}", file=sys.stderr)
         return 2
-    hc = hypercorn_config(config)
     sockets = hc.create_sockets()
     for sock in sockets.secure_sockets + sockets.insecure_sockets:
         sock.listen(hc.backlog)

@@ -32,6 +32,8 @@ from .model import (
     LOG_FORMATTERS,
     LOG_LEVELS,
     STORAGE_DRIVERS,
+    TLS_CLIENT_AUTH,
+    TLS_VERSIONS,
     AuthConfig,
     Config,
     ConfigError,
@@ -120,6 +122,18 @@ def _build_http(root: Node) -> HttpConfig:
     if (certificate is None) != (key is None):
         missing, present = ("key", "certificate") if key is None else ("certificate", "key")
         raise ConfigError(f"http.tls.{missing}: required when http.tls.{present} is set")
+    minimumtls = tls.get_str("minimumtls", None) or "tls1.2"
+    if minimumtls not in TLS_VERSIONS:  # exact, as the reference's map lookup
+        raise ConfigError(
+            f"http.tls.minimumtls: unknown minimum TLS level {minimumtls!r}"
+            f" (expected {' or '.join(TLS_VERSIONS)}; registry:3 refuses tls1.0 and tls1.1 too)"
+        )
+    clientauth = tls.get_str("clientauth", None) or "require-and-verify-client-cert"
+    if clientauth not in TLS_CLIENT_AUTH:
+        raise ConfigError(
+            f"http.tls.clientauth: invalid client auth mode {clientauth!r}"
+            f" (expected {', '.join(TLS_CLIENT_AUTH)})"
+        )
     debug = http.section("debug")
     prometheus = debug.section("prometheus")
     return HttpConfig(
@@ -131,6 +145,9 @@ def _build_http(root: Node) -> HttpConfig:
         tls_certificate=certificate,
         tls_key=key,
         tls_clientcas=tls.get_strs("clientcas"),
+        tls_clientauth=clientauth,
+        tls_minimumtls=minimumtls,
+        tls_ciphersuites=tls.get_strs("ciphersuites"),
         debug_addr=debug.get_str("addr", None) or None,
         debug_prometheus_enabled=prometheus.get_bool("enabled", False),
         debug_prometheus_path=prometheus.get_str("path", None) or "/metrics",

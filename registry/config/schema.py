@@ -35,7 +35,7 @@ SCHEMA = _keys(
         "addr net host prefix secret relativeurls draintimeout workers headers"
         " headertimeout bodytimeout minbodyrate maxconnections",
         tls=_keys(
-            "certificate key clientcas minimumtls ciphersuites",
+            "certificate key clientcas clientauth minimumtls ciphersuites",
             letsencrypt=_keys("cachefile email hosts directoryurl"),
         ),
         debug=_keys("addr", prometheus=_keys("enabled path")),

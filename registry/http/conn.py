@@ -36,6 +36,7 @@ import errno
 import logging
 import math
 import os
+import ssl
 import time
 from typing import Any
 
@@ -63,6 +64,7 @@ from .deadlines import (
 )
 from .h1server import LINGER_IDLE_SECONDS, LINGER_SECONDS, H1Connection, drain
 from .responses import error_answer
+from .tls import TLSSettings, build_context
 
 log = logging.getLogger("registry.conn")
 
@@ -122,14 +124,30 @@ class ConnectionGate:
 class ServerConfig(HyperConfig):
     """Hypercorn's Config plus what RegistryTCPServer enforces and the switch our protocol
     classes read (h2proto.H2cGate). ``gate`` counts this process's connections: a forked
-    worker starts from its own copy (the parent serves none)."""
+    worker starts from its own copy (the parent serves none).
+
+    ``ssl_context``: the listener's TLS context, built once by :meth:`use_tls` from
+    ``http.tls`` (tls.py) instead of hypercorn's (which trusts the system's CAs for client
+    certificates and knows no client auth modes or cipher names); workers inherit it."""
 
     h2c_enabled: bool = False  # http.h2c.enabled
+    ssl_context: ssl.SSLContext | None = None
 
     def __init__(self, limits: ConnLimits | None = None) -> None:
         super().__init__()
         self.limits = limits or ConnLimits()
         self.gate = ConnectionGate(self.limits.max_connections)
+
+    def use_tls(self, settings: TLSSettings) -> None:
+        """Serve TLS as ``settings`` say, with ALPN from ``alpn_protocols`` (set it first).
+        Raises tls.TLSConfigError for files or suites that cannot be used."""
+        self.ssl_context = build_context(settings, list(self.alpn_protocols))
+        self.certfile, self.keyfile = settings.certificate, settings.key  # ssl_enabled
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        if self.ssl_context is not None:
+            return self.ssl_context
+        return super().create_ssl_context()
 
 
 def _refusal() -> bytes:
