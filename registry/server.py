@@ -180,6 +180,7 @@ def hypercorn_config(config: Config) -> HyperConfig:
         except TLSConfigError as e:
             raise ConfigError(str(e)) from None
     hc.h2c_enabled = config.http.h2c_enabled
+    hc.root_path = config.http.prefix  # the app routes below it (http/app.py)
     tune_hypercorn()
     return hc
 

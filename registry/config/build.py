@@ -87,6 +87,9 @@ def _build_storage(root: Node) -> StorageConfig:
     )
 
 
+# http.prefix without its outer slashes: segments of URL path characters that need no
+# percent-encoding (the router compares it with the raw path), no empty, . or .. segment.
+_PREFIX = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9._~-]+(/(?!\.\.?(/|$))[A-Za-z0-9._~-]+)*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field name
 
 
@@ -116,6 +119,11 @@ def _build_http(root: Node) -> HttpConfig:
                 f" got {host!r}"
             )
     prefix = (http.get_str("prefix", "") or "").strip("/")
+    if prefix and not _PREFIX.fullmatch(prefix):
+        raise ConfigError(
+            f"http.prefix: {http.get_str('prefix', '')!r} is not a plain URL path"
+            " (letters, digits and - . _ ~ between slashes, e.g. /registry/)"
+        )
     tls = http.section("tls")
     certificate = tls.get_str("certificate", None) or None
     key = tls.get_str("key", None) or None
