@@ -30,7 +30,7 @@ from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .cpuquota import auto_workers
 from .drivers import make_driver
-from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
+from .http import conn, connections, deadlines, h2proto, h11proto, listen, upgrades
 from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
@@ -129,11 +129,7 @@ def _gate(limiter: RateLimiter | None, authenticate: Authenticator | None) -> An
     return gate
 
 
-def bind_address(addr: str) -> str:
-    host, _, port = addr.rpartition(":")
-    if not host:
-        host = "0.0.0.0"
-    return f"{host}:{port or 5000}"
+bind_address = listen.bind_address  # ":5000" -> "0.0.0.0:5000" (run() listens dual-stack)
 
 
 def connection_limits(config: Config) -> deadlines.ConnLimits:
@@ -257,12 +253,11 @@ def _debug_sockets(config: Config) -> Any:
     if not config.http.debug_addr:
         return None
     dhc = HyperConfig()
-    dhc.bind = [bind_address(config.http.debug_addr)]
-    debug = dhc.create_sockets()
+    debug = listen.create_sockets(dhc, config.http.debug_addr)  # dual-stack, as Go's
     for sock in debug.insecure_sockets:
         sock.listen(dhc.backlog)
         host, port, *_ = sock.getsockname()
-        log.info("debug listener on http://%s:%d", host, port)
+        log.info("debug listener on http://%s", listen.display(host, port))
     return debug
 
 
@@ -273,14 +268,15 @@ def run(config: Config) -> int:
     except ConfigError as e:
         print(f"registry: configuration error: {e}", file=sys.stderr)
         return 2
-    sockets = hc.create_sockets()
+    sockets = listen.create_sockets(hc, config.http.addr)  # ":5000": IPv4 and IPv6, as Go's
     for sock in sockets.secure_sockets + sockets.insecure_sockets:
         sock.listen(hc.backlog)
     bound = [s.getsockname() for s in sockets.secure_sockets + sockets.insecure_sockets]
     scheme = "https" if sockets.secure_sockets else "http"
     n = worker_count(config)
     for host, port, *_ in bound:
-        log.info("registry listening on %s://%s:%d (%d worker%s)", scheme, host, port, n, "s" * (n > 1))
+        log.info("registry listening on %s://%s (%d worker%s)", scheme, listen.display(host, port),
+                 n, "s" * (n > 1))
     debug = _debug_sockets(config)
     multiprocess_dir = None
     if config.http.debug_prometheus_enabled and n > 1:

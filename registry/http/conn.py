@@ -49,7 +49,6 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import tcp_server
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.utils import parse_socket_addr
 
 from ..errors import ErrorCode, RegistryError
 from .deadlines import (
@@ -63,6 +62,7 @@ from .deadlines import (
     write_deadline,
 )
 from .h1server import LINGER_IDLE_SECONDS, LINGER_SECONDS, H1Connection, drain
+from .listen import socket_addr
 from .responses import error_answer
 from .tls import TLSSettings, build_context
 
@@ -215,8 +215,8 @@ class RegistryTCPServer(TCPServer):
         else:
             sock = stream.socket
         try:
-            client = parse_socket_addr(sock.family, sock.getpeername())
-            server = parse_socket_addr(sock.family, sock.getsockname())
+            client = socket_addr(sock.family, sock.getpeername())
+            server = socket_addr(sock.family, sock.getsockname())
         except OSError:  # reset before we looked
             await trio.aclose_forcefully(stream)
             return True
@@ -398,9 +398,11 @@ def install() -> None:
     """Make hypercorn's trio worker use RegistryTCPServer, and quiet trio's accept errors."""
     if not hasattr(hypercorn.trio.run, "TCPServer") or not all(
         hasattr(TCPServer, name) for name in ("run", "_read_data", "_close", "protocol_send")
-    ):
+    ) or not hasattr(tcp_server, "parse_socket_addr"):
         raise RuntimeError("unsupported hypercorn version: no trio TCPServer hooks")
     hypercorn.trio.run.TCPServer = RegistryTCPServer  # type: ignore[attr-defined,misc]
+    # IPv4 clients of a dual-stack socket (listen.py) as plain IPv4, on HTTP/2 too.
+    tcp_server.parse_socket_addr = socket_addr  # type: ignore[attr-defined]
     accept_log = logging.getLogger("trio.serve_listeners")
     if not any(isinstance(f, AcceptErrorFilter) for f in accept_log.filters):
         accept_log.addFilter(AcceptErrorFilter())
