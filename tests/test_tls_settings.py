@@ -9,6 +9,8 @@ trustme (ECDSA keys: the cipher names below are the ECDSA ones).
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,16 @@ import trio
 import trustme
 import yaml
 from conftest import serve_asgi
+from test_auth_process import run_registry
 from test_tls import make_certs
 
 from registry.config import Config, ConfigError, load_config
 from registry.server import build_app, hypercorn_config
+
+try:  # tests/ is a plain directory on sys.path, or a package
+    from tests import e2e_support as e2e
+except ImportError:
+    import e2e_support as e2e  # type: ignore[no-redef]
 
 BOUND = 20.0  # seconds: any one test's exchanges (each is a handshake and one request)
 PROTOCOLS = ("HTTP/1.1", "HTTP/2")
@@ -230,3 +238,44 @@ def test_ciphersuites_ignored_with_minimumtls_13(
     hc = hypercorn_config(config)
     assert hc.create_ssl_context().minimum_version == ssl.TLSVersion.TLSv1_3
     assert "ciphersuites is ignored with minimumtls tls1.3" in caplog.text
+
+
+def test_registry_process_with_client_certificates(tmp_path: Path, certs: Certs) -> None:
+    """`registry serve` end to end (TLS context built before the workers fork): a client
+    without a certificate is refused over both protocols, one with a certificate gets its
+    answers, and the refusals leave no traceback in the log (run_registry checks)."""
+    tls = {"certificate": str(certs.cert), "key": str(certs.key),
+           "clientcas": [str(certs.client_ca_path)]}
+    with run_registry(tmp_path, {"http": {"tls": tls}}, scheme="https",
+                      verify=client_context(certs, cert=certs.client)) as reg:
+        for http2 in (False, True):
+            with (
+                pytest.raises(httpx.TransportError),
+                httpx.Client(verify=client_context(certs), http2=http2, timeout=BOUND) as c,
+            ):
+                c.get(f"{reg.url}/v2/")
+            with httpx.Client(verify=client_context(certs, cert=certs.client), http2=http2,
+                              timeout=BOUND) as c:
+                r = c.get(f"{reg.url}/v2/")
+            assert (r.status_code, r.http_version) == (200, "HTTP/2" if http2 else "HTTP/1.1")
+
+
+def test_registry_process_refuses_an_unloadable_ca_file(tmp_path: Path, certs: Certs) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({
+        "version": "0.1",
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "root")}},
+        "http": {"addr": "127.0.0.1:0", "tls": {
+            "certificate": str(certs.cert), "key": str(certs.key),
+            "clientcas": [str(tmp_path / "missing.pem")],
+        }},
+    }))
+    env = e2e.clean_env()
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "registry", "serve", str(config)],
+        check=False, capture_output=True, text=True, env=env, timeout=BOUND,
+    )
+    assert done.returncode == 2
+    assert f"http.tls.clientcas: cannot load {tmp_path / 'missing.pem'}" in done.stderr
+    assert "Traceback" not in done.stderr
