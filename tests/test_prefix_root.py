@@ -22,6 +22,8 @@ from test_tls import make_certs, tls_config
 
 from registry.config import Config, ConfigError, load_config
 from registry.http.urls import route_root
+from registry.notifications import build_notifier
+from registry.ops.exchange import EventKind, Exchange
 from registry.server import build_app, hypercorn_config
 
 BOUND = 20.0  # seconds: any one test's requests, all on loopback
@@ -198,3 +200,19 @@ async def test_root_answers_503_while_a_health_check_fails(
             r = await c.get(url + "/")
     assert r.status_code == 503
     assert error_codes(r) == ["UNAVAILABLE"]
+
+
+def test_event_urls_carry_the_prefix(tmp_path: Path) -> None:
+    """Webhook targets name the URL a client would use, as Location does."""
+    endpoint = {"name": "e", "url": "http://receiver.invalid/events"}
+    config = registry_config(tmp_path, {"notifications": {"endpoints": [endpoint]}})
+    notifier = build_notifier(config)
+    assert notifier is not None
+    d = "sha256:" + "a" * 64
+    notifier.observe(Exchange(
+        method="DELETE", label="manifest", event=EventKind.MANIFEST,
+        params={"name": "r", "reference": d}, path=f"{PREFIX}/v2/r/manifests/{d}",
+        client="127.0.0.1", request_headers={"host": "reg:5000"}, status=202,
+    ))
+    event = notifier.sinks[0].receive.receive_nowait()
+    assert event["target"]["url"] == f"http://reg:5000{PREFIX}/v2/r/manifests/{d}"
