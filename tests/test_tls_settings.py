@@ -279,3 +279,42 @@ def test_registry_process_refuses_an_unloadable_ca_file(tmp_path: Path, certs: C
     assert done.returncode == 2
     assert f"http.tls.clientcas: cannot load {tmp_path / 'missing.pem'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "mode, verify, warned",
+    [
+        ("request-client-cert", ssl.CERT_OPTIONAL, True),
+        ("require-any-client-cert", ssl.CERT_REQUIRED, True),
+        ("verify-client-cert-if-given", ssl.CERT_OPTIONAL, False),
+        ("require-and-verify-client-cert", ssl.CERT_REQUIRED, False),
+    ],
+)
+def test_clientauth_modes_map_to_verify_modes(
+    tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture,
+    mode: str, verify: ssl.VerifyMode, warned: bool,
+) -> None:
+    """Go's two modes that skip verification cannot be had in Python's ssl: they verify
+    against clientcas (stricter) and a warning says so."""
+    config = registry_config(tmp_path, certs, clientcas=[str(certs.client_ca_path)],
+                             clientauth=mode)
+    ctx = hypercorn_config(config).create_ssl_context()
+    assert ctx is not None and ctx.verify_mode == verify
+    assert ("cannot accept an unverified one" in caplog.text) == warned
+
+
+async def test_system_cas_do_not_verify_client_certificates(
+    tmp_path: Path, certs: Certs, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only clientcas verify clients, never the system's CA bundle (a context that loaded
+    the default paths would let any publicly issued certificate in; registry:3's pool holds
+    clientcas alone). SSL_CERT_FILE, OpenSSL's default bundle, stands for it here."""
+    system_ca = trustme.CA()
+    system_ca_path = tmp_path / "system-ca.pem"
+    system_ca.cert_pem.write_to_path(str(system_ca_path))
+    monkeypatch.setenv("SSL_CERT_FILE", str(system_ca_path))
+    config = registry_config(tmp_path, certs, clientcas=[str(certs.client_ca_path)])
+    with trio.fail_after(BOUND):
+        url = await serve(nursery, config)
+        by_system_ca = system_ca.issue_cert("public@example.com")
+        assert await refused(url, client_context(certs, cert=by_system_ca), "HTTP/1.1")

@@ -127,8 +127,8 @@ class ServerConfig(HyperConfig):
     worker starts from its own copy (the parent serves none).
 
     ``ssl_context``: the listener's TLS context, built once by :meth:`use_tls` from
-    ``http.tls`` (tls.py) instead of hypercorn's (which trusts the system's CAs for client
-    certificates and knows no client auth modes or cipher names); workers inherit it."""
+    ``http.tls`` (tls.py) instead of hypercorn's (which knows one CA file and verify mode,
+    no minimum version but 1.2 and OpenSSL's cipher names only); workers inherit it."""
 
     h2c_enabled: bool = False  # http.h2c.enabled
     ssl_context: ssl.SSLContext | None = None

@@ -13,7 +13,7 @@ registry:3's rules, and how Python's ``ssl`` (OpenSSL) carries each:
   this OpenSSL does not offer (3DES at its default security level) are left out with a
   warning; a list of only such suites is a start-up error.
 - ``clientcas``: PEM files whose certificates, and only those, verify client certificates
-  (not the system's CAs, which ``ssl.create_default_context`` would add).
+  (never the system's CA bundle: a certificate any public CA issued must not pass).
 - ``clientauth`` (only with ``clientcas``; default ``require-and-verify-client-cert``):
   Go's four modes map to ``ssl.VerifyMode``. ``verify-client-cert-if-given`` is
   CERT_OPTIONAL and ``require-and-verify-client-cert`` CERT_REQUIRED, exactly. Go's
