@@ -67,7 +67,13 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     )
     v = config.validation  # manifests.urls: the layer URLs pushes may carry
     urls = URLRules.compile(v.manifests_urls_allow, v.manifests_urls_deny, enabled=not v.disabled)
-    storage = Storage(driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls)
+    storage = Storage(
+        driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls,
+        blob_descriptor_cache=s.blobdescriptorsize if s.blobdescriptor else None,
+        # validation.disabled turns the index check off too (the reference)
+        index_children="none" if v.disabled else v.indexes_platforms,
+        index_platforms=v.indexes_platformlist,
+    )
     headers = tuple(
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, values in config.http.headers.items()
@@ -84,6 +90,7 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
         extra_headers=headers,
         chunk_min_length=chunk_min,
         access_log=not config.log.accesslog_disabled,
+        catalog_max_entries=config.catalog_maxentries,
     )
     authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
     background = [notifier.start] if notifier else []

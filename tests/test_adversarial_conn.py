@@ -263,7 +263,7 @@ def http_client_exchange(
     try:
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -121,6 +122,14 @@ def test_warn_level_silences_the_access_log(tmp_path: Path):
         ({"REGISTRY_STORAGE_S3_BUCKET": "b"}, "version: 0.1\nstorage:\n  filesystem: {}\n  inmemory: {}\n", "multiple storage drivers specified: filesystem, inmemory"),
         ({}, "version: 0.1\nlog:\n  level: loud\n", "log.level"),
         ({}, "version: 0.1\nstorage: [\n", "invalid YAML"),
+        # refused registry:3 keys (registry/config/keys.py) and S3 variables without s3
+        ({}, "version: 0.1\nstorage: inmemory\nproxy:\n  remoteurl: https://registry-1.docker.io\n",
+         "proxy: not supported: pull-through caching is not supported yet (issue 16)"),
+        ({"REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL": "a@b.c"}, "version: 0.1\nstorage: inmemory\n",
+         "http.tls.letsencrypt: not supported: Let's Encrypt needs the network"),
+        ({"REGISTRY_STORAGE_S3_BUCKET": "forgot"}, "version: 0.1\nstorage:\n  filesystem: {}\n",
+         ("REGISTRY_STORAGE_S3_* variables are set (REGISTRY_STORAGE_S3_BUCKET) but the storage"
+         " driver is filesystem; set REGISTRY_STORAGE=s3")),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, env, text, message):
@@ -142,12 +151,6 @@ def test_two_drivers_from_file_and_env_fail_with_the_reference_message(tmp_path:
     out = subprocess.run([sys.executable, "-m", "registry", "serve", str(cfg)], env=_env(), capture_output=True, text=True, check=False, timeout=30)
     assert out.returncode == 2
     assert "multiple storage drivers specified: filesystem, s3" in out.stderr
-
-
-def test_s3_variables_without_selecting_s3_warn(tmp_path: Path):
-    with _Serving(tmp_path, REGISTRY_STORAGE_S3_BUCKET="forgot", REGISTRY_HTTP_WORKERS="1") as srv:
-        pass
-    assert "REGISTRY_STORAGE=s3" in srv.log
 
 
 def test_unwritable_storage_is_one_line_at_startup(tmp_path: Path):
@@ -219,3 +222,19 @@ def test_bad_s3_options_are_one_line_and_exit_2(tmp_path: Path, env, key):
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0], out.stderr
+
+
+def test_inmemory_storage_serves_with_one_worker_so_pushes_stay_visible(tmp_path: Path):
+    # Two workers would each hold their own in-memory store: a blob pushed through one
+    # would be 404 on the other. Forced to one worker, with a warning (issue 15, item 4).
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("version: 0.1\nstorage: inmemory\n")
+    with _Serving(tmp_path, str(cfg), REGISTRY_HTTP_WORKERS="2") as srv:
+        data = b"in memory"
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = httpx.post(f"{srv.url}/v2/mem/blobs/uploads/", params={"digest": d}, content=data, timeout=10)
+        assert r.status_code == 201, r.text
+        for _ in range(8):  # a new connection each time: any worker could answer
+            assert httpx.get(f"{srv.url}/v2/mem/blobs/{d}", timeout=10).content == data
+    assert "(1 worker)" in srv.log
+    assert "storage.inmemory: each worker process would have its own store" in srv.log

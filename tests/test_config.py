@@ -270,7 +270,7 @@ BAD_CONFIGS: list[tuple[str, str | None, dict[str, str], str]] = [
         "unsupported-driver",
         V + "storage: {azure: {accountname: a}}\n",
         {},
-        "storage: unsupported storage driver 'azure' (supported: filesystem, inmemory, s3)",
+        "storage.azure: not supported: use the filesystem or s3 driver",
     ),
     (
         "driver-params-not-a-mapping",
@@ -365,8 +365,8 @@ BAD_CONFIGS: list[tuple[str, str | None, dict[str, str], str]] = [
     (
         "int-minimum",
         None,
-        {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": "0"},
-        "storage.tag.concurrencylimit: must be at least 1, got 0",
+        {"REGISTRY_STORAGE_TAG_CONCURRENCYLIMIT": "-1"},
+        "storage.tag.concurrencylimit: must be at least 0, got -1",
     ),
     ("workers", None, {"REGISTRY_HTTP_WORKERS": "-1"}, "http.workers: must be at least 0, got -1"),
     (
@@ -425,9 +425,9 @@ BAD_CONFIGS: list[tuple[str, str | None, dict[str, str], str]] = [
     ),
     (
         "free-section-type",
-        V + "redis: localhost:6379\n",
+        V + "catalog: 5\n",
         {},
-        "redis: expected a mapping, got 'localhost:6379'",
+        "catalog: expected a mapping, got 5",
     ),
     (
         "env-yaml",
@@ -467,16 +467,14 @@ def test_missing_file(tmp_path: Path) -> None:
 FS_FILE = (
     V + "storage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  delete: {enabled: true}\n"
 )
-S3_IGNORED = (
+S3_REFUSED = (
     "REGISTRY_STORAGE_S3_* variables are set (REGISTRY_STORAGE_S3_BUCKET,"
-    " REGISTRY_STORAGE_S3_REGION) but the storage driver is filesystem, so they are ignored;"
-    " set REGISTRY_STORAGE=s3 to use the s3 driver"
+    " REGISTRY_STORAGE_S3_REGION) but the storage driver is filesystem; set"
+    " REGISTRY_STORAGE=s3 to use the s3 driver, or unset them"
 )
 S3_VARS = {"REGISTRY_STORAGE_S3_BUCKET": "b", "REGISTRY_STORAGE_S3_REGION": "auto"}
 
 WARNING_CASES: list[tuple[str, str | None, dict[str, str], str, list[str]]] = [
-    ("s3-vars-over-file-filesystem", FS_FILE, S3_VARS, "filesystem", [S3_IGNORED]),
-    ("s3-vars-over-default-filesystem", None, S3_VARS, "filesystem", [S3_IGNORED]),
     ("s3-selected", FS_FILE, {**S3_VARS, "REGISTRY_STORAGE": "s3"}, "s3", []),
     ("s3-only-section", V + "storage: {delete: {enabled: true}}\n", S3_VARS, "s3", []),
     (
@@ -513,8 +511,8 @@ WARNING_CASES: list[tuple[str, str | None, dict[str, str], str, list[str]]] = [
         V
         + "log: {accesslog: {disabled: true}, fields: {service: registry}}\n"
         + "http: {net: tcp, http2: {disabled: false}, debug: {addr: ':5001'}}\n"
-        + "redis: {addr: 'r:6379'}\nproxy: {remoteurl: 'https://registry-1.docker.io'}\n"
-        + "catalog: {maxentries: 100}\nmiddleware: {}\nreporting: {}\ncompatibility: {}\n",
+        + "catalog: {maxentries: 100}\nmiddleware: {}\nproxy:\nredis: {}\n"
+        + "storage: {filesystem: {}, cache: {blobdescriptor: inmemory, blobdescriptorsize: 5}}\n",
         {},
         "filesystem",
         [],
@@ -545,10 +543,13 @@ def test_warnings(
     assert drivers == {driver}
 
 
-def test_s3_vars_ignored_keep_the_file_settings(tmp_path: Path) -> None:
-    config, _ = load_config(write(tmp_path, FS_FILE), S3_VARS)
-    assert config.storage.params == {"rootdirectory": "/var/lib/registry"}
-    assert config.storage.delete_enabled is True
+@pytest.mark.parametrize("text", [FS_FILE, None], ids=["file-filesystem", "default-filesystem"])
+def test_s3_vars_without_storage_s3_stop_startup_end_5(tmp_path: Path, text: str | None) -> None:
+    # v3 stops too ("multiple storage drivers specified in configuration or environment")
+    path = write(tmp_path, text) if text is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_config(path, S3_VARS)
+    assert str(info.value) == S3_REFUSED
 
 
 # --- durations and sizes ---------------------------------------------------------------------
@@ -729,6 +730,7 @@ def test_full_file(tmp_path: Path) -> None:
         redirect_disable=True,
         cache={"blobdescriptor": "inmemory"},
         tag_concurrencylimit=8,
+        blobdescriptor="inmemory",
     )
     assert config.http == HttpConfig(
         addr="0.0.0.0:5000",
@@ -900,4 +902,5 @@ def test_load_config_is_deterministic_and_reads_no_process_env(
     monkeypatch.setenv("REGISTRY_HTTP_ADDR", ":9999")
     config, _ = load_config(None, {})
     assert config.http.addr == ":5000"
-    assert load_config(None, S3_VARS) == load_config(None, dict(reversed(S3_VARS.items())))
+    s3 = {**S3_VARS, "REGISTRY_STORAGE": "s3"}
+    assert load_config(None, s3) == load_config(None, dict(reversed(s3.items())))

@@ -626,3 +626,29 @@ def _on_tmpfs(path: Path) -> bool:
             if str(path).startswith(mnt) and len(mnt) > len(best):
                 best, fstype = mnt, kind
     return fstype == "tmpfs"
+
+
+async def test_header_names_go_out_in_gos_canonical_case(registry: int) -> None:
+    """registry:3 (Go's net/http) writes `Docker-Content-Digest`, and users grep `curl -I`
+    output for it case-sensitively (issue 15): the names on the wire are canonical, on
+    answers from the app and on errors the loop writes itself."""
+    digest = await _push(registry, "h1/case", b"case" * 100)
+
+    def head_of(request: bytes) -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", registry), timeout=BOUND) as s:
+            s.sendall(request)
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                chunk = s.recv(65536)
+                assert chunk, raw
+                raw += chunk
+        return [line.split(b":")[0] for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+
+    names = await _in_thread(
+        head_of, b"HEAD /v2/h1/case/blobs/%s HTTP/1.1\r\nHost: t\r\n\r\n" % digest.encode()
+    )
+    for name in (b"Docker-Content-Digest", b"Content-Length", b"Docker-Distribution-Api-Version", b"Date"):
+        assert name in names, names
+    assert all(n == b"-".join(w.capitalize() for w in n.split(b"-")) for n in names), names
+    names = await _in_thread(head_of, b"GET /v2/ HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n")
+    assert b"Content-Type" in names and b"Connection" in names, names

@@ -13,7 +13,8 @@ Modules, in the order a load runs through them::
     durations.py  Go durations and byte sizes
     reader.py     Node: typed getters raising ConfigError naming the dotted key; freeze()
     params.py     driver / auth-scheme parameter sections (what config must know of them)
-    schema.py     the known keys, for "unknown configuration key" warnings
+    keys.py       every registry:3 key: supported / refused / ours; refuses set refused keys
+    schema.py     the known keys (from keys.py), for "unknown configuration key" warnings
     build.py      one builder per section (storage, http, auth, log, validation, gc) and
                   load_config, the pipeline
 

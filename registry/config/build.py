@@ -3,12 +3,14 @@ read the file (loader.py), apply ``REGISTRY_*`` overrides (env.py), build each s
 with typed reads (reader.py, params.py), then warn about unknown keys (schema.py).
 
 Driver sections created only by ``REGISTRY_STORAGE_<DRIVER>_*`` while another driver is
-selected are dropped with a warning that says to set ``REGISTRY_STORAGE=<driver>``; the
-reference would refuse to start with "multiple storage drivers".
+selected stop start-up with a line that says to set ``REGISTRY_STORAGE=<driver>`` (the
+reference refuses to start too, with "multiple storage drivers"). A key that keys.py refuses
+stops start-up; ``storage: inmemory`` serves with one worker (each would have its own store).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -24,9 +26,12 @@ from .env import (
     normalise_selectors,
     storage_drivers,
 )
+from .keys import check_refused
 from .loader import read_file
 from .model import (
     AUTH_SCHEMES,
+    BLOBDESCRIPTOR_SIZE,
+    CATALOG_MAXENTRIES,
     DEFAULT_ROOTDIRECTORY,
     INDEX_PLATFORMS,
     LOG_FORMATTERS,
@@ -83,8 +88,21 @@ def _build_storage(root: Node) -> StorageConfig:
         ),
         redirect_disable=storage.section("redirect").get_bool("disable", False),
         cache=freeze(storage.section("cache").data),
-        tag_concurrencylimit=storage.section("tag").get_int("concurrencylimit", 100, minimum=1),
+        blobdescriptor=_blobdescriptor(storage.section("cache")),
+        blobdescriptorsize=storage.section("cache").get_int(
+            "blobdescriptorsize", BLOBDESCRIPTOR_SIZE, minimum=0
+        ),
+        # The reference: 0 (or unset) means its default (GOMAXPROCS); ours is 100.
+        tag_concurrencylimit=storage.section("tag").get_int("concurrencylimit", 0, minimum=0)
+        or 100,
     )
+
+
+def _blobdescriptor(cache: Node) -> str | None:
+    """``storage.cache.blobdescriptor`` (or its old name ``layerinfo``): "inmemory" or None.
+    keys.py has refused every other value already."""
+    value = cache.get_str("blobdescriptor", None) or cache.get_str("layerinfo", None)
+    return value.lower() if value else None
 
 
 # http.prefix without its outer slashes: segments of URL path characters that need no
@@ -218,14 +236,34 @@ def _build_validation(root: Node) -> ValidationConfig:
     urls = manifests.section("urls")
     # The reference: the deprecated `enabled: true` wins over `disabled`.
     enabled = validation.get_bool("enabled", False)
+    indexes = manifests.section("indexes")
     return ValidationConfig(
         disabled=validation.get_bool("disabled", False) and not enabled,
         manifests_urls_allow=_patterns(urls, "allow"),
         manifests_urls_deny=_patterns(urls, "deny"),
-        indexes_platforms=manifests.section("indexes").get_choice(
+        indexes_platforms=indexes.get_choice(
             "platforms", "all", {p: p for p in INDEX_PLATFORMS}, "platforms setting"
         ),
+        indexes_platformlist=_platforms(indexes),
     )
+
+
+def _platforms(indexes: Node) -> tuple[tuple[str, str], ...]:
+    """``validation.manifests.indexes.platformlist``: (architecture, os) pairs."""
+    raw = indexes.data.get("platformlist")
+    if raw is None:
+        return ()
+    key = indexes.key("platformlist")
+    if not isinstance(raw, list):
+        raise ConfigError(f"{key}: expected a list of {{architecture, os}} mappings")
+    out = []
+    for i, item in enumerate(raw):
+        entry = Node(item, f"{key}.{i}")
+        arch, os_ = entry.get_str("architecture", None), entry.get_str("os", None)
+        if not arch or not os_:
+            raise ConfigError(f"{key}.{i}: needs both architecture and os")
+        out.append((arch, os_))
+    return tuple(out)
 
 
 def _build_gc(root: Node) -> GCConfig:
@@ -244,8 +282,10 @@ def _build(tree: dict[str, Any]) -> Config:
     version = root.get_str("version", "0.1")
     if version != "0.1":
         raise ConfigError(f"version: unsupported configuration version {version!r} (expected 0.1)")
-    for free in ("redis", "reporting", "middleware", "proxy", "compatibility", "catalog"):
-        root.section(free)  # type check only: later code reads these from Config.raw
+    for free in ("redis", "middleware", "proxy"):
+        root.section(free)  # type check only: keys.py refuses them when set
+    catalog = root.section("catalog")
+    maxentries = catalog.get_int("maxentries", 0, minimum=-(2**63))
     tree["version"] = version  # the text, not YAML's float 0.1
     return Config(
         version=version,
@@ -257,6 +297,8 @@ def _build(tree: dict[str, Any]) -> Config:
         notifications=freeze(root.section("notifications").data),
         health=freeze(root.section("health").data),
         gc=_build_gc(root),
+        # The reference: an empty, zero or negative value means its default, 1000.
+        catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
         raw=freeze(tree),
     )
 
@@ -285,17 +327,29 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
     storage = merged.get("storage")
     drivers = storage_drivers(storage)
     kept = [d for d in drivers if d in chosen]
+    if len(kept) > 1:  # the file's own two drivers are the error to report
+        raise ConfigError(f"multiple storage drivers specified: {', '.join(kept)}")
     if kept and isinstance(storage, dict):
         for stray in (d for d in drivers if d not in chosen):
             prefix = f"{ENV_PREFIX}STORAGE_{stray.upper()}_"
             names = ", ".join(sorted(n for n in environ if n.startswith(prefix[:-1])))
-            warnings.append(
+            # The reference refuses to start here ("multiple storage drivers specified in
+            # configuration or environment"); we say which variables and what to do.
+            raise ConfigError(
                 f"{prefix}* variables are set ({names}) but the storage driver is"
-                f" {', '.join(kept)}, so they are ignored; set REGISTRY_STORAGE={stray} to use"
-                f" the {stray} driver"
+                f" {', '.join(kept)}; set REGISTRY_STORAGE={stray} to use the {stray} driver,"
+                f" or unset them"
             )
-            del storage[stray]
+    check_refused(merged)
     fill_s3_credentials(merged, environ)  # AWS_* variables, the shared credentials file
     config = _build(merged)
     warnings.extend(unknown_keys(merged, SCHEMA, ""))
+    if config.storage.driver == "inmemory" and config.http.workers != 1:
+        # Each worker process would hold its own store: a push to one is missing from the
+        # next request's worker. One worker keeps the in-memory registry coherent.
+        warnings.append(
+            "storage.inmemory: each worker process would have its own store; serving with"
+            " one worker (http.workers: 1)"
+        )
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, workers=1))
     return config, warnings

@@ -28,6 +28,8 @@ TLS_CLIENT_AUTH = (
     "require-and-verify-client-cert",
 )
 HOUR = 3600.0  # seconds
+CATALOG_MAXENTRIES = 1000  # the reference's default largest page of /v2/_catalog
+BLOBDESCRIPTOR_SIZE = 10_000  # the reference's default number of cached blob descriptors
 
 
 class ConfigError(Exception):
@@ -68,6 +70,8 @@ class StorageConfig:
     redirect_disable: bool = False
     cache: Mapping[str, Any] = field(default_factory=_empty)
     tag_concurrencylimit: int = 100
+    blobdescriptor: str | None = None  # storage.cache.blobdescriptor: "inmemory" or None
+    blobdescriptorsize: int = BLOBDESCRIPTOR_SIZE  # cached descriptors per worker; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class ValidationConfig:
     manifests_urls_allow: tuple[str, ...] = ()
     manifests_urls_deny: tuple[str, ...] = ()
     indexes_platforms: str = "all"  # all | list | none
+    indexes_platformlist: tuple[tuple[str, str], ...] = ()  # (architecture, os) for "list"
 
 
 @dataclass(frozen=True)
@@ -137,4 +142,5 @@ class Config:
     notifications: Mapping[str, Any] = field(default_factory=_empty)
     health: Mapping[str, Any] = field(default_factory=_empty)
     gc: GCConfig = field(default_factory=GCConfig)
+    catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
     raw: Mapping[str, Any] = field(default_factory=_empty)

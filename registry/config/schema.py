@@ -1,54 +1,46 @@
 """The known configuration keys, for "unknown configuration key" warnings (never errors:
-the reference ignores keys it does not know, and configs written for it must load)."""
+the reference ignores keys it does not know, and configs written for it must load).
+
+Derived from the one table of keys, keys.py: a key listed there is known, and so is
+everything below it (its owner checks what lies below). ``storage.s3`` and ``auth.token``
+are free-form here: the S3 driver and the token scheme warn about their own unknown keys.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .keys import KEYS
 from .params import PARAM_SECTIONS
 
+FREE_FORM = ("storage.s3", "auth.token")  # their owners warn about unknown keys below
 
-def _keys(leaves: str = "", **sections: Any) -> dict[str, Any]:
-    """A schema node: space-separated leaf keys map to None (not checked further), keyword
-    arguments to the schema of a section."""
-    return dict.fromkeys(leaves.split()) | sections
+
+def _schema() -> dict[str, Any]:
+    """A nested dict: a section maps to the schema of its keys; None = not checked below."""
+    root: dict[str, Any] = {}
+    for entry in KEYS:
+        parts = entry.key.split("[]", 1)[0].split(".")
+        node = root
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is None:
+                break
+            node = child
+        else:
+            node.setdefault(parts[-1], None)
+    for dotted in FREE_FORM:
+        *parents, last = dotted.split(".")
+        node = root
+        for part in parents:
+            node = node[part]
+        node[last] = None
+    return root
 
 
 # Known keys, for "unknown configuration key" warnings. None: free-form below this key.
-SCHEMA = _keys(
-    "version loglevel notifications health redis reporting middleware proxy compatibility"
-    " catalog policy",
-    log=_keys("level formatter fields hooks reportcaller", accesslog=_keys("disabled")),
-    storage=_keys(
-        "cache s3",
-        delete=_keys("enabled"),
-        maintenance=_keys(
-            uploadpurging=_keys("enabled age interval dryrun"), readonly=_keys("enabled")
-        ),
-        redirect=_keys("disable"),
-        tag=_keys("concurrencylimit"),
-        filesystem=_keys("rootdirectory maxthreads"),
-        inmemory=_keys(),
-    ),
-    http=_keys(
-        "addr net host prefix secret relativeurls draintimeout workers headers"
-        " headertimeout bodytimeout minbodyrate maxconnections",
-        tls=_keys(
-            "certificate key clientcas clientauth minimumtls ciphersuites",
-            letsencrypt=_keys("cachefile email hosts directoryurl"),
-        ),
-        debug=_keys("addr", prometheus=_keys("enabled path")),
-        http2=_keys("disabled"),
-        h2c=_keys("enabled"),
-    ),
-    auth=_keys("token none", htpasswd=_keys("realm path"), silly=_keys("realm service")),
-    validation=_keys(
-        "enabled disabled",
-        manifests=_keys(urls=_keys("allow deny"), indexes=_keys("platforms platformlist")),
-    ),
-    gc=_keys("interval graceperiod deleteuntagged", online=_keys("enabled")),
-)
+SCHEMA = _schema()
 
 
 def unknown_keys(data: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> Iterator[str]:

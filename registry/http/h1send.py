@@ -36,6 +36,24 @@ _STATUS_LINES = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
 }
 
+# Header names as Go's net/http writes them (CanonicalMIMEHeaderKey: each word capitalised,
+# "docker-content-digest" -> "Docker-Content-Digest"). Names are case-insensitive, but
+# registry:3 users grep for `Docker-Content-Digest` in `curl -I` output. The app's names
+# are a small fixed set; the cache bound keeps a config's odd extra headers from growing it.
+CANONICAL_CACHE_ENTRIES = 256
+_canonical: dict[bytes, bytes] = {}
+
+
+def canonical(name: bytes) -> bytes:
+    """``name`` with each hyphen-separated word capitalised (Go's canonical form)."""
+    out = _canonical.get(name)
+    if out is None:
+        out = b"-".join(w[:1].upper() + w[1:].lower() for w in name.split(b"-"))
+        if len(_canonical) < CANONICAL_CACHE_ENTRIES:
+            _canonical[name] = out
+    return out
+
+
 class _Date:
     """The Date header line, formatted at most once per second (it costs ~5 us)."""
 
@@ -46,7 +64,7 @@ class _Date:
     def header(cls) -> bytes:
         now = int(time.time())
         if now != cls.second:
-            cls.line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+            cls.line = b"Date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
             cls.second = now
         return cls.line
 
@@ -59,8 +77,8 @@ def status_line(status: int) -> bytes:
 def error_bytes(status: int, message: str, code: ErrorCode = ErrorCode.UNSUPPORTED) -> bytes:
     """A whole closing answer with the OCI error envelope, for errors outside the app."""
     headers, body = error_answer(RegistryError(code, message, status=status))
-    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
-    return b"%s%s%sconnection: close\r\n\r\n%s" % (status_line(status), head, _Date.header(), body)
+    head = b"".join(b"%s: %s\r\n" % (canonical(name), value) for name, value in headers)
+    return b"%s%s%sConnection: close\r\n\r\n%s" % (status_line(status), head, _Date.header(), body)
 
 
 
@@ -151,21 +169,21 @@ class ResponseWriter:
                 close = True
             elif lname == b"date":
                 date = True
-            parts.append(b"%s: %s\r\n" % (name, value))
+            parts.append(b"%s: %s\r\n" % (canonical(name), value))
         if not date:
             parts.append(_Date.header())
         no_body = self._is_head or status in _NO_BODY_STATUS or status < 200
         if length is None and not no_body:
             if self._version == "1.1":
                 self._chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self._close_after = True  # HTTP/1.0: the body ends with the connection
         self._left = None if no_body else length
         if self._close_after or not self._keep_alive or self._terminating:
             self._close_after = True
             if not close:
-                parts.append(b"connection: close\r\n")
+                parts.append(b"Connection: close\r\n")
         elif close:
             self._close_after = True
         parts.append(b"\r\n")

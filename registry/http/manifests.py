@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from ..digest import Digest
+from ..digest import Digest, DigestError
 from ..errors import ErrorCode, RegistryError
 from ..reference import is_valid_tag
 from ..storage.manifests import MAX_MANIFEST_BYTES, OCI_INDEX
@@ -19,11 +19,24 @@ from .responses import Response, json_response
 MAX_PAGE = 10_000  # largest n a client may ask for in one page
 
 
-def parse_reference(value: str) -> str | Digest:
+def parse_reference(value: str, *, put: bool = False) -> str | Digest:
+    """The tag or digest a manifest URL names.
+
+    One that is neither answers 404 MANIFEST_UNKNOWN, as registry:3 does (its router has
+    no route for it; the OCI conformance suite asks 404 for ``.INVALID_MANIFEST_NAME``):
+    no such manifest can exist. Only a PUT naming a malformed digest is 400 DIGEST_INVALID,
+    as registry:3 answers it (where its GET/HEAD/DELETE answer 500)."""
     if ":" in value:
-        return parse_digest(value)
+        if put:
+            return parse_digest(value)
+        try:
+            return Digest.parse(value)
+        except DigestError:
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, "invalid digest", {"digest": value[:200]}
+            ) from None
     if not is_valid_tag(value):
-        raise RegistryError(ErrorCode.MANIFEST_INVALID, "invalid tag", {"tag": value[:200]})
+        raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, "invalid tag", {"tag": value[:200]})
     return value
 
 
@@ -45,7 +58,7 @@ async def get_manifest(svc: Services, req: Request) -> Response:
 
 async def put_manifest(svc: Services, req: Request) -> Response:
     name = req.params["name"]
-    ref = parse_reference(req.params["reference"])
+    ref = parse_reference(req.params["reference"], put=True)
     length = parse_content_length(req.headers.get("content-length"))
     if length is not None and length > MAX_MANIFEST_BYTES:
         raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
@@ -106,7 +119,19 @@ async def tags(svc: Services, req: Request) -> Response:
 
 
 async def catalog(svc: Services, req: Request) -> Response:
+    """A page of at most ``catalog.maxentries`` repositories (the reference's cap; its
+    default 1000): without ``n`` the page is that size, with a Link when more follow; an
+    ``n`` above it is 400 PAGINATION_NUMBER_INVALID, as the reference answers."""
     n, last = _page_params(req)
+    cap = svc.options.catalog_max_entries
+    if n is not None and n > cap:
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"n must be at most {cap} (catalog.maxentries)",
+            {"n": n},
+        )
+    if n is None:
+        n = cap
     repos = await svc.storage.catalog()
     page, more = paginate(repos, n, last)
     headers = []

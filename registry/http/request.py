@@ -45,6 +45,7 @@ class AppOptions:
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # http.headers
     chunk_min_length: int | None = None  # OCI-Chunk-Min-Length hint (S3 part size)
     access_log: bool = True
+    catalog_max_entries: int = 1000  # catalog.maxentries: the largest catalog page (n)
 
 
 Handler = Callable[["Services", "Request"], Awaitable[Response]]

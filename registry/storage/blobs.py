@@ -1,7 +1,18 @@
-"""Blobs: content-addressed bytes under ``blobs/`` plus per-repository links (SPEC Pull 5-6)."""
+"""Blobs: content-addressed bytes under ``blobs/`` plus per-repository links (SPEC Pull 5-6).
+
+The blob descriptor cache (``storage.cache.blobdescriptor: inmemory``, the reference's key):
+a per-process map digest -> size, bounded to ``blobdescriptorsize`` entries (least recently
+used go first; 0 = no bound, as the reference). A digest's size never changes (content
+addressing), so an entry can only go stale by the blob being deleted, and only garbage
+collection deletes blobs, after or together with every repository link to them. So the
+cache answers only :meth:`BlobStore.stat_in_repo`, after its link check (never cached) has
+passed; existence checks that create references (mounts, manifest pushes, upload commits)
+always ask storage.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import BinaryIO
@@ -33,10 +44,15 @@ async def read_link(driver: Driver, path: str) -> Digest | None:
 
 
 class BlobStore:
-    """Blob existence, linking and reading. Owns nothing but the driver reference."""
+    """Blob existence, linking and reading. Owns the driver reference and the blob
+    descriptor cache: ``descriptor_cache`` None = no cache, 0 = unbounded, n = n entries."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, descriptor_cache: int | None = None) -> None:
         self.driver = driver
+        self._sizes: OrderedDict[Digest, int] | None = (
+            OrderedDict() if descriptor_cache is not None else None
+        )
+        self._max_sizes = descriptor_cache or 0
 
     async def size(self, d: Digest) -> int | None:
         """Size of the global blob, or None if absent."""
@@ -61,9 +77,17 @@ class BlobStore:
         """Size of blob ``d`` as seen from repo ``name``; BLOB_UNKNOWN if not linked or gone."""
         if not await self.is_linked(name, d):
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)})
+        sizes = self._sizes
+        if sizes is not None and d in sizes:
+            sizes.move_to_end(d)
+            return sizes[d]
         size = await self.size(d)
         if size is None:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(d)})
+        if sizes is not None:
+            sizes[d] = size
+            if self._max_sizes and len(sizes) > self._max_sizes:
+                sizes.popitem(last=False)
         return size
 
     async def link(self, name: str, d: Digest) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -75,15 +76,23 @@ class _LRUBytes:
 
 class ManifestStore:
     """Manifests of every repository on ``driver``; one per app (it owns the caches).
-    Layer URLs of pushed manifests are held to `url_rules` (validation.manifests.urls)."""
+    Layer URLs of pushed manifests are held to `url_rules` (validation.manifests.urls).
+
+    Which child manifests of a pushed index must exist (validation.manifests.indexes, the
+    reference's rules): `index_children` "all" (every one), "none" (none: the reference's
+    experimental option), or "list" (only children whose platform's (architecture, os) is
+    in `index_platforms`; every child when that list is empty)."""
 
     def __init__(
-        self, driver: Driver, blobs: BlobStore, tags: TagStore, url_rules: URLRules = NO_URL_LISTS
+        self, driver: Driver, blobs: BlobStore, tags: TagStore, url_rules: URLRules = NO_URL_LISTS,
+        *, index_children: str = "all", index_platforms: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.tags = tags
         self.url_rules = url_rules
+        self.index_children = index_children
+        self.index_platforms = frozenset(index_platforms)
         self._manifest_bytes = _LRUBytes(MANIFEST_CACHE_BYTES)
         self._summaries: OrderedDict[Digest, ManifestSummary] = OrderedDict()
 
@@ -172,6 +181,15 @@ class ManifestStore:
         self._manifest_bytes.put(d, (body, parsed.media_type))
         return d, parsed
 
+    def _must_exist(self, platform: Mapping[str, Any] | None) -> bool:
+        """Must an index child with this ``platform`` exist in the repository?"""
+        if self.index_children == "none":
+            return False
+        if self.index_children == "all" or not self.index_platforms:
+            return True
+        p = platform or {}
+        return (p.get("architecture"), p.get("os")) in self.index_platforms
+
     async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
         missing: list[Digest] = []
         limiter = trio.CapacityLimiter(REFERENCE_CHECK_CONCURRENCY)
@@ -189,7 +207,8 @@ class ManifestStore:
         async with trio.open_nursery() as nursery:
             for desc in dict.fromkeys(x.digest for x in parsed.blobs):
                 nursery.start_soon(check_blob, desc)
-            for desc in dict.fromkeys(x.digest for x in parsed.manifests):
+            children = [x for x in parsed.manifests if self._must_exist(x.platform)]
+            for desc in dict.fromkeys(x.digest for x in children):
                 nursery.start_soon(check_manifest, desc)
         if missing:
             missing.sort(key=str)

@@ -62,12 +62,21 @@ class Storage:
         *,
         tag_concurrency: int = 100,
         manifest_urls: URLRules = NO_URL_LISTS,
+        blob_descriptor_cache: int | None = None,
+        index_children: str = "all",
+        index_platforms: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        """``blob_descriptor_cache``: None = no blob descriptor cache, 0 = unbounded,
+        n = at most n entries (storage.cache, see blobs.py). ``index_children`` and
+        ``index_platforms``: which children of a pushed index must exist (ManifestStore)."""
         self.driver = driver
-        self.blobs = BlobStore(driver)
+        self.blobs = BlobStore(driver, blob_descriptor_cache)
         self.uploads = Uploads(driver, self.blobs)
         self.tags = TagStore(driver, tag_concurrency)
-        self.manifests = ManifestStore(driver, self.blobs, self.tags, manifest_urls)
+        self.manifests = ManifestStore(
+            driver, self.blobs, self.tags, manifest_urls,
+            index_children=index_children, index_platforms=index_platforms,
+        )
 
     async def catalog(self) -> list[str]:
         """Repositories with manifests, sorted, as the reference lists them. One ``list``
