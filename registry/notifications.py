@@ -49,6 +49,7 @@ import trio
 
 from .config import ConfigError, duration_setting
 from .http.routes import BLOB, MANIFEST
+from .http.urls import route_root
 from .ops.exchange import UPLOAD_EVENTS, EventKind, Exchange
 
 log = logging.getLogger("registry.notifications")
@@ -229,6 +230,7 @@ class Notifier:
     endpoints: list[Endpoint]
     source_addr: str = field(default_factory=socket.gethostname)
     base_url: str = ""
+    prefix: str = ""  # http.prefix, as in the API's own URLs (http/urls.py route_root)
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     transport: httpx.AsyncBaseTransport | None = None  # tests may inject one
 
@@ -244,6 +246,7 @@ class Notifier:
         if not self.sinks:
             return
         base = self.base_url or f"http://{ex.request_headers.get('host', 'localhost')}"
+        base += self.prefix
         event = event_for(ex, self.source, base)
         if event is None:
             return
@@ -312,4 +315,5 @@ def build_notifier(config: Any) -> Notifier | None:
     base = config.http.host.rstrip("/") if config.http.host else ""
     addr = config.http.addr
     host = addr if not addr.startswith(":") else f"{socket.gethostname()}{addr}"
-    return Notifier(endpoints, source_addr=host, base_url=base)
+    prefix = route_root(config.http.host, config.http.prefix)
+    return Notifier(endpoints, source_addr=host, base_url=base, prefix=prefix)

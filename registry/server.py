@@ -30,10 +30,11 @@ from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .cpuquota import auto_workers
 from .drivers import make_driver
-from .http import conn, connections, deadlines, h2proto, h11proto, upgrades
+from .http import conn, connections, deadlines, h2proto, h11proto, listen, upgrades
 from .http.app import AppOptions, RegistryApp
 from .http.ratelimit import RateLimiter, build_ratelimiter
 from .http.request import Request
+from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
@@ -135,11 +136,7 @@ def _gate(limiter: RateLimiter | None, authenticate: Authenticator | None) -> An
     return gate
 
 
-def bind_address(addr: str) -> str:
-    host, _, port = addr.rpartition(":")
-    if not host:
-        host = "0.0.0.0"
-    return f"{host}:{port or 5000}"
+bind_address = listen.bind_address  # ":5000" -> "0.0.0.0:5000" (run() listens dual-stack)
 
 
 def connection_limits(config: Config) -> deadlines.ConnLimits:
@@ -153,6 +150,7 @@ def connection_limits(config: Config) -> deadlines.ConnLimits:
 
 
 def hypercorn_config(config: Config) -> HyperConfig:
+    """Hypercorn's settings for ``config``; loads the TLS files (ConfigError if unusable)."""
     hc = conn.ServerConfig(connection_limits(config))
     hc.bind = [bind_address(config.http.addr)]
     hc.accesslog = None
@@ -171,13 +169,21 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hc.max_app_queue_size = 2
     hc.include_server_header = False
     hc.include_date_header = True
-    if config.http.tls_certificate and config.http.tls_key:
-        hc.certfile = config.http.tls_certificate
-        hc.keyfile = config.http.tls_key
     # HTTP/2: over TLS by ALPN unless http.http2.disabled; cleartext only with http.h2c.enabled
     # (both the reference's keys). Hostile h2 traffic is screened by http/h2proto.py.
     hc.alpn_protocols = ["http/1.1"] if config.http.http2_disabled else ["h2", "http/1.1"]
+    h = config.http
+    if h.tls_certificate and h.tls_key:
+        try:
+            hc.use_tls(TLSSettings(
+                h.tls_certificate, h.tls_key, clientcas=h.tls_clientcas,
+                clientauth=h.tls_clientauth, minimumtls=h.tls_minimumtls,
+                ciphersuites=h.tls_ciphersuites,
+            ))
+        except TLSConfigError as e:
+            raise ConfigError(str(e)) from None
     hc.h2c_enabled = config.http.h2c_enabled
+    hc.root_path = config.http.prefix  # the app routes below it (http/app.py)
     tune_hypercorn()
     return hc
 
@@ -254,30 +260,30 @@ def _debug_sockets(config: Config) -> Any:
     if not config.http.debug_addr:
         return None
     dhc = HyperConfig()
-    dhc.bind = [bind_address(config.http.debug_addr)]
-    debug = dhc.create_sockets()
+    debug = listen.create_sockets(dhc, config.http.debug_addr)  # dual-stack, as Go's
     for sock in debug.insecure_sockets:
         sock.listen(dhc.backlog)
         host, port, *_ = sock.getsockname()
-        log.info("debug listener on http://%s:%d", host, port)
+        log.info("debug listener on http://%s", listen.display(host, port))
     return debug
 
 
 def run(config: Config) -> int:
     try:  # fail before forking: a missing htpasswd file is a one-line startup error
         _check_startup(config)
+        hc = hypercorn_config(config)
     except ConfigError as e:
         print(f"registry: configuration error: {e}", file=sys.stderr)
         return 2
-    hc = hypercorn_config(config)
-    sockets = hc.create_sockets()
+    sockets = listen.create_sockets(hc, config.http.addr)  # ":5000": IPv4 and IPv6, as Go's
     for sock in sockets.secure_sockets + sockets.insecure_sockets:
         sock.listen(hc.backlog)
     bound = [s.getsockname() for s in sockets.secure_sockets + sockets.insecure_sockets]
     scheme = "https" if sockets.secure_sockets else "http"
     n = worker_count(config)
     for host, port, *_ in bound:
-        log.info("registry listening on %s://%s:%d (%d worker%s)", scheme, host, port, n, "s" * (n > 1))
+        log.info("registry listening on %s://%s (%d worker%s)", scheme, listen.display(host, port),
+                 n, "s" * (n > 1))
     debug = _debug_sockets(config)
     multiprocess_dir = None
     if config.http.debug_prometheus_enabled and n > 1:

@@ -37,6 +37,8 @@ from .model import (
     LOG_FORMATTERS,
     LOG_LEVELS,
     STORAGE_DRIVERS,
+    TLS_CLIENT_AUTH,
+    TLS_VERSIONS,
     AuthConfig,
     Config,
     ConfigError,
@@ -103,6 +105,9 @@ def _blobdescriptor(cache: Node) -> str | None:
     return value.lower() if value else None
 
 
+# http.prefix without its outer slashes: segments of URL path characters that need no
+# percent-encoding (the router compares it with the raw path), no empty, . or .. segment.
+_PREFIX = re.compile(r"(?!\.\.?(/|$))[A-Za-z0-9._~-]+(/(?!\.\.?(/|$))[A-Za-z0-9._~-]+)*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field name
 
 
@@ -132,12 +137,29 @@ def _build_http(root: Node) -> HttpConfig:
                 f" got {host!r}"
             )
     prefix = (http.get_str("prefix", "") or "").strip("/")
+    if prefix and not _PREFIX.fullmatch(prefix):
+        raise ConfigError(
+            f"http.prefix: {http.get_str('prefix', '')!r} is not a plain URL path"
+            " (letters, digits and - . _ ~ between slashes, e.g. /registry/)"
+        )
     tls = http.section("tls")
     certificate = tls.get_str("certificate", None) or None
     key = tls.get_str("key", None) or None
     if (certificate is None) != (key is None):
         missing, present = ("key", "certificate") if key is None else ("certificate", "key")
         raise ConfigError(f"http.tls.{missing}: required when http.tls.{present} is set")
+    minimumtls = tls.get_str("minimumtls", None) or "tls1.2"
+    if minimumtls not in TLS_VERSIONS:  # exact, as the reference's map lookup
+        raise ConfigError(
+            f"http.tls.minimumtls: unknown minimum TLS level {minimumtls!r}"
+            f" (expected {' or '.join(TLS_VERSIONS)}; registry:3 refuses tls1.0 and tls1.1 too)"
+        )
+    clientauth = tls.get_str("clientauth", None) or "require-and-verify-client-cert"
+    if clientauth not in TLS_CLIENT_AUTH:
+        raise ConfigError(
+            f"http.tls.clientauth: invalid client auth mode {clientauth!r}"
+            f" (expected {', '.join(TLS_CLIENT_AUTH)})"
+        )
     debug = http.section("debug")
     prometheus = debug.section("prometheus")
     return HttpConfig(
@@ -149,6 +171,9 @@ def _build_http(root: Node) -> HttpConfig:
         tls_certificate=certificate,
         tls_key=key,
         tls_clientcas=tls.get_strs("clientcas"),
+        tls_clientauth=clientauth,
+        tls_minimumtls=minimumtls,
+        tls_ciphersuites=tls.get_strs("ciphersuites"),
         debug_addr=debug.get_str("addr", None) or None,
         debug_prometheus_enabled=prometheus.get_bool("enabled", False),
         debug_prometheus_path=prometheus.get_str("path", None) or "/metrics",

@@ -20,6 +20,13 @@ AUTH_SCHEMES = ("htpasswd", "none", "silly", "token")  # "none" -> Config.auth i
 LOG_LEVELS = {"error": "error", "warn": "warn", "warning": "warn", "info": "info", "debug": "debug"}
 LOG_FORMATTERS = {"text": "text", "json": "json", "logstash": "json"}
 INDEX_PLATFORMS = ("all", "list", "none")
+# http.tls.minimumtls and clientauth as registry:3 v3.0.0 accepts them (registry/registry.go;
+# its documentation also lists tls1.0 and tls1.1, which its code refuses).
+TLS_VERSIONS = ("tls1.2", "tls1.3")
+TLS_CLIENT_AUTH = (
+    "request-client-cert", "require-any-client-cert", "verify-client-cert-if-given",
+    "require-and-verify-client-cert",
+)
 HOUR = 3600.0  # seconds
 CATALOG_MAXENTRIES = 1000  # the reference's default largest page of /v2/_catalog
 BLOBDESCRIPTOR_SIZE = 10_000  # the reference's default number of cached blob descriptors
@@ -77,6 +84,9 @@ class HttpConfig:
     tls_certificate: str | None = None
     tls_key: str | None = None
     tls_clientcas: tuple[str, ...] = ()
+    tls_clientauth: str = "require-and-verify-client-cert"  # applies only with clientcas
+    tls_minimumtls: str = "tls1.2"
+    tls_ciphersuites: tuple[str, ...] = ()  # Go's names; () = registry:3's defaults
     debug_addr: str | None = None
     debug_prometheus_enabled: bool = False
     debug_prometheus_path: str = "/metrics"

@@ -134,11 +134,13 @@ class RegistryApp:
             server=scope.get("server"),
             receive=receive,
             zerocopy=ZEROCOPY in scope.get("extensions", ()),
+            root_path=scope.get("root_path") or "",
         )
         rl = logs.begin_request(req, scope)  # every line of this request carries its fields
+        routed = _under_root(req.path, req.root_path)
         try:
-            await self._route(req, m=router.match(req.path, req.method), send=send,
-                              started=started)
+            await self._route(req, m=router.match(routed, req.method) if routed else None,
+                              send=send, started=started)
         finally:
             logs.end_request(rl)
 
@@ -226,7 +228,12 @@ class RegistryApp:
         if health is not None and not health.healthy:  # every path, as the reference
             # Returned, not raised: the failing check logs once, not every request.
             return error_response(_UNHEALTHY, req.method == "HEAD")
-        if m is None:
+        if req.path == "/":
+            # v3's alive("/"): 200, empty, for any method, whatever http.prefix, before
+            # authentication (the image's health check: wget --spider http://localhost:5000/),
+            # but after the health gate, as v3 wraps it in health.Handler.
+            return Response(200, [(b"cache-control", b"no-cache")], b"")
+        if m is None:  # also every path outside http.prefix (v3: 404 as well)
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         if not m.method_ok:
             raise RegistryError(
@@ -340,3 +347,13 @@ def _only_cancellation(exc: BaseException) -> bool:
         _, rest = exc.split(trio.Cancelled)
         return rest is None
     return False
+
+
+def _under_root(path: str, root: str) -> str:
+    """``path`` (raw) with the ASGI root_path (http.prefix) taken off, the path the route
+    table matches; '' for a path outside the prefix."""
+    if not root:
+        return path
+    if path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return ""

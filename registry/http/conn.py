@@ -36,6 +36,7 @@ import errno
 import logging
 import math
 import os
+import ssl
 import time
 from typing import Any
 
@@ -48,7 +49,6 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio import tcp_server
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.utils import parse_socket_addr
 
 from ..errors import ErrorCode, RegistryError
 from .deadlines import (
@@ -62,7 +62,9 @@ from .deadlines import (
     write_deadline,
 )
 from .h1server import LINGER_IDLE_SECONDS, LINGER_SECONDS, H1Connection, drain
+from .listen import socket_addr
 from .responses import error_answer
+from .tls import TLSSettings, build_context
 
 log = logging.getLogger("registry.conn")
 
@@ -122,14 +124,30 @@ class ConnectionGate:
 class ServerConfig(HyperConfig):
     """Hypercorn's Config plus what RegistryTCPServer enforces and the switch our protocol
     classes read (h2proto.H2cGate). ``gate`` counts this process's connections: a forked
-    worker starts from its own copy (the parent serves none)."""
+    worker starts from its own copy (the parent serves none).
+
+    ``ssl_context``: the listener's TLS context, built once by :meth:`use_tls` from
+    ``http.tls`` (tls.py) instead of hypercorn's (which knows one CA file and verify mode,
+    no minimum version but 1.2 and OpenSSL's cipher names only); workers inherit it."""
 
     h2c_enabled: bool = False  # http.h2c.enabled
+    ssl_context: ssl.SSLContext | None = None
 
     def __init__(self, limits: ConnLimits | None = None) -> None:
         super().__init__()
         self.limits = limits or ConnLimits()
         self.gate = ConnectionGate(self.limits.max_connections)
+
+    def use_tls(self, settings: TLSSettings) -> None:
+        """Serve TLS as ``settings`` say, with ALPN from ``alpn_protocols`` (set it first).
+        Raises tls.TLSConfigError for files or suites that cannot be used."""
+        self.ssl_context = build_context(settings, list(self.alpn_protocols))
+        self.certfile, self.keyfile = settings.certificate, settings.key  # ssl_enabled
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        if self.ssl_context is not None:
+            return self.ssl_context
+        return super().create_ssl_context()
 
 
 def _refusal() -> bytes:
@@ -197,8 +215,8 @@ class RegistryTCPServer(TCPServer):
         else:
             sock = stream.socket
         try:
-            client = parse_socket_addr(sock.family, sock.getpeername())
-            server = parse_socket_addr(sock.family, sock.getsockname())
+            client = socket_addr(sock.family, sock.getpeername())
+            server = socket_addr(sock.family, sock.getsockname())
         except OSError:  # reset before we looked
             await trio.aclose_forcefully(stream)
             return True
@@ -380,9 +398,11 @@ def install() -> None:
     """Make hypercorn's trio worker use RegistryTCPServer, and quiet trio's accept errors."""
     if not hasattr(hypercorn.trio.run, "TCPServer") or not all(
         hasattr(TCPServer, name) for name in ("run", "_read_data", "_close", "protocol_send")
-    ):
+    ) or not hasattr(tcp_server, "parse_socket_addr"):
         raise RuntimeError("unsupported hypercorn version: no trio TCPServer hooks")
     hypercorn.trio.run.TCPServer = RegistryTCPServer  # type: ignore[attr-defined,misc]
+    # IPv4 clients of a dual-stack socket (listen.py) as plain IPv4, on HTTP/2 too.
+    tcp_server.parse_socket_addr = socket_addr  # type: ignore[attr-defined]
     accept_log = logging.getLogger("trio.serve_listeners")
     if not any(isinstance(f, AcceptErrorFilter) for f in accept_log.filters):
         accept_log.addFilter(AcceptErrorFilter())

@@ -102,7 +102,7 @@ def _page_params(req: Request) -> tuple[int | None, str | None]:
 
 
 def _link(path: str, last: str, n: int) -> tuple[bytes, bytes]:
-    """The next page's Link header (a relative URL, as the reference)."""
+    """The next page's Link header (a relative URL under http.prefix, as the reference)."""
     url = f"{path}?last={quote(last, safe='')}&n={n}"
     return (b"link", f'<{url}>; rel="next"'.encode())
 
@@ -114,7 +114,7 @@ async def tags(svc: Services, req: Request) -> Response:
     page, more = paginate(all_tags, n, last)
     headers = []
     if more and page and n:
-        headers.append(_link(req.route.path(name=name), page[-1], n))
+        headers.append(_link(req.root_path + req.route.path(name=name), page[-1], n))
     return json_response(200, {"name": name, "tags": page}, headers)
 
 
@@ -136,7 +136,7 @@ async def catalog(svc: Services, req: Request) -> Response:
     page, more = paginate(repos, n, last)
     headers = []
     if more and page and n:
-        headers.append(_link(req.route.path(), page[-1], n))
+        headers.append(_link(req.root_path + req.route.path(), page[-1], n))
     return json_response(200, {"repositories": page}, headers)
 
 

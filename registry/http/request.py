@@ -27,7 +27,7 @@ from ..ops.exchange import UNMATCHED_LABEL, EventKind
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage
 from .responses import Response
-from .urls import base_url
+from .urls import base_url, route_root
 
 
 class ClientDisconnected(Exception):
@@ -157,6 +157,7 @@ class Request:
     body_done: bool = False  # the last body message (or a disconnect) has been received
     zerocopy: bool = False  # the server takes file bodies (responses.FileBody, ZEROCOPY)
     bytes_in: int = 0  # body bytes received so far (read or discarded)
+    root_path: str = ""  # http.prefix ('' or '/a/b'): ``path`` starts with it when routed
 
     def q(self, key: str) -> str | None:
         v = self.query.get(key)
@@ -227,12 +228,13 @@ class Services:
     can_pull: Callable[[Request, str], Awaitable[bool]] | None = None
 
     def url(self, req: Request, path: str) -> str:
-        """``path`` as a Location URL (SPEC General 4: http.host, forwarded headers, or
-        relative with http.relativeurls)."""
+        """``path`` (a route's) as a Location URL (SPEC General 4: http.host, forwarded
+        headers, or relative with http.relativeurls), under http.prefix (urls.route_root)."""
+        host = self.options.host
         return base_url(
             req.headers,
             scheme=req.scheme,
-            configured_host=self.options.host,
+            configured_host=host,
             relative=self.options.relative_urls,
             server=req.server,
-        ) + path
+        ) + route_root(host, req.root_path) + path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 _FORWARDED_PAIR = re.compile(r'(?i)\b(proto|host)=("?)([^";,]+)\2')
 _HOST_OK = re.compile(r"^[A-Za-z0-9.\-_:\[\]]{1,255}$")
@@ -49,3 +50,13 @@ def base_url(
         if not _HOST_OK.match(host):
             host = f"{server[0]}:{server[1]}" if server else "localhost"
     return f"{proto}://{host}"
+
+
+def route_root(configured_host: str | None, prefix: str) -> str:
+    """The path our URLs put before a route's path: ``http.prefix`` ('' or '/a/b'), unless
+    ``http.host`` carries a path of its own, which then stands for it (registry:3 resolves
+    its routes against http.host's URL; with a bare host it drops the prefix, which sends
+    clients of a proxied prefix outside it: we keep it)."""
+    if configured_host and urlsplit(configured_host).path.strip("/"):
+        return ""
+    return prefix
