@@ -338,6 +338,12 @@ def test_replaces_registry_3_on_its_root_owned_volume(
     e2e.run([*login, "pull", ref_a])
     cat = [docker, "run", "--rm", "--network", "none", ref_a, "cat", "/data/nonce.txt"]
     assert e2e.run(cat).stdout == text_a, "registry:3's image read back through ours"
+    # registry:3's health check (busybox wget on `/`) runs unchanged, with auth on; the
+    # image's wget fails on an error status as busybox's does (`/v2/` needs credentials).
+    root = reg.url.rstrip("/")
+    spider = reg.exec("wget", "-q", "--spider", f"{root}/", check=False)
+    assert spider.returncode == 0, (spider.stdout, spider.stderr)
+    assert reg.exec("wget", "-q", "--spider", f"{root}/v2/", check=False).returncode == 1
 
     auth = httpx.BasicAuth("seeduser", password)
     accept = {"Accept": e2e.ACCEPT_ALL_MANIFESTS}
