@@ -107,9 +107,9 @@ class RequestLog:
         f: dict[str, Any] = {
             "http.request.id": self.id,
             "http.request.method": req.method,
-            "http.request.host": headers.get("host", ""),
+            "http.request.host": headers.get("host", "")[:MAX_FIELD_CHARS],
             "http.request.uri": uri[:MAX_FIELD_CHARS],
-            "http.request.remoteaddr": remote_addr(headers, scope.get("client")),
+            "http.request.remoteaddr": remote_addr(headers, scope.get("client"))[:MAX_FIELD_CHARS],
             "http.request.useragent": headers.get("user-agent", "")[:MAX_FIELD_CHARS],
         }
         for header in ("content-type", "referer"):
@@ -330,6 +330,10 @@ class LogrusFormatter(logging.Formatter):
 
 
 QUOTED_CACHE_ENTRIES = 4096  # then cleared: bounded memory, whatever clients send
+# Longer values are rendered each time: with MAX_FIELD_CHARS values the cache could hold
+# ~16 MiB of one client's distinct junk; values that repeat (hosts, names, digests, most
+# user agents) are shorter than this.
+QUOTED_CACHE_VALUE_CHARS = 256
 
 
 def _render_into(rendered: dict[str, str], fields: Mapping[str, Any], cache: dict[str, str]) -> None:
@@ -338,7 +342,7 @@ def _render_into(rendered: dict[str, str], fields: Mapping[str, Any], cache: dic
     and this runs for every field of every access line)."""
     for key, value in fields.items():
         cls = value.__class__
-        if cls is str:
+        if cls is str and len(value) <= QUOTED_CACHE_VALUE_CHARS:
             text = cache.get(value)
             if text is None:
                 if len(cache) >= QUOTED_CACHE_ENTRIES:

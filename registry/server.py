@@ -136,9 +136,6 @@ def _gate(limiter: RateLimiter | None, authenticate: Authenticator | None) -> An
     return gate
 
 
-bind_address = listen.bind_address  # ":5000" -> "0.0.0.0:5000" (run() listens dual-stack)
-
-
 def connection_limits(config: Config) -> deadlines.ConnLimits:
     """The http.headertimeout/bodytimeout/minbodyrate/maxconnections settings; a cap of 0
     becomes one derived from this process's open-file limit (cli.py raised it already)."""
@@ -152,7 +149,7 @@ def connection_limits(config: Config) -> deadlines.ConnLimits:
 def hypercorn_config(config: Config) -> HyperConfig:
     """Hypercorn's settings for ``config``; loads the TLS files (ConfigError if unusable)."""
     hc = conn.ServerConfig(connection_limits(config))
-    hc.bind = [bind_address(config.http.addr)]
+    hc.bind = [listen.bind_address(config.http.addr)]  # run() listens dual-stack
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75  # docker keeps connections open between layer uploads

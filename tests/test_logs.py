@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,30 @@ def test_request_id_adopts_a_plain_incoming_one_and_replaces_anything_else() -> 
         finally:
             logs.end_request(rl)
         assert logs.current_request() is None
+
+
+def test_text_formatter_memory_stays_bounded_against_distinct_huge_header_values() -> None:
+    """A hostile client sends thousands of requests, each with a different Host and
+    X-Forwarded-For near the 64 KiB head limit: the formatter's memory of quoted values
+    must stay small (it was 4096 entries of whatever size: hundreds of MiB), and each
+    line stays bounded."""
+
+    class Req:
+        method = "GET"
+        path = "/v2/"
+        user = None
+
+        def __init__(self, i: int) -> None:
+            self.params: dict[str, str] = {}
+            host = f"h{i}-" + "x" * 30_000
+            self.headers = {"host": host, "x-forwarded-for": f"::1%{i}" + "z" * 30_000}
+
+    formatter = logs.LogrusFormatter()
+    for i in range(300):
+        rl = logs.RequestLog(str(i), Req(i), {"client": ("127.0.0.1", 1)})
+        record = logging.LogRecord("registry", logging.INFO, __file__, 1, "m", None, None)
+        record.request = rl
+        line = formatter.format(record)
+        assert len(line) < 8 * logs.MAX_FIELD_CHARS
+    cached = sum(len(k) + len(v) for k, v in formatter._quoted.items())
+    assert cached < 256 * 1024

@@ -38,6 +38,8 @@ from .model import (
     LOG_LEVELS,
     STORAGE_DRIVERS,
     TLS_CLIENT_AUTH,
+    TLS_CLIENT_AUTH_DEFAULT,
+    TLS_MINIMUM_DEFAULT,
     TLS_VERSIONS,
     AuthConfig,
     Config,
@@ -148,13 +150,13 @@ def _build_http(root: Node) -> HttpConfig:
     if (certificate is None) != (key is None):
         missing, present = ("key", "certificate") if key is None else ("certificate", "key")
         raise ConfigError(f"http.tls.{missing}: required when http.tls.{present} is set")
-    minimumtls = tls.get_str("minimumtls", None) or "tls1.2"
+    minimumtls = tls.get_str("minimumtls", None) or TLS_MINIMUM_DEFAULT
     if minimumtls not in TLS_VERSIONS:  # exact, as the reference's map lookup
         raise ConfigError(
             f"http.tls.minimumtls: unknown minimum TLS level {minimumtls!r}"
             f" (expected {' or '.join(TLS_VERSIONS)}; registry:3 refuses tls1.0 and tls1.1 too)"
         )
-    clientauth = tls.get_str("clientauth", None) or "require-and-verify-client-cert"
+    clientauth = tls.get_str("clientauth", None) or TLS_CLIENT_AUTH_DEFAULT
     if clientauth not in TLS_CLIENT_AUTH:
         raise ConfigError(
             f"http.tls.clientauth: invalid client auth mode {clientauth!r}"

@@ -27,6 +27,8 @@ TLS_CLIENT_AUTH = (
     "request-client-cert", "require-any-client-cert", "verify-client-cert-if-given",
     "require-and-verify-client-cert",
 )
+TLS_MINIMUM_DEFAULT = "tls1.2"  # v3's defaultTLSVersionStr
+TLS_CLIENT_AUTH_DEFAULT = "require-and-verify-client-cert"  # v3's default with clientcas
 HOUR = 3600.0  # seconds
 CATALOG_MAXENTRIES = 1000  # the reference's default largest page of /v2/_catalog
 BLOBDESCRIPTOR_SIZE = 10_000  # the reference's default number of cached blob descriptors
@@ -84,8 +86,8 @@ class HttpConfig:
     tls_certificate: str | None = None
     tls_key: str | None = None
     tls_clientcas: tuple[str, ...] = ()
-    tls_clientauth: str = "require-and-verify-client-cert"  # applies only with clientcas
-    tls_minimumtls: str = "tls1.2"
+    tls_clientauth: str = TLS_CLIENT_AUTH_DEFAULT  # applies only with clientcas
+    tls_minimumtls: str = TLS_MINIMUM_DEFAULT
     tls_ciphersuites: tuple[str, ...] = ()  # Go's names; () = registry:3's defaults
     debug_addr: str | None = None
     debug_prometheus_enabled: bool = False

@@ -31,10 +31,12 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from ..config.model import TLS_CLIENT_AUTH_DEFAULT, TLS_MINIMUM_DEFAULT
+
 log = logging.getLogger("registry")
 
+# Keyed by config.model's TLS_VERSIONS and TLS_CLIENT_AUTH (config/build.py checks names).
 MINIMUM_TLS = {"tls1.2": ssl.TLSVersion.TLSv1_2, "tls1.3": ssl.TLSVersion.TLSv1_3}
-DEFAULT_MINIMUM_TLS = "tls1.2"  # v3's defaultTLSVersionStr
 
 CLIENT_AUTH = {
     "request-client-cert": ssl.CERT_OPTIONAL,  # Go: asks, accepts any certificate
@@ -42,7 +44,6 @@ CLIENT_AUTH = {
     "verify-client-cert-if-given": ssl.CERT_OPTIONAL,
     "require-and-verify-client-cert": ssl.CERT_REQUIRED,
 }
-DEFAULT_CLIENT_AUTH = "require-and-verify-client-cert"  # v3's default with clientcas
 UNVERIFIED_MODES = frozenset({"request-client-cert", "require-any-client-cert"})
 
 # Go's cipher suite names (v3's cipherSuites table) -> OpenSSL's; None: a TLS 1.3 suite,
@@ -90,8 +91,8 @@ class TLSSettings:
     certificate: str
     key: str
     clientcas: tuple[str, ...] = ()
-    clientauth: str = DEFAULT_CLIENT_AUTH
-    minimumtls: str = DEFAULT_MINIMUM_TLS
+    clientauth: str = TLS_CLIENT_AUTH_DEFAULT
+    minimumtls: str = TLS_MINIMUM_DEFAULT
     ciphersuites: tuple[str, ...] = ()
 
 
