@@ -652,3 +652,18 @@ async def test_header_names_go_out_in_gos_canonical_case(registry: int) -> None:
     assert all(n == b"-".join(w.capitalize() for w in n.split(b"-")) for n in names), names
     names = await _in_thread(head_of, b"GET /v2/ HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n")
     assert b"Content-Type" in names and b"Connection" in names, names
+
+
+async def test_many_pipelined_upgrade_h2c_requests_are_all_answered(registry: int) -> None:
+    # Each ignored Upgrade makes llhttp stop mid-read; what follows must be parsed without
+    # one Python frame (and one copy of the rest of the read) per request in the read.
+    count = 3000
+    one = (b"GET /v2/ HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+
+    def run() -> list[bytes]:
+        with _connect(registry) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MiB)
+            s.sendall(one * count)
+            return [_read_response(s)[0] for _ in range(count)]
+
+    assert set(await _in_thread(run)) == {b"HTTP/1.1 200 OK"}

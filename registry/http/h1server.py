@@ -185,24 +185,25 @@ class H1Connection(ResponseWriter):
     # --- reading --------------------------------------------------------------------------
 
     def _feed(self, data: Any) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as up:
-            last = next((e for e in reversed(self._events) if type(e) is _Head), None)
-            if last is None or b"websocket" in last.upgrade or last.method == "CONNECT":
-                self._stop_reading = True  # answered with 400, then closed
+        view = memoryview(data)
+        while view:
+            try:
+                self._parser.feed_data(view)
                 return
-            # Upgrade: h2c (or another) is ignored: the request is answered over HTTP/1.1
-            # and what follows its head is parsed as HTTP/1.1 again.
-            offset = int(up.args[0])
-            rest = bytes(data[offset:])
-            if rest:
-                self._feed(rest)
-        except httptools.HttpParserError as e:
-            if bytes(data[: len(_PREFACE)]) == _PREFACE and self._cycle <= 1:
-                raise BadRequest("cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1,"
-                                 " or HTTP/2 over TLS", 505) from None
-            raise BadRequest(f"malformed HTTP/1.1 request: {e}") from None
+            except httptools.HttpParserUpgrade as up:
+                last = next((e for e in reversed(self._events) if type(e) is _Head), None)
+                if last is None or b"websocket" in last.upgrade or last.method == "CONNECT":
+                    self._stop_reading = True  # answered with 400, then closed
+                    return
+                # Upgrade: h2c (or another) is ignored: the request is answered over
+                # HTTP/1.1 and what follows its head is parsed as HTTP/1.1 again (a loop,
+                # not a call per request: one read can hold thousands of such requests).
+                view = view[int(up.args[0]) :]
+            except httptools.HttpParserError as e:
+                if bytes(data[: len(_PREFACE)]) == _PREFACE and self._cycle <= 1:
+                    raise BadRequest("cleartext HTTP/2 (h2c) is not enabled; use HTTP/1.1,"
+                                     " or HTTP/2 over TLS", 505) from None
+                raise BadRequest(f"malformed HTTP/1.1 request: {e}") from None
 
     async def _read(self, limit: int, deadline: float) -> int | None:
         """Read at most ``limit`` bytes and feed them to the parser: how many (0 at EOF), or
