@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from conftest import start_app
-from oci import DOCKER_MANIFEST, OCI_MANIFEST, error_codes, push_image
+from oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_MANIFEST, error_codes, push_image
 
 from registry.digest import Digest
 from registry.drivers.base import Unavailable
@@ -165,3 +165,22 @@ async def test_an_uncached_read_whose_storage_fails_raises_the_drivers_error_as_
     d = Digest("sha256", hashlib.sha256(b"{}").hexdigest())
     with trio.fail_after(BOUND), pytest.raises(Unavailable):
         await storage.manifests.get("cache/down", d)
+
+
+async def test_the_pushing_worker_serves_the_media_type_any_other_worker_serves(pair: Pair) -> None:
+    # A body without mediaType, pushed as a docker manifest list: its type comes from its
+    # bytes (as storage gives them to every worker), not from the pusher's Content-Type.
+    with trio.fail_after(BOUND):
+        child, child_body = await push_image(pair.a, "cache/mt", "child")
+        index = json.dumps({"schemaVersion": 2, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": child, "size": len(child_body)},
+        ]}).encode()
+        r = await pair.a.put("/v2/cache/mt/manifests/list", content=index,
+                             headers={"content-type": DOCKER_LIST})
+        assert r.status_code == 201, r.text
+        types = []
+        for client in (pair.a, pair.b):
+            r = await client.get("/v2/cache/mt/manifests/list")
+            assert r.status_code == 200 and r.content == index, r.text
+            types.append(r.headers["content-type"])
+        assert types[0] == types[1], types

@@ -5,8 +5,8 @@ driver contract suite as the real drivers. Not for production: nothing survives 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -70,12 +70,13 @@ class MemoryDriver:
             raise InvalidOffset(path, offset)
         end = len(data) if length is None else min(len(data), offset + length)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes]:
             for pos in range(offset, end, CHUNK):
                 await trio.lowlevel.checkpoint()
                 yield data[pos : min(end, pos + CHUNK)]
 
-        yield chunks()
+        async with aclosing(chunks()) as gen:  # closed even when the caller stops early
+            yield gen
 
     @asynccontextmanager
     async def writer(self, path: str, append: bool = False) -> AsyncIterator[MemoryWriter]:

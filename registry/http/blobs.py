@@ -95,14 +95,9 @@ async def delete_blob(svc: Services, req: Request) -> Response:
 
 
 async def _stream(svc: Services, d: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
-    async with svc.storage.blobs.open(d, offset, length) as chunks:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:  # a send that failed (client gone) ends here: close the driver's reader now
-            aclose = getattr(chunks, "aclose", None)  # a generator's; S3's reader has none
-            if aclose is not None:
-                await aclose()
+    async with svc.storage.blobs.open(d, offset, length) as chunks:  # the driver closes them
+        async for chunk in chunks:
+            yield chunk
 
 
 def _upload_headers(

@@ -178,7 +178,9 @@ class ManifestStore:
         await self.driver.put_content(paths.revision_link(name, d), link_content(d))
         if isinstance(reference, str):
             await self.tags.tag(name, reference, d)
-        self._manifest_bytes.put(d, (body, parsed.media_type))
+        # The type storage's bytes give every worker (sniffed), not the pusher's
+        # Content-Type: a cached answer must be the answer without the cache.
+        self._manifest_bytes.put(d, (body, sniff_media_type(body)))
         return d, parsed
 
     def _must_exist(self, platform: Mapping[str, Any] | None) -> bool:
