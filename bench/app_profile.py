@@ -56,7 +56,7 @@ Headers = list[tuple[bytes, bytes]]
 
 
 def scope(method: str, target: str, headers: Headers) -> dict[str, Any]:
-    """An HTTP scope as hypercorn's HTTP/1.1 protocol builds it."""
+    """An HTTP scope as the HTTP/1.1 loop (registry/http/h1server.py) builds it."""
     path, _, query = target.partition("?")
     return {
         "type": "http",

@@ -48,6 +48,7 @@ from typing import Any, Self
 
 import trio
 
+from bench.app_profile import scope as app_scope
 from registry.drivers.filesystem import FilesystemDriver
 from registry.drivers.instrumented import InstrumentedDriver
 from registry.http.app import AppOptions, RegistryApp
@@ -144,20 +145,8 @@ async def call(
             result["status"] = message["status"]
             result["headers"] = dict(message.get("headers", ()))
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "headers": [(b"host", b"127.0.0.1:5000"), *(headers or [])],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 5000),
-    }
-    await app(scope, receive, send)
+    target = f"{path}?{query}" if query else path
+    await app(app_scope(method, target, headers or []), receive, send)
     return result["status"], result["headers"]
 
 
