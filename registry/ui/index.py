@@ -275,11 +275,20 @@ class RepoIndex:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            nursery.start_soon(self._warm)
             while True:
                 await self.compute_totals()
                 with trio.move_on_after(self.stats_interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
+
+    async def _warm(self) -> None:
+        """The catalog walk at start-up, so the first page does not pay for it alone (a
+        request that comes first waits for this same walk)."""
+        try:
+            await self.names()
+        except Exception as exc:  # noqa: BLE001  a request will try again
+            log.warning("ui: cannot list the repositories: %s", exc)
 
     async def compute_totals(self) -> None:
         self._totals_at, self._dirty = self.clock(), False
