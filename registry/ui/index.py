@@ -15,7 +15,8 @@
 - the storage totals for ``/info`` (bytes, blobs, upload sessions): computed only by
   :meth:`serve` in the background, at start-up and every ``STATS_INTERVAL`` seconds, or
   sooner when an ``/info`` request finds this worker changed tags since the last walk
-  (:meth:`want_totals`, at most every ``STATS_MIN_AGE`` seconds); never on a request.
+  (:meth:`want_totals`, at most every ``STATS_MIN_AGE`` seconds) or the totals older than
+  ``STATS_IDLE_AGE``; never on a request.
 
 Correctness never depends on it: access checks and the data of one repository's page
 (tags, manifests) are read from storage per request; only the catalog's counts and sizes
@@ -52,6 +53,9 @@ STATS_INTERVAL = 300.0  # seconds between background storage totals (a walk of b
 # After this worker changed a tag, an /info request wakes the totals this long after the
 # last walk at the earliest: a page open during pushes walks blobs/ at most this often.
 STATS_MIN_AGE = 5.0
+# While someone has the registry page open, totals older than this are walked again even
+# without a tag change of ours (upload sessions, other workers' pushes, GC).
+STATS_IDLE_AGE = 60.0
 SUMMARY_CONCURRENCY = 16  # repositories summarised at once for one catalog page
 
 K = TypeVar("K")
@@ -262,10 +266,11 @@ class RepoIndex:
         await nursery.start(self.serve)
 
     def want_totals(self) -> None:
-        """Ask :meth:`serve` for fresh totals if this worker changed tags since the last
-        walk and that walk is at least ``STATS_MIN_AGE`` old. Never waits."""
+        """Ask :meth:`serve` for fresh totals if the last walk is ``STATS_IDLE_AGE`` old, or
+        ``STATS_MIN_AGE`` old and this worker changed tags since. Never waits."""
         at = self._totals_at
-        if self._dirty and (at is None or self.clock() - at >= STATS_MIN_AGE):
+        age = float("inf") if at is None else self.clock() - at
+        if age >= STATS_IDLE_AGE or (self._dirty and age >= STATS_MIN_AGE):
             self._wake.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
