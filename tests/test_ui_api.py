@@ -296,6 +296,11 @@ async def test_bad_input_gets_the_oci_error(content: Pushed, path: str, status: 
 
 async def test_info_reports_storage_gc_and_the_user(content: Pushed) -> None:
     async with httpx.AsyncClient(base_url=content.url) as c:
+        first = (await c.get(f"{UI}/info")).json()
+        # Nothing walked the store yet, and this request did not either: it asked for a walk.
+        assert first["storage"] == {"driver": "filesystem", "bytes": None, "blobs": None,
+                                    "computed_at": None}
+        assert first["uploads_in_progress"] is None
         with trio.fail_after(30):
             while True:  # the totals are computed in the background, never on a request:
                 info = (await c.get(f"{UI}/info")).json()  # this asks for fresh ones

@@ -13,10 +13,10 @@
   replica are seen within the TTL;
 - manifests and image configs read, by digest (immutable, bounded LRUs);
 - the storage totals for ``/info`` (bytes, blobs, upload sessions): computed only by
-  :meth:`serve` in the background, at start-up and every ``STATS_INTERVAL`` seconds, or
-  sooner when an ``/info`` request finds this worker changed tags since the last walk
-  (:meth:`want_totals`, at most every ``STATS_MIN_AGE`` seconds) or the totals older than
-  ``STATS_IDLE_AGE``; never on a request.
+  :meth:`serve` in the background, when an ``/info`` request asks (:meth:`want_totals`):
+  the first time, then when they are ``STATS_IDLE_AGE`` old, or ``STATS_MIN_AGE`` old and
+  this worker changed tags since. Never on a request, and never while nobody looks (a
+  walk of ``blobs/`` is the one cost here that grows with the store).
 
 Correctness never depends on it: access checks and the data of one repository's page
 (tags, manifests) are read from storage per request; only the catalog's counts and sizes
@@ -49,7 +49,6 @@ REPO_ENTRIES = 20_000  # summaries kept (~200 bytes each): a 10,000-repository c
 MANIFEST_ENTRIES = 4_096  # parsed manifests kept by digest
 CONFIG_ENTRIES = 4_096  # parsed image configs kept by digest
 MAX_CONFIG_BYTES = 1024 * 1024  # an image config past this is not read (history is shown)
-STATS_INTERVAL = 300.0  # seconds between background storage totals (a walk of blobs/)
 # After this worker changed a tag, an /info request wakes the totals this long after the
 # last walk at the earliest: a page open during pushes walks blobs/ at most this often.
 STATS_MIN_AGE = 5.0
@@ -111,13 +110,11 @@ class RepoIndex:
         *,
         catalog_ttl: float = CATALOG_TTL,
         repo_ttl: float = REPO_TTL,
-        stats_interval: float = STATS_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.catalog_ttl = catalog_ttl
         self.repo_ttl = repo_ttl
-        self.stats_interval = stats_interval
         self.clock = clock
         self._names: list[str] | None = None
         self._names_at = 0.0
@@ -282,10 +279,9 @@ class RepoIndex:
             task_status.started()
             nursery.start_soon(self._warm)
             while True:
-                await self.compute_totals()
-                with trio.move_on_after(self.stats_interval):
-                    await self._wake.wait()
+                await self._wake.wait()
                 self._wake = trio.Event()
+                await self.compute_totals()
 
     async def _warm(self) -> None:
         """The catalog walk at start-up, so the first page does not pay for it alone (a
