@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 from conftest import serve_asgi
+from hypercorn.config import Config as HyperConfig
 from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, descriptor, digest, push_blob, push_image
 from test_auth_htpasswd import write_htpasswd
 from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, repo
@@ -620,3 +621,28 @@ def test_index_references_are_hashed_and_prefixed() -> None:
         '<img src="/r/ui/assets/missing.svg"><a href="/ui/">home</a>'
     )
     assert hashed_name("app.js", b"x") == f"app.{hashlib.sha256(b'x').hexdigest()[:12]}.js"
+
+
+async def test_under_http_prefix(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Everything moves below http.prefix (the ASGI root_path, as `registry serve` sets it)."""
+    config, _ = load_config(None, {
+        "REGISTRY_STORAGE": "filesystem",
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "storage"),
+        "REGISTRY_HTTP_PREFIX": "/r",
+    })
+    hc = HyperConfig()
+    hc.accesslog = None
+    hc.root_path = config.http.prefix
+    url = await serve_asgi(nursery, build_app(config, ui_static=write_static(tmp_path)), hc)
+    async with httpx.AsyncClient(base_url=url.rstrip("/") + "/r") as c:
+        await push_image(c, "r/a", "v1")
+        page = await c.get("/ui/repositories/a")
+        listing = await c.get(f"{UI}/repositories")
+    async with httpx.AsyncClient(base_url=url) as c:
+        root = await c.get("/", headers={"Accept": "text/html"})
+        outside = await c.get(f"{UI}/repositories")
+    assert root.status_code == 302 and root.headers["location"] == "/r/ui/"
+    assert page.status_code == 200
+    assert re.search(r'src="/r/ui/assets/app\.[0-9a-f]{12}\.js"', page.text)
+    assert [x["name"] for x in listing.json()["repositories"]] == ["r/a"]
+    assert outside.status_code == 404
