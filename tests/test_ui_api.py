@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 from conftest import serve_asgi
+from gc_support import push_image as storage_push_image
 from hypercorn.config import Config as HyperConfig
 from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, descriptor, digest, push_blob, push_image
 from test_auth_htpasswd import write_htpasswd
@@ -24,8 +25,12 @@ from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, repo
 from test_notifications import Receiver, endpoint_env, start
 
 from registry.config import load_config
+from registry.drivers.base import Unavailable
+from registry.drivers.memory import MemoryDriver
 from registry.server import build_app
+from registry.storage.store import Storage
 from registry.ui.headers import CSP
+from registry.ui.index import CATALOG_TTL, RepoIndex
 from registry.ui.model import rfc3339
 from registry.ui.static import hashed_name, rewrite_references
 
@@ -646,3 +651,27 @@ async def test_under_http_prefix(nursery: trio.Nursery, tmp_path: Path) -> None:
     assert re.search(r'src="/r/ui/assets/app\.[0-9a-f]{12}\.js"', page.text)
     assert [x["name"] for x in listing.json()["repositories"]] == ["r/a"]
     assert outside.status_code == 404
+
+
+async def test_a_failing_background_catalog_refresh_keeps_the_old_list(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index's refresh runs in the app's lifespan nursery: a storage error there is
+    logged and the last list served, never raised into the nursery (it would stop the app)."""
+    storage = Storage(MemoryDriver())
+    now = [0.0]
+    index = RepoIndex(storage, clock=lambda: now[0])
+    await storage_push_image(storage, "a", "v1", [b"layer"])
+    await nursery.start(index.serve)
+    assert await index.names() == ["a"]
+
+    async def broken() -> list[str]:
+        raise Unavailable("backend unreachable")
+
+    monkeypatch.setattr(storage, "catalog", broken)
+    now[0] += CATALOG_TTL + 1
+    assert await index.names() == ["a"]  # stale at once; the refresh runs behind it
+    with trio.fail_after(10):
+        while "cannot list the repositories" not in caplog.text:
+            await trio.sleep(0.01)
+    assert await index.names() == ["a"]

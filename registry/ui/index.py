@@ -148,7 +148,7 @@ class RepoIndex:
             await self._refresh()
         elif self.clock() - self._names_at > self.catalog_ttl:
             if self._nursery is not None and self._refreshing is None:
-                self._nursery.start_soon(self._refresh)
+                self._nursery.start_soon(self._warm)  # never raises into the nursery
             elif self._nursery is None:
                 await self._refresh()
         assert self._names is not None
@@ -284,10 +284,11 @@ class RepoIndex:
                 await self.compute_totals()
 
     async def _warm(self) -> None:
-        """The catalog walk at start-up, so the first page does not pay for it alone (a
-        request that comes first waits for this same walk)."""
+        """A catalog walk in the background: at start-up, so the first page does not pay
+        for it alone (a request that comes first waits for this same walk), and when the
+        list is older than ``catalog_ttl``. A failure is logged; the old list stays."""
         try:
-            await self.names()
+            await self._refresh()
         except Exception as exc:  # noqa: BLE001  a request will try again
             log.warning("ui: cannot list the repositories: %s", exc)
 
