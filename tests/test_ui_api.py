@@ -20,6 +20,7 @@ from conftest import serve_asgi
 from gc_support import push_image as storage_push_image
 from hypercorn.config import Config as HyperConfig
 from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, descriptor, digest, push_blob, push_image
+from s3_support import registry_env as s3_registry_env
 from test_auth_htpasswd import write_htpasswd
 from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, repo
 from test_notifications import Receiver, endpoint_env, start
@@ -53,12 +54,16 @@ async def serve_registry(
     if yaml is not None:
         cfg = tmp_path / "config.yml"
         cfg.write_text(yaml)
-    environ = {
+    env = env or {}
+    storage = {} if "REGISTRY_STORAGE" in env else {
         "REGISTRY_STORAGE": "filesystem",
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "storage"),
+    }
+    environ = {
+        **storage,
         "REGISTRY_STORAGE_DELETE_ENABLED": "true",
         "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
-        **(env or {}),
+        **env,
     }
     config, _ = load_config(str(cfg) if cfg else None, environ)
     return await serve_asgi(nursery, build_app(config, ui_static=static))
@@ -675,3 +680,27 @@ async def test_a_failing_background_catalog_refresh_keeps_the_old_list(
         while "cannot list the repositories" not in caplog.text:
             await trio.sleep(0.01)
     assert await index.names() == ["a"]
+
+
+@pytest.mark.s3
+async def test_on_s3_push_times_sizes_and_totals(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The same answers from the S3 driver (moto with signature checks): push times from
+    LastModified, totals from a listing of blobs/."""
+    env = await trio.to_thread.run_sync(s3_registry_env)
+    url = await serve_registry(nursery, tmp_path, env)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        _, v1 = await push_image(c, "team/app", "v1", layers=(SHARED, ONLY_V1))
+        _, v2 = await push_image(c, "team/app", "v2", layers=(SHARED, ONLY_V2))
+        listing = (await c.get(f"{UI}/repositories")).json()
+        tags = (await c.get(f"{UI}/repositories/team/app")).json()
+        with trio.fail_after(60):
+            while not (info := (await c.get(f"{UI}/info")).json())["storage"]["blobs"]:
+                await trio.sleep(0.1)
+    (row,) = listing["repositories"]
+    assert row["tags"] == 2 and RFC3339_UTC.match(row["last_push"])
+    config = json.loads(v1)["config"]["size"]  # the same config in both
+    assert row["size"] == len(v1) + len(v2) + config + len(SHARED) + len(ONLY_V1) + len(ONLY_V2)
+    assert [(t["tag"], t["shared_size"]) for t in tags["tags"]] == [
+        ("v1", len(SHARED)), ("v2", len(SHARED))]
+    assert info["storage"]["driver"] == "s3"
+    assert info["storage"]["blobs"] == 6  # one config, three layers, two manifests
