@@ -119,10 +119,11 @@ function encodeName(name) {
 }
 
 const pageUrl = {
-  repositories: (q = "", last = "") => {
+  repositories: (q = "", last = "", n = 0) => {
     const params = new URLSearchParams();
     if (q) params.set("q", q);
     if (last) params.set("last", last);
+    if (n && n !== PAGE_SIZE) params.set("n", String(n));
     const query = params.toString();
     return `${UI}/${query ? `?${query}` : ""}`;
   },
@@ -318,6 +319,9 @@ async function repositoriesPage(route, signal) {
   const params = new URLSearchParams(location.search);
   let q = params.get("q") || "";
   const last = params.get("last") || "";
+  // ?n= (1..1000, the API's range) sets the page size; it stays in the pager's links.
+  const asked = Number.parseInt(params.get("n") || "", 10);
+  const n = asked >= 1 && asked <= 1000 ? asked : PAGE_SIZE;
   const filter = h("input", { id: "filter", type: "search", value: q, autocomplete: "off",
     spellcheck: "false", placeholder: "part of a name", "aria-controls": "repo-results" });
   const results = h("div", { id: "repo-results", "aria-live": "polite" });
@@ -329,13 +333,13 @@ async function repositoriesPage(route, signal) {
   async function load(cursor) {
     controller?.abort();
     controller = new AbortController();
-    const query = new URLSearchParams({ n: String(PAGE_SIZE) });
+    const query = new URLSearchParams({ n: String(n) });
     if (q) query.set("q", q);
     if (cursor) query.set("last", cursor);
     results.setAttribute("aria-busy", "true");
     try {
       const page = await api(`/repositories?${query}`, { signal: controller.signal });
-      results.replaceChildren(...[catalogTable(page, q, cursor)].flat());
+      results.replaceChildren(...[catalogTable(page, q, cursor, n)].flat());
     } catch (err) {
       if (err.name === "AbortError") return;
       if (err instanceof NeedToken) throw err;
@@ -349,7 +353,7 @@ async function repositoriesPage(route, signal) {
     clearTimeout(timer);
     timer = setTimeout(() => {
       q = filter.value.trim();
-      history.replaceState(null, "", pageUrl.repositories(q));
+      history.replaceState(null, "", pageUrl.repositories(q, "", n));
       load("").catch(showFatal);
     }, FILTER_DEBOUNCE_MS);
   });
@@ -364,7 +368,7 @@ async function repositoriesPage(route, signal) {
   };
 }
 
-function catalogTable(page, q, cursor) {
+function catalogTable(page, q, cursor, n) {
   const repos = page.repositories || [];
   if (repos.length === 0) {
     if (q) return h("p", { class: "empty" }, "No repository name contains ", h("q", {}, q), ".");
@@ -385,8 +389,8 @@ function catalogTable(page, q, cursor) {
       h("th", { scope: "col" }, "Last push"), h("th", { scope: "col", class: "num" }, "Size"))),
     h("tbody", {}, rows));
   const pager = h("nav", { class: "pager", "aria-label": "Pages" },
-    cursor ? link(pageUrl.repositories(q), "First page") : null,
-    page.next ? link(pageUrl.repositories(q, page.next), "Next page") : null);
+    cursor ? link(pageUrl.repositories(q, "", n), "First page") : null,
+    page.next ? link(pageUrl.repositories(q, page.next, n), "Next page") : null);
   return [table, pager];
 }
 
