@@ -22,6 +22,7 @@ except ImportError:
     import e2e_support as e2e  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
+docker_cli = e2e.docker_cli  # the session fixture, for the docker push test
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -358,6 +359,24 @@ def test_delete_a_manifest_lists_what_goes_first(page: Page, registry: Registry)
         assert e2e.get_manifest(client, c.image_repo, c.image_digest).status_code == 200
 
 
+def test_an_image_pushed_by_docker_shows_its_layers_and_build_history(
+    page: Page, registry: Registry, docker_cli: str, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/docker/built:v1"
+    e2e.build_app(docker_cli, tmp_path / "context", ref)
+    try:
+        digest, _ = e2e.docker_push(docker_cli, ref)
+    finally:
+        e2e.docker_remove_images(docker_cli, ref)
+    page.open("/ui/repositories/docker/built")
+    page.wait_text("v1", short(digest))
+    assert page.one("input.pull").get_attribute("value") == f"docker pull {ref}"
+    page.one(f"a[href$='/manifests/{digest}']").click()
+    text = page.wait_text(digest, "mkdir -p /data", "COPY", "Layers (")
+    assert re.search(r"Layers \((\d+),", text) and int(re.search(r"Layers \((\d+),", text)[1]) >= 3
+    page.screenshot("manifest-docker")
+
+
 # --------------------------------------------------------------------------- access
 
 
@@ -397,3 +416,39 @@ def test_a_user_sees_nothing_of_a_repository_they_cannot_pull(tmp_path: Path) ->
         with httpx.Client(base_url=reg.url, auth=("alice", "alice-pw"), timeout=30) as alice:
             r = alice.get(f"/ui/api/v1/repositories/{theirs.image_repo}")
             assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+def test_token_auth_asks_for_a_token_and_shows_what_it_grants(tmp_path: Path) -> None:
+    from test_auth_token import ISSUER, SERVICE, Issuer, repo
+
+    issuer = Issuer(tmp_path)
+    config = {"auth": {"token": {"realm": "http://127.0.0.1:9/token", "service": SERVICE,
+                                 "issuer": ISSUER, "rootcertbundle": str(issuer.bundle)}}}
+    everything = issuer.token([repo(f"{p}/{r}", "pull", "push")
+                               for p in ("tok", "hidden") for r in ("app", "multi")], ttl=600)
+    with run_registry(tmp_path, config) as reg:
+        with reg.client(headers={"Authorization": f"Bearer {everything}"}) as pusher:
+            mine = push_content(pusher, "tok")
+            theirs = push_content(pusher, "hidden")
+        granted = issuer.token([repo(mine.image_repo, "pull"), repo(mine.index_repo, "pull")],
+                               sub="reader", ttl=600)
+        with open_browser() as page:
+            page.base = reg.url
+            page.open("/ui/")
+            page.wait_text("Sign in", "token")
+            page.screenshot("token-sign-in")
+            page.one("#token").send_keys("not-a-token")
+            page.one(".token-form button").click()
+            page.wait_text("rejected")  # a bad token: asked again, with the reason
+            page.one("#token").send_keys(granted)
+            page.one(".token-form button").click()
+            text = page.wait_text(mine.image_repo, mine.index_repo)
+            assert theirs.image_repo not in text
+            assert page.js("return sessionStorage.getItem('registry-ui-token')") == granted
+            page.open(f"/ui/repositories/{mine.image_repo}")  # kept for the tab's new pages
+            page.wait_text(mine.image_tag)
+            page.open(f"/ui/repositories/{theirs.image_repo}")
+            page.wait_text("Not found")
+            page.one("#who button").click()  # Forget token
+            page.wait_text("Sign in")
+            assert page.js("return sessionStorage.getItem('registry-ui-token')") is None
