@@ -63,12 +63,13 @@ def page(browser: Page) -> Iterator[Page]:
         browser.color_scheme(None)
 
 
-def row_text(page: Page, link_text: str) -> str:
-    """The text of the table row holding a link with exactly ``link_text``."""
-    return str(page.js(
+def row_cells(page: Page, link_text: str) -> dict[str, str]:
+    """The cells (data-label -> text) of the table row holding a link with ``link_text``."""
+    return dict(page.js(
         "for (const a of document.querySelectorAll('#main tr a')) {"
-        "  if (a.textContent === arguments[0]) return a.closest('tr').innerText; }"
-        "return null;", link_text) or "")
+        "  if (a.textContent === arguments[0]) return Object.fromEntries("
+        "    [...a.closest('tr').cells].map((td) => [td.dataset.label, td.innerText])); }"
+        "return {};", link_text) or {})
 
 
 # --------------------------------------------------------------------------- pages
@@ -80,12 +81,12 @@ def test_catalog_lists_repositories_with_tags_last_push_and_size(
     c = registry.content
     page.open("/ui/")
     page.wait_text("Repositories", c.image_repo, c.index_repo)
-    app = page.wait_for("the app's row", lambda: row_text(page, c.image_repo))
-    assert re.search(r"\b2\b", app), app  # v1 and to-delete
-    assert "ago" in app or "just now" in app, app  # last push, relative
-    assert HUMAN_SIZE.search(app), app
-    multi = row_text(page, c.index_repo)
-    assert re.search(r"\b1\b", multi) and HUMAN_SIZE.search(multi), multi
+    app = page.wait_for("the app's row", lambda: row_cells(page, c.image_repo))
+    assert app["Tags"] == "2", app  # v1 and to-delete
+    assert app["Last push"].endswith("ago") or app["Last push"] == "just now", app
+    assert HUMAN_SIZE.fullmatch(app["Size"]), app
+    multi = row_cells(page, c.index_repo)
+    assert multi["Tags"] == "1" and HUMAN_SIZE.fullmatch(multi["Size"]), multi
     page.screenshot("catalog")
 
 
@@ -130,8 +131,9 @@ def test_repository_page_shows_tags_sizes_platforms_and_pull_command(
 
     page.open(f"/ui/repositories/{c.image_repo}")
     text = page.wait_text(c.image_tag, short(c.image_digest), c.spare_tag)
-    row = row_text(page, short(c.image_digest))
-    assert "ago" in row, row  # created, from the image config
+    row = row_cells(page, short(c.image_digest))
+    assert row["Created"].endswith("ago"), row  # from the image config
+    assert HUMAN_SIZE.search(row["Size"]), row
     page.screenshot("repository")
 
 
@@ -142,7 +144,7 @@ def test_copy_button_puts_the_pull_command_on_the_clipboard(page: Page, registry
     page.open(f"/ui/repositories/{c.index_repo}")
     page.wait_text(c.index_tag)
     page.one("button.copy").click()
-    page.wait_for("the status", lambda: "Copied" in page.one("#status").text)
+    page.wait_status("Copied the pull command.")
     copied = page.driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "navigator.clipboard.readText().then(done, (e) => done('error: ' + e));")
@@ -328,7 +330,7 @@ def test_delete_a_tag_from_the_ui(page: Page, registry: Registry) -> None:
     page.screenshot("delete-tag-dialog")
     confirm = page.one("dialog[open] button.danger")
     confirm.click()
-    page.wait_text("Deleted tag")
+    page.wait_status(f"Deleted tag {c.spare_tag}.")
     page.wait_gone(c.spare_tag)
     with registry.proc.client() as client:
         assert e2e.get_manifest(client, c.image_repo, c.spare_tag).status_code == 404
@@ -353,7 +355,8 @@ def test_delete_a_manifest_lists_what_goes_first(page: Page, registry: Registry)
     page.one("button.danger").click()
     page.one("dialog[open] button.danger").click()
     page.wait_for("the repository page", lambda: page.path() == f"/ui/repositories/{c.image_repo}")
-    page.wait_text("Deleted manifest", c.image_tag)
+    page.wait_status(f"Deleted manifest {short(c.spare_digest)}.")
+    page.wait_text(c.image_tag)
     with registry.proc.client() as client:
         assert e2e.get_manifest(client, c.image_repo, c.spare_digest).status_code == 404
         assert e2e.get_manifest(client, c.image_repo, c.image_digest).status_code == 200

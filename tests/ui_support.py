@@ -138,6 +138,13 @@ class Page:
             return text if busy != "true" and all(t in text for t in texts) else None
         return str(self.wait_for(f"text {texts!r}", check, timeout))
 
+    def wait_status(self, text: str, timeout: float = WAIT_S) -> str:
+        """Wait until the status line (the polite live region under the page) says ``text``."""
+        def check() -> str | None:
+            status = str(self.js("return document.getElementById('status').textContent"))
+            return status if text in status else None
+        return str(self.wait_for(f"status {text!r}", check, timeout))
+
     def wait_gone(self, text: str, timeout: float = WAIT_S) -> None:
         self.wait_for(f"{text!r} to disappear", lambda: text not in self.main_text(), timeout)
 

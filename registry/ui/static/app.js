@@ -272,7 +272,11 @@ async function act(button, work) {
     }
     say(err.message || String(err), "error");
   } finally {
-    if (button.isConnected) button.disabled = false;
+    if (button.isConnected) {
+      button.disabled = false;
+      // A dialog closed while the button was disabled could not give the focus back to it.
+      if (document.activeElement === document.body || document.activeElement === null) button.focus();
+    }
   }
 }
 
