@@ -72,6 +72,13 @@ def row_cells(page: Page, link_text: str) -> dict[str, str]:
         "return {};", link_text) or {})
 
 
+def row_cells_of(page: Page, selector: str) -> dict[str, str]:
+    """The cells (data-label -> text) of the first row matching ``selector``."""
+    return dict(page.js(
+        "const tr = document.querySelector(arguments[0]); return tr ? Object.fromEntries("
+        "  [...tr.cells].map((td) => [td.dataset.label, td.innerText])) : {};", selector) or {})
+
+
 # --------------------------------------------------------------------------- pages
 
 
@@ -360,6 +367,21 @@ def test_delete_a_manifest_lists_what_goes_first(page: Page, registry: Registry)
     with registry.proc.client() as client:
         assert e2e.get_manifest(client, c.image_repo, c.spare_digest).status_code == 404
         assert e2e.get_manifest(client, c.image_repo, c.image_digest).status_code == 200
+
+
+def test_start_a_garbage_collection_from_the_ui(page: Page, registry: Registry) -> None:
+    page.open("/ui/registry")
+    page.wait_text("Garbage collection", "No runs yet.")
+    page.one("#main button").click()  # Start garbage collection
+    page.wait_status("Garbage collection started.")
+
+    def finished_run() -> bool:
+        page.open("/ui/registry")
+        page.wait_text("Garbage collection")
+        cells = row_cells_of(page, "table.runs tbody tr")
+        return bool(cells) and cells["Finished"] != "running" and cells["Error"] == "–"
+    page.wait_for("a finished run in Last runs", finished_run)
+    page.screenshot("registry-after-gc")
 
 
 def test_an_image_pushed_by_docker_shows_its_layers_and_build_history(

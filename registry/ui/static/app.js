@@ -441,7 +441,8 @@ async function repositoryPage(route, signal) {
   });
   const table = h("table", { class: "list tags" },
     h("thead", {}, h("tr", {},
-      ["Tag", "Digest", "Size", "Created", "Platforms", "Pull"].map((c) => h("th", { scope: "col" }, c)),
+      ["Tag", "Digest", "Size", "Created", "Platforms", "Pull"].map((c) =>
+        h("th", { scope: "col", class: c === "Size" ? "num" : null }, c)),
       canDelete ? h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")) : null)),
     h("tbody", {}, rows));
   const shared = tags.some((t) => t.shared_size)
@@ -502,7 +503,7 @@ async function manifestPage(route, signal) {
   if ((m.manifests || []).length) {
     parts.push(section("Platforms", h("table", { class: "list children" },
       h("thead", {}, h("tr", {}, ["Platform", "Digest", "Size", "Media type"]
-        .map((c) => h("th", { scope: "col" }, c)))),
+        .map((c) => h("th", { scope: "col", class: c === "Size" ? "num" : null }, c)))),
       h("tbody", {}, m.manifests.map((c) => h("tr", {},
         h("td", { "data-label": "Platform" }, platformText(c.platform)),
         h("td", { "data-label": "Digest" }, goto(c.digest)),
@@ -519,7 +520,7 @@ async function manifestPage(route, signal) {
     const total = m.layers.reduce((sum, l) => sum + (Number(l.size) || 0), 0);
     parts.push(section(`Layers (${m.layers.length}, ${bytes(total)})`, h("table", { class: "list layers" },
       h("thead", {}, h("tr", {}, ["#", "Digest", "Size", "Media type"]
-        .map((c) => h("th", { scope: "col" }, c)))),
+        .map((c) => h("th", { scope: "col", class: c === "Size" || c === "#" ? "num" : null }, c)))),
       h("tbody", {}, m.layers.map((l, i) => h("tr", {},
         h("td", { "data-label": "#", class: "num" }, String(i + 1)),
         h("td", { "data-label": "Digest" }, digestNode(l.digest), annotationsList(l.annotations)),
@@ -624,7 +625,7 @@ async function registryPage(route, signal) {
   const runs = gc.last_runs || [];
   const runTable = runs.length ? h("table", { class: "list runs" },
     h("thead", {}, h("tr", {}, ["Started", "Finished", "Manifests deleted", "Blobs deleted", "Freed", "Error"]
-      .map((c) => h("th", { scope: "col" }, c)))),
+      .map((c, i) => h("th", { scope: "col", class: i >= 2 && i <= 4 ? "num" : null }, c)))),
     h("tbody", {}, runs.map((r) => h("tr", {},
       h("td", { "data-label": "Started" }, timeNode(r.started)),
       h("td", { "data-label": "Finished" }, r.finished ? timeNode(r.finished) : "running"),
