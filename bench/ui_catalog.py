@@ -111,7 +111,7 @@ def first_page_bytes(client: httpx.Client) -> dict[str, int]:
     sizes = {"index.html": len(index.content)}
     import re
 
-    for ref in re.findall(r'(?:src|href)="([^"]+/ui/assets/[^"]+\.(?:js|css))"', index.text):
+    for ref in re.findall(r'(?:src|href)="([^"]*/ui/assets/[^"]+\.(?:js|css))"', index.text):
         r = client.get(ref)
         r.raise_for_status()
         sizes[ref.rsplit("/", 1)[1]] = len(r.content)
@@ -126,9 +126,15 @@ def browser_rounds(url: str, rounds: int) -> tuple[float, list[float]]:
     with open_browser() as page:
         page.driver.set_script_timeout(FIRST_ROW_TIMEOUT_S)
         times = []
-        for _ in range(rounds + 1):
+        for i in range(rounds + 1):
             page.driver.get(f"{url}/ui/")
             times.append(float(page.driver.execute_async_script(FIRST_ROW_SCRIPT)))
+            if i == 0:  # where the first open's time went
+                for name, start, took in page.js(
+                        "return performance.getEntriesByType('resource').map("
+                        "(e) => [e.name, e.startTime, e.duration])"):
+                    print(f"  first open: {name.split('/ui/', 1)[-1]:<40} "
+                          f"at {start:6.0f} ms, took {took:6.0f} ms", file=sys.stderr)
         return times[0], times[1:]
 
 
