@@ -301,6 +301,7 @@ def _build(tree: dict[str, Any]) -> Config:
         gc=_build_gc(root),
         # The reference: an empty, zero or negative value means its default, 1000.
         catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
+        ui_enabled=root.section("ui").get_bool("enabled", True),
         raw=freeze(tree),
     )
 

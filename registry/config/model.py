@@ -145,4 +145,5 @@ class Config:
     health: Mapping[str, Any] = field(default_factory=_empty)
     gc: GCConfig = field(default_factory=GCConfig)
     catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
+    ui_enabled: bool = True  # ui.enabled (ours): the web UI at /ui/ (registry/ui/)
     raw: Mapping[str, Any] = field(default_factory=_empty)
