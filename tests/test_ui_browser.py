@@ -477,3 +477,55 @@ def test_token_auth_asks_for_a_token_and_shows_what_it_grants(tmp_path: Path) ->
             page.one("#who button").click()  # Forget token
             page.wait_text("Sign in")
             assert page.js("return sessionStorage.getItem('registry-ui-token')") is None
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def test_the_root_url_sends_a_browser_to_the_ui(page: Page, registry: Registry) -> None:
+    page.open("/")
+    page.wait_text(registry.content.image_repo)
+    assert page.path() == "/ui/"
+
+
+def test_the_ui_works_under_an_http_prefix(tmp_path: Path) -> None:
+    prefix = "/registry"
+    config = {"http": {"prefix": prefix}}
+    with run_registry(tmp_path, config, ready=lambda r: r.status_code in (200, 404)) as reg:
+        with httpx.Client(base_url=reg.url + prefix, timeout=30) as client:
+            assert client.get("/v2/").status_code == 200
+            c = push_content(client)
+        with open_browser() as page:
+            page.base = reg.url
+            page.open(f"{prefix}/ui/")
+            page.wait_text(c.image_repo, c.index_repo)
+            assert page.one("a[data-nav='registry']").get_attribute("pathname") == \
+                f"{prefix}/ui/registry"
+            page.one(f"#main a[href='{prefix}/ui/repositories/{c.index_repo}']").click()
+            page.wait_text(c.index_tag, "linux/arm64")
+            page.one(f"a[href='{prefix}/ui/repositories/{c.index_repo}/manifests/"
+                     f"{c.index_digest}']").click()
+            page.wait_text("Platforms", short(c.child_digests[0]))
+            page.back()
+            page.wait_text(c.index_tag)
+            assert page.path() == f"{prefix}/ui/repositories/{c.index_repo}"
+            page.one("a[data-nav='registry']").click()
+            page.wait_text("Storage used")
+            assert [e for e in page.console() if e["level"] == "SEVERE"] == []
+
+
+def test_a_registry_that_stops_answering_gives_a_message_not_a_blank_page(
+    tmp_path: Path,
+) -> None:
+    with run_registry(tmp_path) as reg:
+        with reg.client() as client:
+            c = push_content(client)
+        with open_browser() as page:
+            page.base = reg.url
+            page.open("/ui/")
+            page.wait_text(c.image_repo)
+            assert reg.stop() == 0
+            page.one(f"#main a[href='/ui/repositories/{c.image_repo}']").click()
+            text = page.wait_text("Error", "did not answer")
+            assert "All repositories" in text  # a way on, not a dead end
+            page.screenshot("registry-gone")
