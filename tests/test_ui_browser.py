@@ -240,6 +240,39 @@ def test_links_are_real_urls_and_the_back_button_works(page: Page, registry: Reg
     page.wait_text(c.spare_tag)
 
 
+def test_keyboard_reaches_every_control_with_a_visible_focus(page: Page, registry: Registry) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    c = registry.content
+    page.open(f"/ui/repositories/{c.index_repo}")
+    page.wait_text(c.index_tag)
+
+    def press(key: str) -> dict[str, str]:
+        page.driver.switch_to.active_element.send_keys(key)
+        return dict(page.js(
+            "const e = document.activeElement; const s = getComputedStyle(e);"
+            "return {tag: e.tagName, text: e.textContent.trim(), label: e.getAttribute('aria-label') || '',"
+            " outline: s.outlineStyle, width: s.outlineWidth};"))
+
+    first = press(Keys.TAB)
+    assert first["text"] == "Skip to content", first
+    seen = []
+    for _ in range(30):  # header links, breadcrumb, digest, platforms, pull box, copy, delete
+        focused = press(Keys.TAB)
+        assert focused["outline"] != "none" and focused["width"] != "0px", focused
+        seen.append(focused)
+        if focused["label"].startswith("Delete tag"):
+            break
+    assert any(f["text"] == "Copy" and f["tag"] == "BUTTON" for f in seen), seen
+    assert seen[-1]["label"] == f"Delete tag {c.index_tag}", seen
+    opened = press(Keys.ENTER)  # a <button>: Enter activates it
+    assert opened["text"] == "Cancel", opened  # the dialog's safe choice has the focus
+    assert press(Keys.TAB)["text"] == "Delete tag"
+    closed = press(Keys.ESCAPE)
+    assert page.css("dialog[open]") == []
+    assert closed["label"] == f"Delete tag {c.index_tag}", closed
+
+
 # --------------------------------------------------------------------------- security
 
 
