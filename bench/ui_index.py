@@ -1,7 +1,6 @@
 """The web UI's server-side index with many repositories: how fast the JSON API answers a
 catalog page (issue 18: 10,000 repositories must open in under a second). The browser's
 view of the same (page open time, first-page bytes) is bench/ui_catalog.py.
-in under a second).
 
 ``python -m bench.ui_index [--repos 10000] [--rounds 20] [--workers 1]`` writes the
 repositories straight into a filesystem root in the reference's layout (each with its own

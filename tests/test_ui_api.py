@@ -20,10 +20,13 @@ from conftest import serve_asgi
 from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, descriptor, digest, push_blob, push_image
 from test_auth_htpasswd import write_htpasswd
 from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, repo
+from test_notifications import Receiver, endpoint_env, start
 
 from registry.config import load_config
 from registry.server import build_app
 from registry.ui.headers import CSP
+from registry.ui.model import rfc3339
+from registry.ui.static import hashed_name, rewrite_references
 
 UI = "/ui/api/v1"
 ACTION = {"X-Registry-UI": "1"}
@@ -553,3 +556,62 @@ async def test_without_front_end_files_pages_are_404(nursery: trio.Nursery,
         info = await c.get(f"{UI}/info")
     assert r.status_code == 404 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
     assert info.status_code == 200
+
+
+async def test_ui_deletes_send_the_v2_delete_events_and_ui_reads_send_none(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    rurl = await start(nursery, receiver)
+    url = await serve_registry(nursery, tmp_path, endpoint_env(rurl))
+    async with httpx.AsyncClient(base_url=url) as c:
+        d, _ = await push_image(c, "team/app", "v1", layers=(b"layer",))
+        await push_image(c, "team/app", "v2", layers=(b"layer",))
+        pushes = 6  # each push_image: config, layer, manifest
+        assert len(await receiver.wait_for(pushes)) == pushes
+        assert (await c.get(f"{UI}/repositories/team/app/manifests/{d}")).status_code == 200
+        assert (await c.get(f"{UI}/repositories/team/app")).status_code == 200
+        assert (await c.delete(f"{UI}/repositories/team/app/tags/v2",
+                               headers=ACTION)).status_code == 202
+        assert (await c.delete(f"{UI}/repositories/team/app/manifests/{d}",
+                               headers=ACTION)).status_code == 202
+    events = (await receiver.wait_for(pushes + 2))[pushes:]
+    assert [(e["action"], e["target"].get("tag"), e["target"].get("digest")) for e in events] \
+        == [("delete", "v2", None), ("delete", None, d)]
+    assert events[1]["target"]["url"].endswith(f"/v2/team/app/manifests/{d}")
+    assert events[1]["request"]["method"] == "DELETE"
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-05-06T07:08:09.123456789Z", "2024-05-06T07:08:09.123456Z"),
+        ("2024-05-06T09:08:09+02:00", "2024-05-06T07:08:09Z"),
+        ("2024-05-06T07:08:09", "2024-05-06T07:08:09Z"),
+        ("1970-01-01T00:00:00Z", None),  # reproducible builds: unknown
+        ("0001-01-01T00:00:00Z", None),  # Go's zero time
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (1_700_000_000, "2023-11-14T22:13:20Z"),
+        (1_700_000_000.5, "2023-11-14T22:13:20.500000Z"),
+    ],
+)
+def test_times_are_rfc3339_utc(value: object, expected: str | None) -> None:
+    assert rfc3339(value) == expected
+
+
+def test_index_references_are_hashed_and_prefixed() -> None:
+    page = ('<link href="/ui/assets/app.css"><script src="/ui/assets/app.js"></script>'
+            '<img src="/ui/assets/missing.svg"><a href="/ui/">home</a>')
+    hashed = {"app.css": "app.aaaaaaaaaaaa.css", "app.js": "app.bbbbbbbbbbbb.js"}
+    assert rewrite_references(page, hashed, "/r") == (
+        '<link href="/r/ui/assets/app.aaaaaaaaaaaa.css">'
+        '<script src="/r/ui/assets/app.bbbbbbbbbbbb.js"></script>'
+        '<img src="/r/ui/assets/missing.svg"><a href="/ui/">home</a>'
+    )
+    assert hashed_name("app.js", b"x") == f"app.{hashlib.sha256(b'x').hexdigest()[:12]}.js"
