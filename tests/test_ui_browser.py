@@ -320,10 +320,14 @@ def test_pages_carry_the_csp_and_it_blocks_inline_script(page: Page, registry: R
 def test_narrow_screen_has_no_horizontal_scroll(page: Page, registry: Registry) -> None:
     c = registry.content
     page.viewport(375)
-    for path, name in (("/ui/", "catalog-375px"), (f"/ui/repositories/{c.index_repo}",
-                                                    "repository-375px")):
+    pages = (("/ui/", "catalog-375px", c.index_repo),
+             (f"/ui/repositories/{c.index_repo}", "repository-375px", c.index_tag),
+             (f"/ui/repositories/{c.image_repo}/manifests/{c.image_digest}", "manifest-375px",
+              c.history_command),
+             ("/ui/registry", "registry-375px", "Storage used"))
+    for path, name, text in pages:
         page.open(path)
-        page.wait_text(c.index_repo)
+        page.wait_text(text)
         width, inner = page.js("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert inner == 375
         assert width <= inner, f"{path}: content {width}px wide in a {inner}px viewport"
