@@ -15,6 +15,7 @@ const API = `${UI}/api/v1`;
 const TOKEN_KEY = "registry-ui-token"; // sessionStorage: gone when the tab closes
 const FILTER_DEBOUNCE_MS = 250; // one catalog request per pause in typing, not per key
 const STATUS_CLEAR_MS = 6000; // how long a "deleted"/"copied" message stays
+const GC_POLL_MS = 2000; // the registry page re-reads /info this often while a GC runs
 const PAGE_SIZE = 100; // catalog rows per page (the API's default; max 1000)
 const DIGEST_RE = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
@@ -622,6 +623,11 @@ async function registryPage(route, signal) {
     }
     await render();
   }));
+  if (gc.running) {
+    // Show the run's end without a manual reload; a newer page (or this one again) cancels it.
+    const timer = setTimeout(() => render().catch(showFatal), GC_POLL_MS);
+    signal.addEventListener("abort", () => clearTimeout(timer));
+  }
   const runs = gc.last_runs || [];
   const runTable = runs.length ? h("table", { class: "list runs" },
     h("thead", {}, h("tr", {}, ["Started", "Finished", "Manifests deleted", "Blobs deleted", "Freed", "Error"]
