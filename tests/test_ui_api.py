@@ -17,14 +17,21 @@ import httpx
 import pytest
 import trio
 from conftest import serve_asgi
+from gc_support import push_image as storage_push_image
+from hypercorn.config import Config as HyperConfig
 from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, descriptor, digest, push_blob, push_image
+from s3_support import registry_env as s3_registry_env
 from test_auth_htpasswd import write_htpasswd
 from test_auth_token import ISSUER, REALM, SERVICE, Issuer, bearer, repo
 from test_notifications import Receiver, endpoint_env, start
 
 from registry.config import load_config
+from registry.drivers.base import Unavailable
+from registry.drivers.memory import MemoryDriver
 from registry.server import build_app
+from registry.storage.store import Storage
 from registry.ui.headers import CSP
+from registry.ui.index import CATALOG_TTL, RepoIndex
 from registry.ui.model import rfc3339
 from registry.ui.static import hashed_name, rewrite_references
 
@@ -47,12 +54,16 @@ async def serve_registry(
     if yaml is not None:
         cfg = tmp_path / "config.yml"
         cfg.write_text(yaml)
-    environ = {
+    env = env or {}
+    storage = {} if "REGISTRY_STORAGE" in env else {
         "REGISTRY_STORAGE": "filesystem",
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "storage"),
+    }
+    environ = {
+        **storage,
         "REGISTRY_STORAGE_DELETE_ENABLED": "true",
         "REGISTRY_LOG_ACCESSLOG_DISABLED": "true",
-        **(env or {}),
+        **env,
     }
     config, _ = load_config(str(cfg) if cfg else None, environ)
     return await serve_asgi(nursery, build_app(config, ui_static=static))
@@ -296,6 +307,11 @@ async def test_bad_input_gets_the_oci_error(content: Pushed, path: str, status: 
 
 async def test_info_reports_storage_gc_and_the_user(content: Pushed) -> None:
     async with httpx.AsyncClient(base_url=content.url) as c:
+        first = (await c.get(f"{UI}/info")).json()
+        # Nothing walked the store yet, and this request did not either: it asked for a walk.
+        assert first["storage"] == {"driver": "filesystem", "bytes": None, "blobs": None,
+                                    "computed_at": None}
+        assert first["uploads_in_progress"] is None
         with trio.fail_after(30):
             while True:  # the totals are computed in the background, never on a request:
                 info = (await c.get(f"{UI}/info")).json()  # this asks for fresh ones
@@ -615,3 +631,76 @@ def test_index_references_are_hashed_and_prefixed() -> None:
         '<img src="/r/ui/assets/missing.svg"><a href="/ui/">home</a>'
     )
     assert hashed_name("app.js", b"x") == f"app.{hashlib.sha256(b'x').hexdigest()[:12]}.js"
+
+
+async def test_under_http_prefix(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Everything moves below http.prefix (the ASGI root_path, as `registry serve` sets it)."""
+    config, _ = load_config(None, {
+        "REGISTRY_STORAGE": "filesystem",
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "storage"),
+        "REGISTRY_HTTP_PREFIX": "/r",
+    })
+    hc = HyperConfig()
+    hc.accesslog = None
+    hc.root_path = config.http.prefix
+    url = await serve_asgi(nursery, build_app(config, ui_static=write_static(tmp_path)), hc)
+    async with httpx.AsyncClient(base_url=url.rstrip("/") + "/r") as c:
+        await push_image(c, "r/a", "v1")
+        page = await c.get("/ui/repositories/a")
+        listing = await c.get(f"{UI}/repositories")
+    async with httpx.AsyncClient(base_url=url) as c:
+        root = await c.get("/", headers={"Accept": "text/html"})
+        outside = await c.get(f"{UI}/repositories")
+    assert root.status_code == 302 and root.headers["location"] == "/r/ui/"
+    assert page.status_code == 200
+    assert re.search(r'src="/r/ui/assets/app\.[0-9a-f]{12}\.js"', page.text)
+    assert [x["name"] for x in listing.json()["repositories"]] == ["r/a"]
+    assert outside.status_code == 404
+
+
+async def test_a_failing_background_catalog_refresh_keeps_the_old_list(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index's refresh runs in the app's lifespan nursery: a storage error there is
+    logged and the last list served, never raised into the nursery (it would stop the app)."""
+    storage = Storage(MemoryDriver())
+    now = [0.0]
+    index = RepoIndex(storage, clock=lambda: now[0])
+    await storage_push_image(storage, "a", "v1", [b"layer"])
+    await nursery.start(index.serve)
+    assert await index.names() == ["a"]
+
+    async def broken() -> list[str]:
+        raise Unavailable("backend unreachable")
+
+    monkeypatch.setattr(storage, "catalog", broken)
+    now[0] += CATALOG_TTL + 1
+    assert await index.names() == ["a"]  # stale at once; the refresh runs behind it
+    with trio.fail_after(10):
+        while "cannot list the repositories" not in caplog.text:
+            await trio.sleep(0.01)
+    assert await index.names() == ["a"]
+
+
+@pytest.mark.s3
+async def test_on_s3_push_times_sizes_and_totals(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The same answers from the S3 driver (moto with signature checks): push times from
+    LastModified, totals from a listing of blobs/."""
+    env = await trio.to_thread.run_sync(s3_registry_env)
+    url = await serve_registry(nursery, tmp_path, env)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        _, v1 = await push_image(c, "team/app", "v1", layers=(SHARED, ONLY_V1))
+        _, v2 = await push_image(c, "team/app", "v2", layers=(SHARED, ONLY_V2))
+        listing = (await c.get(f"{UI}/repositories")).json()
+        tags = (await c.get(f"{UI}/repositories/team/app")).json()
+        with trio.fail_after(60):
+            while not (info := (await c.get(f"{UI}/info")).json())["storage"]["blobs"]:
+                await trio.sleep(0.1)
+    (row,) = listing["repositories"]
+    assert row["tags"] == 2 and RFC3339_UTC.match(row["last_push"])
+    config = json.loads(v1)["config"]["size"]  # the same config in both
+    assert row["size"] == len(v1) + len(v2) + config + len(SHARED) + len(ONLY_V1) + len(ONLY_V2)
+    assert [(t["tag"], t["shared_size"]) for t in tags["tags"]] == [
+        ("v1", len(SHARED)), ("v2", len(SHARED))]
+    assert info["storage"]["driver"] == "s3"
+    assert info["storage"]["blobs"] == 6  # one config, three layers, two manifests

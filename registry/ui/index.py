@@ -13,9 +13,10 @@
   replica are seen within the TTL;
 - manifests and image configs read, by digest (immutable, bounded LRUs);
 - the storage totals for ``/info`` (bytes, blobs, upload sessions): computed only by
-  :meth:`serve` in the background, at start-up and every ``STATS_INTERVAL`` seconds, or
-  sooner when an ``/info`` request finds this worker changed tags since the last walk
-  (:meth:`want_totals`, at most every ``STATS_MIN_AGE`` seconds); never on a request.
+  :meth:`serve` in the background, when an ``/info`` request asks (:meth:`want_totals`):
+  the first time, then when they are ``STATS_IDLE_AGE`` old, or ``STATS_MIN_AGE`` old and
+  this worker changed tags since. Never on a request, and never while nobody looks (a
+  walk of ``blobs/`` is the one cost here that grows with the store).
 
 Correctness never depends on it: access checks and the data of one repository's page
 (tags, manifests) are read from storage per request; only the catalog's counts and sizes
@@ -48,10 +49,12 @@ REPO_ENTRIES = 20_000  # summaries kept (~200 bytes each): a 10,000-repository c
 MANIFEST_ENTRIES = 4_096  # parsed manifests kept by digest
 CONFIG_ENTRIES = 4_096  # parsed image configs kept by digest
 MAX_CONFIG_BYTES = 1024 * 1024  # an image config past this is not read (history is shown)
-STATS_INTERVAL = 300.0  # seconds between background storage totals (a walk of blobs/)
 # After this worker changed a tag, an /info request wakes the totals this long after the
 # last walk at the earliest: a page open during pushes walks blobs/ at most this often.
 STATS_MIN_AGE = 5.0
+# While someone has the registry page open, totals older than this are walked again even
+# without a tag change of ours (upload sessions, other workers' pushes, GC).
+STATS_IDLE_AGE = 60.0
 SUMMARY_CONCURRENCY = 16  # repositories summarised at once for one catalog page
 
 K = TypeVar("K")
@@ -107,13 +110,11 @@ class RepoIndex:
         *,
         catalog_ttl: float = CATALOG_TTL,
         repo_ttl: float = REPO_TTL,
-        stats_interval: float = STATS_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.catalog_ttl = catalog_ttl
         self.repo_ttl = repo_ttl
-        self.stats_interval = stats_interval
         self.clock = clock
         self._names: list[str] | None = None
         self._names_at = 0.0
@@ -147,7 +148,7 @@ class RepoIndex:
             await self._refresh()
         elif self.clock() - self._names_at > self.catalog_ttl:
             if self._nursery is not None and self._refreshing is None:
-                self._nursery.start_soon(self._refresh)
+                self._nursery.start_soon(self._warm)  # never raises into the nursery
             elif self._nursery is None:
                 await self._refresh()
         assert self._names is not None
@@ -262,10 +263,11 @@ class RepoIndex:
         await nursery.start(self.serve)
 
     def want_totals(self) -> None:
-        """Ask :meth:`serve` for fresh totals if this worker changed tags since the last
-        walk and that walk is at least ``STATS_MIN_AGE`` old. Never waits."""
+        """Ask :meth:`serve` for fresh totals if the last walk is ``STATS_IDLE_AGE`` old, or
+        ``STATS_MIN_AGE`` old and this worker changed tags since. Never waits."""
         at = self._totals_at
-        if self._dirty and (at is None or self.clock() - at >= STATS_MIN_AGE):
+        age = float("inf") if at is None else self.clock() - at
+        if age >= STATS_IDLE_AGE or (self._dirty and age >= STATS_MIN_AGE):
             self._wake.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -277,16 +279,16 @@ class RepoIndex:
             task_status.started()
             nursery.start_soon(self._warm)
             while True:
-                await self.compute_totals()
-                with trio.move_on_after(self.stats_interval):
-                    await self._wake.wait()
+                await self._wake.wait()
                 self._wake = trio.Event()
+                await self.compute_totals()
 
     async def _warm(self) -> None:
-        """The catalog walk at start-up, so the first page does not pay for it alone (a
-        request that comes first waits for this same walk)."""
+        """A catalog walk in the background: at start-up, so the first page does not pay
+        for it alone (a request that comes first waits for this same walk), and when the
+        list is older than ``catalog_ttl``. A failure is logged; the old list stays."""
         try:
-            await self.names()
+            await self._refresh()
         except Exception as exc:  # noqa: BLE001  a request will try again
             log.warning("ui: cannot list the repositories: %s", exc)
 
