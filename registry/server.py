@@ -38,6 +38,7 @@ from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
+from .proxy import ProxyCache
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
@@ -114,6 +115,8 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
         can_pull=authenticate.can_pull if authenticate is not None else None,
         gc=collector,  # POST /admin/gc (http/admin.py)
         ops=ops,  # serve_worker serves its debug app beside the API
+        # proxy / proxies: the pull-through cache (registry/proxy/), None without remotes
+        proxy=ProxyCache(storage, config.proxies) if config.proxies else None,
     )
 
 

@@ -29,6 +29,8 @@ FORBIDDEN = {
     "drivers": {"http", "storage", "auth", "ops", "notifications", "config"},
     "storage": {"http", "auth", "ops", "notifications"},
     "http": {"drivers", "notifications"},
+    # the pull-through cache: between http and storage (http -> proxy -> storage)
+    "proxy": {"http", "auth", "notifications"},
     "ops": {"http", "auth", "notifications"},
     "auth": {"storage", "drivers", "ops", "notifications"},
     "notifications.py": {"storage", "drivers", "auth"},

@@ -27,10 +27,11 @@ from .. import logs
 from ..errors import ErrorCode, RegistryError, unwrap
 from ..ops import Operations
 from ..ops.exchange import Exchange, metric_method
+from ..proxy import ProxyCache
 from ..reference import is_valid_name
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
-from . import router
+from . import proxied, router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
 from .responses import API_VERSION_HEADER, ZEROCOPY, FileBody, Response, error_response
 
@@ -66,10 +67,12 @@ class RegistryApp:
         can_pull: Callable[[Request, str], Awaitable[bool]] | None = None,
         gc: OnlineGC | None = None,
         ops: Operations | None = None,
+        proxy: ProxyCache | None = None,
     ) -> None:
-        self.services = Services(storage, options or AppOptions(), gc, can_pull)
+        self.services = Services(storage, options or AppOptions(), gc, can_pull, proxy)
         self.ops = ops or Operations()
-        self._background = tuple(background)
+        # The pull-through cache's fetches and expiry run in the lifespan nursery too.
+        self._background = tuple(background) + ((proxy.start,) if proxy is not None else ())
         self._authenticate = authenticate
         self._observing = self.ops.observing
         # http.headers from the config win over our defaults (no header sent twice).
@@ -248,6 +251,10 @@ class RegistryApp:
             raise RegistryError(ErrorCode.NAME_INVALID, detail={"name": name[:300]})
         if self.options.readonly and req.method in WRITE_METHODS:
             raise RegistryError(ErrorCode.UNSUPPORTED, "registry is in read-only mode")
+        if self.services.proxy is not None:  # names under a remote's prefix (proxied.py)
+            answer = await proxied.handle(self.services, req, self.services.proxy)
+            if answer is not None:
+                return answer
         return await req.route.handlers[req.method](self.services, req)
 
     async def _send_unread(

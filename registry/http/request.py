@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import ErrorCode, RegistryError
 from ..ops.exchange import UNMATCHED_LABEL, EventKind
+from ..proxy import ProxyCache
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage
 from .responses import Response
@@ -226,6 +227,7 @@ class Services:
     options: AppOptions
     gc: OnlineGC | None = None
     can_pull: Callable[[Request, str], Awaitable[bool]] | None = None
+    proxy: ProxyCache | None = None  # the pull-through cache (http/proxied.py), if configured
 
     def url(self, req: Request, path: str) -> str:
         """``path`` (a route's) as a Location URL (SPEC General 4: http.host, forwarded

@@ -18,6 +18,8 @@ Nothing else in the project spells a key. The tree, under the driver's root::
         _gc/lastrun                                          online GC: when the last one finished
         _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
         _gc/plan                                             online GC: the blobs a run unlinks
+        _proxy/expiry/<kind>@<name, / as ,>@<alg>-<hex>      pull-through cache: one entry's expiry
+    /scheduler-state.json                                    registry:3's proxy expiry state (all entries)
 
 ``_gc/`` is ours (storage/gc.py); the reference never looks there (it walks only
 ``blobs/`` and ``repositories/``), so a directory we collected stays valid for it.
@@ -157,6 +159,33 @@ def gc_trash_dir(d: Digest) -> str:
 
 def gc_trash_data(d: Digest) -> str:
     return f"{gc_trash_dir(d)}/data"
+
+
+# The pull-through cache's expiry entries (registry/proxy/expiry.py): ours, one key per
+# entry (no read-modify-write of one file between workers); registry:3 keeps them all in
+# one file at the driver root (registry/proxy/proxyregistry.go), which we import and mirror.
+PROXY_EXPIRY = f"{ROOT}/_proxy/expiry"
+SCHEDULER_STATE = "/scheduler-state.json"
+
+
+def proxy_expiry_entry(kind: str, name: str, d: Digest) -> str:
+    if not is_valid_name(name) or kind not in ("blob", "manifest"):
+        raise ValueError(f"invalid expiry entry {kind!r} {name!r}")
+    return f"{PROXY_EXPIRY}/{kind}@{name.replace('/', ',')}@{d.algorithm}-{d.hex}"
+
+
+def parse_proxy_expiry_entry(path: str) -> tuple[str, str, Digest] | None:
+    """(kind, name, digest) of an expiry entry's key, None for anything else."""
+    base = path.rsplit("/", 1)[-1]
+    parts = base.split("@")
+    if len(parts) != 3 or parts[0] not in ("blob", "manifest") or "-" not in parts[2]:
+        return None
+    name = parts[1].replace(",", "/")
+    try:
+        d = Digest.parse(parts[2].replace("-", ":", 1))
+    except ValueError:
+        return None
+    return (parts[0], name, d) if is_valid_name(name) else None
 
 
 def repo_name_from_path(path: str) -> str | None:
