@@ -95,6 +95,12 @@ NOT_ROUTE_NAMES = {
     ("http/manifests.py", "tags"),  # the tags list's JSON key (SPEC Discovery 22)
     ("config/build.py", "catalog"),  # the reference's free-form config section
     ("drivers/s3/api.py", "uploads"),  # S3's ?uploads query (multipart uploads)
+    ("http/proxied.py", "tags"),  # the tags list's JSON key
+    ("proxy/upstream.py", "tags"),  # the upstream's tags list JSON key
+    ("proxy/expiry.py", "blob"),  # the kinds of expiry entries (registry:3's entry types)
+    ("proxy/expiry.py", "manifest"),
+    ("storage/paths.py", "blob"),  # the expiry entries' key names their kind
+    ("storage/paths.py", "manifest"),
 }
 
 
