@@ -32,6 +32,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import httpx
@@ -303,15 +304,16 @@ class ProxyCache:
 
                 async def body() -> AsyncIterator[bytes]:
                     nonlocal received
-                    async for chunk in stream.chunks:
-                        received += len(chunk)
-                        if stream.size is not None and received > stream.size:
-                            raise UpstreamError("digest_mismatch", "upstream sent more bytes"
-                                                " than its Content-Length")
-                        if held:
-                            await _to_client(fetch, held.pop())
-                        held.append(chunk)
-                        yield chunk
+                    async with aclosing(stream.chunks) as chunks:
+                        async for chunk in chunks:
+                            received += len(chunk)
+                            if stream.size is not None and received > stream.size:
+                                raise UpstreamError("digest_mismatch", "upstream sent more"
+                                                    " bytes than its Content-Length")
+                            if held:
+                                await _to_client(fetch, held.pop())
+                            held.append(chunk)
+                            yield chunk
                     if stream.size is not None and received != stream.size:
                         raise UpstreamError("unreachable", f"upstream closed after {received}"
                                             f" of {stream.size} bytes")

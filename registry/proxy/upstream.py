@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -249,8 +249,9 @@ class Upstream:
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
-                    async for chunk in resp.aiter_raw():
-                        yield chunk
+                    async with aclosing(resp.aiter_raw()) as raw:
+                        async for chunk in raw:
+                            yield chunk
                 except httpx.HTTPError as e:
                     raise UpstreamError("unreachable", f"blob GET: {type(e).__name__}") from None
 
