@@ -304,7 +304,7 @@ class ProxyCache:
 
                 async def body() -> AsyncIterator[bytes]:
                     nonlocal received
-                    async with aclosing(stream.chunks) as chunks:
+                    async with aclosing(stream.chunks) as chunks:  # type: ignore[type-var]
                         async for chunk in chunks:
                             received += len(chunk)
                             if stream.size is not None and received > stream.size:

@@ -249,7 +249,7 @@ class Upstream:
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
-                    async with aclosing(resp.aiter_raw()) as raw:
+                    async with aclosing(resp.aiter_raw()) as raw:  # type: ignore[type-var]
                         async for chunk in raw:
                             yield chunk
                 except httpx.HTTPError as e:
