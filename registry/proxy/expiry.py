@@ -175,11 +175,16 @@ class Expiry:
 
     async def sweep(self) -> int:
         """Remove what is due (under the collection lock; skipped while another process
-        holds it) and mirror the state into registry:3's file; how many entries expired."""
+        holds it) and mirror the state into registry:3's file; how many entries expired.
+
+        The file is written from our keys whenever it would change. Without removals that
+        needs no lock: it is a snapshot of the keys, never read back and modified, so two
+        writers can only leave a snapshot the next sweep rewrites."""
         entries = await self.entries()
         now = self.clock()
         due = [e for e in entries if e.expires <= now]
-        if not due and self._v3_state(entries) == self._exported:
+        if not due:
+            await self._export(entries)
             return 0
         try:
             async with open_gc_lock(self.driver, confirm=self.lock_confirm):
@@ -190,13 +195,16 @@ class Expiry:
                         continue  # fetched again meanwhile
                     await self._remove(e)
                     removed += 1
-                left = await self.entries()
-                state = self._v3_state(left)
-                await self.driver.put_content(paths.SCHEDULER_STATE, state)
-                self._exported = state
+                await self._export(await self.entries())
                 return removed
         except LockBusy:
             return 0
+
+    async def _export(self, entries: list[Entry]) -> None:
+        state = self._v3_state(entries)
+        if state != self._exported:
+            await self.driver.put_content(paths.SCHEDULER_STATE, state)
+            self._exported = state
 
     async def _remove(self, e: Entry) -> None:
         st = self.storage
