@@ -116,7 +116,7 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
         gc=collector,  # POST /admin/gc (http/admin.py)
         ops=ops,  # serve_worker serves its debug app beside the API
         # proxy / proxies: the pull-through cache (registry/proxy/), None without remotes
-        proxy=ProxyCache(storage, config.proxies) if config.proxies else None,
+        proxy=ProxyCache(storage, config.proxies, metrics=ops.metrics) if config.proxies else None,
     )
 
 

@@ -11,7 +11,10 @@ import httpx
 import pytest
 import trio
 from oci import OCI_MANIFEST, digest, error_codes, push_blob, push_image
+from prometheus_client.parser import text_string_to_metric_families
 from proxy_support import remote, respond, start_proxy, start_upstream
+
+from registry.ops.metrics import Metrics
 
 TIMEOUT = 30  # seconds any one test may take (none may hang)
 BIG = os.urandom(3 * 1024 * 1024 + 17)  # several upstream pieces and storage units
@@ -114,11 +117,12 @@ async def test_prefixed_remote_beside_local_repositories(nursery, roots):
 
 async def test_concurrent_cold_pulls_fetch_each_blob_once(nursery, roots):
     up_root, px_root = roots
+    metrics = Metrics()
     with trio.fail_after(TIMEOUT):
         up, _ = await start_upstream(nursery, up_root)
         async with httpx.AsyncClient(base_url=up.url) as upc:
             d = await push_blob(upc, "big", BIG)
-        url, _, _ = await start_proxy(nursery, str(px_root), [remote(up.url)])
+        url, _, _ = await start_proxy(nursery, str(px_root), [remote(up.url)], metrics=metrics)
         got: list[bytes] = []
         async with httpx.AsyncClient(base_url=url, timeout=20) as c:
             async def pull() -> None:
@@ -131,6 +135,16 @@ async def test_concurrent_cold_pulls_fetch_each_blob_once(nursery, roots):
                     n.start_soon(pull)
         assert got == [BIG] * 8
         assert up.count("GET", f"/blobs/{d}") == 1
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(metrics.exposition()[0].decode())
+                   for s in f.samples}
+        # registry:3's proxy metrics, and ours by remote
+        blob = (("type", "blob"),)
+        assert samples[("registry_proxy_misses_total", blob)] == 1
+        assert samples[("registry_proxy_requests_total", blob)] == 1  # the leader's
+        assert samples[("registry_proxy_pulled_bytes_total", blob)] == len(BIG)
+        assert samples[("registry_proxy_upstream_fetches_total",
+                        (("outcome", "ok"), ("remote", up.url), ("type", "blob")))] == 1
 
 
 def _wrong_bytes(d: str):  # type: ignore[no-untyped-def]

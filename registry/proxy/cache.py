@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import trio
@@ -48,10 +49,18 @@ from .upstream import Upstream, UpstreamError
 
 log = logging.getLogger("registry.proxy")
 
+BLOB, MANIFEST = "blob", "manifest"  # the metrics' type label (registry:3's)
 CLIENT_CHANNEL = 4  # upstream pieces buffered for the streaming client (~64 KiB each)
 CLOSE_TIMEOUT = 5.0  # seconds closing the upstream clients may take at shutdown
 
-Observer = Callable[[str, str, str, int, float, str], None]  # remote, repo, digest, bytes, s, outcome
+
+
+class CacheMetrics(Protocol):
+    """What the cache reports (ops/metrics.py's Metrics has these)."""
+
+    def proxy_served(self, kind: str, hit: bool, size: int) -> None: ...
+
+    def proxy_fetched(self, remote: str, kind: str, size: int, outcome: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,12 @@ class ProxyCache:
 
     def __init__(self, storage: Storage, remotes: Sequence[RemoteConfig], *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 observe: Observer | None = None, clock: Callable[[], float] = time.time) -> None:
+                 metrics: CacheMetrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.remotes = tuple(Remote(c, Upstream(c, transport)) for c in remotes)
         self.expiry = Expiry(storage, clock=clock)
-        self._observe = observe
+        self.metrics = metrics
         self._inflight: dict[tuple[str, Digest], Fetch] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -144,13 +154,24 @@ class ProxyCache:
                 for r in self.remotes:
                     await r.upstream.aclose()
 
-    def _observed(self, remote: Remote, repo: str, digest: str, size: int, started: float,
-                  outcome: str) -> None:
+    def _observed(self, remote: Remote, kind: str, repo: str, digest: str, size: int,
+                  started: float, outcome: str) -> None:
+        """The one log line (and the metrics) of one upstream fetch."""
         seconds = time.perf_counter() - started
-        log.info("upstream fetch remote=%s repository=%s digest=%s bytes=%d duration=%.3fs"
-                 " outcome=%s", remote.label, repo, digest, size, seconds, outcome)
-        if self._observe is not None:
-            self._observe(remote.label, repo, digest, size, seconds, outcome)
+        log.info("upstream fetch remote=%s type=%s repository=%s digest=%s bytes=%d"
+                 " duration=%.3fs outcome=%s", remote.label, kind, repo, digest, size, seconds,
+                 outcome)
+        if self.metrics is not None:
+            self.metrics.proxy_fetched(remote.label, kind, size, outcome)
+
+    def _failed(self, remote: Remote, kind: str, e: UpstreamError) -> None:
+        """An upstream question (a HEAD) that failed: counted with the fetches."""
+        if self.metrics is not None:
+            self.metrics.proxy_fetched(remote.label, kind, 0, e.kind)
+
+    def _served(self, kind: str, hit: bool, size: int | None) -> None:
+        if self.metrics is not None:
+            self.metrics.proxy_served(kind, hit, size or 0)
 
     # --- manifests -----------------------------------------------------------------------
 
@@ -165,23 +186,29 @@ class ProxyCache:
         if isinstance(reference, Digest):
             if await st.blobs.has_revision(name, reference):
                 try:
-                    return await st.manifests.get(name, reference), False
+                    m = await st.manifests.get(name, reference)
                 except RegistryError:
                     pass  # the revision link without its bytes: fetch them again
+                else:
+                    self._served(MANIFEST, True, len(m.body))
+                    return m, False
             return await self._fetch_manifest(remote, name, up_name, reference, None, accept), False
         try:
             current = await remote.upstream.head_manifest(up_name, reference)
         except UpstreamError as e:
+            self._failed(remote, MANIFEST, e)
             if e.kind == "notfound":
                 raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": reference}) from None
             log.warning("upstream %s unusable for %s:%s (%s); serving the cached tag",
                         remote.label, name, reference, e)
             try:
-                return await st.manifests.get(name, reference), True
+                m = await st.manifests.get(name, reference)
             except RegistryError as missing:
                 if missing.code is ErrorCode.MANIFEST_UNKNOWN:
                     raise upstream_error(e, ErrorCode.MANIFEST_UNKNOWN, {"tag": reference}) from None
                 raise
+            self._served(MANIFEST, True, len(m.body))
+            return m, True
         d = _digest_or_none(current)
         if d is not None and await st.blobs.has_revision(name, d):
             try:
@@ -191,6 +218,7 @@ class ProxyCache:
             else:
                 if await _tag_target(st, name, reference) != d:
                     await st.tags.tag(name, reference, d)
+                self._served(MANIFEST, True, len(m.body))
                 return m, False
         return await self._fetch_manifest(remote, name, up_name, d or reference, reference,
                                           accept), False
@@ -202,21 +230,22 @@ class ProxyCache:
         try:
             got = await remote.upstream.get_manifest(up_name, str(ref), accept)
         except UpstreamError as e:
-            self._observed(remote, name, shown, 0, started, e.kind)
+            self._observed(remote, MANIFEST, name, shown, 0, started, e.kind)
             detail = {"digest": str(ref)} if isinstance(ref, Digest) else {"tag": ref}
             raise upstream_error(e, ErrorCode.MANIFEST_UNKNOWN, detail) from None
         expected = ref if isinstance(ref, Digest) else _digest_or_none(got.digest)
         algorithm = expected.algorithm if expected is not None else "sha256"
         d = Digest(algorithm, hashlib.new(algorithm, got.body).hexdigest())
         if expected is not None and d != expected:
-            self._observed(remote, name, shown, len(got.body), started, "digest_mismatch")
+            self._observed(remote, MANIFEST, name, shown, len(got.body), started,
+                           "digest_mismatch")
             raise RegistryError(ErrorCode.UNAVAILABLE, "upstream sent a manifest that does not"
                                 " match its digest", {"digest": str(expected)})
         try:
             await self.storage.manifests.put(name, d, got.media_type or None, got.body,
                                              check_references=False)
         except RegistryError as e:
-            self._observed(remote, name, str(d), len(got.body), started, "invalid")
+            self._observed(remote, MANIFEST, name, str(d), len(got.body), started, "invalid")
             if e.code in (ErrorCode.MANIFEST_INVALID, ErrorCode.DIGEST_INVALID):
                 raise RegistryError(ErrorCode.UNAVAILABLE, "upstream sent a manifest we cannot"
                                     " store", {"digest": str(d)}) from None
@@ -225,8 +254,10 @@ class ProxyCache:
             await self.storage.tags.tag(name, tag, d)
         if remote.config.ttl is not None:
             await self.expiry.add_manifest(name, d, remote.config.ttl)
-        self._observed(remote, name, str(d), len(got.body), started, "ok")
-        return await self.storage.manifests.get(name, d)
+        self._observed(remote, MANIFEST, name, str(d), len(got.body), started, "ok")
+        m = await self.storage.manifests.get(name, d)
+        self._served(MANIFEST, False, len(m.body))
+        return m
 
     async def tags(self, name: str) -> list[str]:
         """The upstream's tags (as registry:3), else the cached ones (NAME_UNKNOWN if none)."""
@@ -246,7 +277,9 @@ class ProxyCache:
         """What to serve for blob ``d`` of proxied ``name`` (see :class:`BlobAnswer`).
         A GET of a blob not held waits for (or leads) the fetch; a HEAD asks the upstream."""
         st = self.storage
-        if await st.blobs.is_linked(name, d) and await st.blobs.size(d) is not None:
+        if await st.blobs.is_linked(name, d) and (size := await st.blobs.size(d)) is not None:
+            if not head:
+                self._served(BLOB, True, size)
             return BlobAnswer()
         remote = self._remote(name)
         up_name = remote.upstream_name(name)
@@ -254,6 +287,7 @@ class ProxyCache:
             try:
                 size = await remote.upstream.head_blob(up_name, str(d))
             except UpstreamError as e:
+                self._failed(remote, BLOB, e)
                 raise upstream_error(e, ErrorCode.BLOB_UNKNOWN, {"digest": str(d)}) from None
             return BlobAnswer(size=size)
         key = (name, d)
@@ -342,7 +376,9 @@ class ProxyCache:
             with trio.CancelScope(shield=True):
                 await _close(fetch)
             fetch.done.set()
-            self._observed(remote, name, str(d), received, started, outcome)
+            self._observed(remote, BLOB, name, str(d), received, started, outcome)
+            if fetch.ok:
+                self._served(BLOB, False, received)
 
     def _remote(self, name: str) -> Remote:
         remote = self.remote_for(name)
