@@ -99,6 +99,8 @@ NOT_ROUTE_NAMES = {
     ("proxy/upstream.py", "tags"),  # the upstream's tags list JSON key
     ("proxy/expiry.py", "blob"),  # the kinds of expiry entries (registry:3's entry types)
     ("proxy/expiry.py", "manifest"),
+    ("proxy/cache.py", "blob"),  # registry:3's proxy metrics' type label
+    ("proxy/cache.py", "manifest"),
     ("storage/paths.py", "blob"),  # the expiry entries' key names their kind
     ("storage/paths.py", "manifest"),
 }
