@@ -17,12 +17,14 @@ proxy mode answers, from its registry/proxy/*.go and registry/handlers/*.go:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from ..digest import Digest
 from ..errors import ErrorCode, RegistryError
-from ..proxy import ProxyCache
+from ..proxy import FetchAborted, ProxyCache
 from ..storage.tags import paginate
 from . import blobs, manifests, routes
-from .request import Request, Services
+from .request import ClientDisconnected, Request, Services
 from .responses import Response, json_response
 
 STALE_WARNING = b'110 registry "Response is Stale: the upstream is unreachable"'
@@ -75,7 +77,22 @@ async def _blob(svc: Services, req: Request, cache: ProxyCache, name: str) -> Re
     ]
     if answer.stream is None:  # a HEAD the upstream answered
         return Response(200, headers, b"", length=answer.size, head=True)
-    return Response(200, headers, answer.stream, length=answer.size)
+    return Response(200, headers, _cut_short_on_failure(answer.stream), length=answer.size)
+
+
+async def _cut_short_on_failure(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The fetch's bytes; a failed fetch ends the response as a lost client does (the app
+    stops sending, the server closes the connection before the announced length), without
+    an "unhandled error" traceback: the fetch logged its outcome already."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except FetchAborted:
+        raise ClientDisconnected() from None
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _tags(req: Request, cache: ProxyCache, name: str) -> Response:

@@ -158,7 +158,7 @@ class ProxyCache:
                   started: float, outcome: str) -> None:
         """The one log line (and the metrics) of one upstream fetch."""
         seconds = time.perf_counter() - started
-        log.info("upstream fetch remote=%s type=%s repository=%s digest=%s bytes=%d"
+        log.log(logging.INFO if outcome == "ok" else logging.WARNING, "upstream fetch remote=%s type=%s repository=%s digest=%s bytes=%d"
                  " duration=%.3fs outcome=%s", remote.label, kind, repo, digest, size, seconds,
                  outcome)
         if self.metrics is not None:
@@ -298,8 +298,8 @@ class ProxyCache:
             if not ranged:
                 send, recv = trio.open_memory_channel[bytes](CLIENT_CHANNEL)
                 fetch.client = send
+            self._spawn(self._fetch_blob, remote, name, up_name, d, fetch)  # raises first
             self._inflight[key] = fetch
-            self._spawn(self._fetch_blob, remote, name, up_name, d, fetch)
             if recv is not None:
                 relay = Relay(recv, fetch)
                 try:

@@ -21,8 +21,8 @@ import base64
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -35,6 +35,9 @@ log = logging.getLogger("registry.proxy")
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the upstream
 READ_TIMEOUT = 60.0  # seconds one read from the upstream may stall (blobs: per chunk)
 POOL_TIMEOUT = 30.0  # seconds a request waits for a free pooled connection
+# seconds a whole small exchange (manifest, HEAD, token, tags page) may take, auth included:
+# a client (dockerd) gives up after about a minute, and a stale cached tag beats a hang
+REQUEST_DEADLINE = 45.0
 MAX_CONNECTIONS = 32  # per remote per worker: 16 cold pullers' blobs in parallel and more
 MAX_KEEPALIVE = 16  # idle connections kept per remote per worker
 TOKEN_DEFAULT_EXPIRY = 60.0  # seconds: the token spec's default for a missing expires_in
@@ -79,6 +82,16 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
               for m in _PARAM.finditer(rest)}
     return scheme.lower(), params
+
+
+@contextmanager
+def _deadline(what: str) -> Iterator[None]:
+    """REQUEST_DEADLINE for the body; past it, UpstreamError ``unreachable``."""
+    try:
+        with trio.fail_after(REQUEST_DEADLINE):
+            yield
+    except trio.TooSlowError:
+        raise UpstreamError("unreachable", f"{what}: no answer in {REQUEST_DEADLINE:.0f}s") from None
 
 
 def _basic_header(username: str | None, password: str | None) -> str:
@@ -199,6 +212,10 @@ class Upstream:
     async def head_manifest(self, repo: str, reference: str) -> str | None:
         """The digest the upstream's manifest ``reference`` has now (Docker-Content-Digest;
         None if it did not say)."""
+        with _deadline("manifest HEAD"):
+            return await self._head_manifest(repo, reference)
+
+    async def _head_manifest(self, repo: str, reference: str) -> str | None:
         resp = await self._send("HEAD", f"/v2/{repo}/manifests/{reference}", repo,
                                 {"accept": ", ".join(MANIFEST_TYPES)})
         if resp.status_code != 200:
@@ -209,6 +226,10 @@ class Upstream:
     async def get_manifest(self, repo: str, reference: str, accept: str | None) -> ManifestAnswer:
         """The manifest's bytes (at most MAX_MANIFEST_BYTES) and media type; Accept is the
         client's types plus every type we store."""
+        with _deadline("manifest GET"):
+            return await self._get_manifest(repo, reference, accept)
+
+    async def _get_manifest(self, repo: str, reference: str, accept: str | None) -> ManifestAnswer:
         types = [t.strip() for t in (accept or "").split(",") if t.strip()]
         types += [t for t in MANIFEST_TYPES if t not in types]
         resp = await self._send("GET", f"/v2/{repo}/manifests/{reference}", repo,
@@ -230,6 +251,10 @@ class Upstream:
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
         """The blob's size per the upstream (None if it sent no Content-Length)."""
+        with _deadline("blob HEAD"):
+            return await self._head_blob(repo, digest)
+
+    async def _head_blob(self, repo: str, digest: str) -> int | None:
         resp = await self._send("HEAD", f"/v2/{repo}/blobs/{digest}", repo)
         if resp.status_code != 200:
             raise await self._fail(resp, "blob HEAD")
@@ -262,6 +287,10 @@ class Upstream:
 
     async def tags(self, repo: str) -> list[str]:
         """Every tag of ``repo`` upstream (following Link pages, at most MAX_TAG_PAGES)."""
+        with _deadline("tags list"):
+            return await self._tags(repo)
+
+    async def _tags(self, repo: str) -> list[str]:
         path: str | None = f"/v2/{repo}/tags/list"
         found: list[str] = []
         for _ in range(MAX_TAG_PAGES):
