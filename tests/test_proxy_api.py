@@ -4,13 +4,14 @@ own app (tests/proxy_support.py), a proxy app in front of it, httpx as the clien
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from oci import OCI_MANIFEST, digest, error_codes, push_blob, push_image
+from oci import OCI_INDEX, OCI_MANIFEST, digest, error_codes, push_blob, push_image
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_support import remote, respond, start_proxy, start_upstream
 
@@ -262,3 +263,39 @@ async def test_bearer_token_refreshed_on_401_and_wrong_credentials_are_503(nurse
             up.tokens_issued += 1
             r = await c.get("/v2/app/manifests/latest")
             assert r.status_code == 503 and error_codes(r) == ["UNAVAILABLE"]
+
+
+async def test_index_children_on_demand_and_catch_all_beside_a_prefix(nursery, roots):
+    up_root, px_root = roots
+    with trio.fail_after(TIMEOUT):
+        up, _ = await start_upstream(nursery, up_root)
+        other, _ = await start_upstream(nursery, up_root + "-other")
+        async with httpx.AsyncClient(base_url=up.url) as upc:
+            amd, amd_body = await push_image(upc, "multi", None, layers=(b"amd64 layer",))
+            arm, _ = await push_image(upc, "multi", None, layers=(b"arm64 layer",),
+                                      config=b'{"architecture":"arm64","os":"linux"}')
+            index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": amd, "size": len(amd_body),
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": OCI_MANIFEST, "digest": arm, "size": 1,
+                 "platform": {"architecture": "arm64", "os": "linux"}}]}).encode()
+            r = await upc.put("/v2/multi/manifests/1", content=index,
+                              headers={"content-type": OCI_INDEX})
+            assert r.status_code == 201
+        async with httpx.AsyncClient(base_url=other.url) as oc:
+            _, other_body = await push_image(oc, "tool", "1")
+        url, _, _ = await start_proxy(nursery, str(px_root), [
+            remote(other.url, prefix="other"), remote(up.url)])  # longest prefix first
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            r = await c.get("/v2/multi/manifests/1")  # the catch-all's
+            assert r.content == index and r.headers["docker-content-digest"] == digest(index)
+            assert r.headers["content-type"] == OCI_INDEX
+            assert up.count("GET", f"/manifests/{amd}") == 0  # children: when asked for
+            r = await c.get(f"/v2/multi/manifests/{amd}")
+            assert r.status_code == 200 and r.content == amd_body
+            assert up.count("GET", f"/manifests/{amd}") == 1
+            assert up.count("GET", f"/manifests/{arm}") == 0
+            r = await c.get("/v2/other/tool/manifests/1")  # the prefixed remote's
+            assert r.status_code == 200 and r.content == other_body
+            r = await c.post("/v2/anything/blobs/uploads/")  # a catch-all: no local names
+            assert r.status_code == 405 and error_codes(r) == ["UNSUPPORTED"]

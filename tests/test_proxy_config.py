@@ -79,3 +79,11 @@ def test_bad_proxy_values_are_one_line(tmp_path: Path, text: str, message: str) 
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_empty_credentials_from_compose_mean_anonymous(tmp_path: Path) -> None:
+    # docker/docker-compose.mirror.yml passes REGISTRY_PROXY_USERNAME="" when unset.
+    env = {"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io",
+           "REGISTRY_PROXY_USERNAME": "", "REGISTRY_PROXY_PASSWORD": "", "REGISTRY_PROXY_TTL": "168h"}
+    (remote,) = load(tmp_path, "", env).proxies
+    assert remote.username is None and remote.password is None and remote.ttl == DEFAULT_PROXY_TTL
