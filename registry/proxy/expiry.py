@@ -1,10 +1,13 @@
 """The pull-through cache's ttl: every fetched manifest and blob expires, and is then removed
 (registry:3's registry/proxy/scheduler, and what its proxyregistry.go does on expiry).
 
-State, one storage key per entry (``paths.proxy_expiry_entry``: kind, repository, digest ->
-``{"expires": <unix seconds>}``): adding an entry is one write of its own key, so several
-workers and replicas never lose each other's entries (no read-modify-write of one file).
-Fetching the same thing again writes the key again: a new expiry, as registry:3's ``add``.
+State, one empty storage key per entry and expiry (``paths.proxy_expiry_entry``: kind,
+repository, digest, expiry in unix seconds): adding an entry is one write of its own key,
+so several workers and replicas never lose each other's entries (no read-modify-write of
+one file), and one listing reads the whole state (no read per entry: a mirror holds tens
+of thousands). Fetching the same thing again adds a key with the later expiry, as
+registry:3's ``add`` replaces the timer; the latest expiry of an entry is the one that
+counts, and the sweeper deletes the older keys.
 
 registry:3 keeps all entries in one file, ``/scheduler-state.json`` (a map of
 ``<name>@<digest>`` to ``{"Key", "ExpiryData", "EntryType"}``, 0 blob, 1 manifest). The
@@ -18,7 +21,8 @@ Removal, by one worker or replica at a time (the storage's collection lock,
 - a blob: the repository's layer link, then the blob's data when no other repository
   links it (registry:3 removes the data whatever links it; a blob another repository still
   uses must not vanish under it).
-Due entries are read again just before removal: one fetched again meanwhile stays.
+Due entries are listed again under the lock: one fetched again meanwhile has a later key
+and stays. The file is rewritten at most every EXPORT_INTERVAL unless entries were removed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ from ..storage.walk import enumerate_repositories
 log = logging.getLogger("registry.proxy")
 
 SWEEP_INTERVAL = 60.0  # seconds between looks for due entries (ttls are hours to days)
+EXPORT_INTERVAL = 300.0  # seconds between rewrites of registry:3's file while entries are
+# only added (it holds every entry: megabytes for a big mirror, not worth a write a minute)
+LINK_CHECKS = 32  # repositories checked at once for a link to an expired blob
 LOCK_CONFIRM = 2.0  # seconds: the collection lock's race check (gc_lock.LOCK_CONFIRM)
 V3_TYPES = {0: "blob", 1: "manifest"}  # registry:3's entryTypeBlob, entryTypeManifest
 _FRACTION = re.compile(r"(\.\d{6})\d+")  # Go writes nanoseconds; Python reads microseconds
@@ -55,7 +62,8 @@ class Entry:
     kind: str  # blob | manifest
     name: str
     digest: Digest
-    expires: float  # unix seconds
+    expires: float  # unix seconds (the latest of its keys)
+    keys: tuple[str, ...] = ()  # its keys in storage, the latest last
 
 
 def _go_time(value: str) -> float:
@@ -79,6 +87,8 @@ class Expiry:
         self.interval = interval
         self.lock_confirm = lock_confirm
         self._exported: bytes | None = None
+        self._exported_at = -EXPORT_INTERVAL  # trio.current_time() of the last write
+        self._repos: list[str] | None = None  # the repositories, listed once per sweep
 
     async def add_blob(self, name: str, d: Digest, ttl: float) -> None:
         await self._add("blob", name, d, ttl)
@@ -89,36 +99,28 @@ class Expiry:
     async def _add(self, kind: str, name: str, d: Digest, ttl: float,
                    expires: float | None = None) -> None:
         at = self.clock() + ttl if expires is None else expires
-        body = json.dumps({"expires": at}).encode()
+        key = paths.proxy_expiry_entry(kind, name, d, max(0, int(at)))
         try:
-            await self.driver.put_content(paths.proxy_expiry_entry(kind, name, d), body)
+            await self.driver.put_content(key, b"", durable=False)
         except DriverError as e:  # the content stays cached; only its expiry is lost
             log.warning("proxy: could not record the expiry of %s %s@%s: %s", kind, name, d, e)
 
-    async def _read(self, key: str) -> Entry | None:
-        parsed = paths.parse_proxy_expiry_entry(key)
-        if parsed is None:
-            return None
-        try:
-            doc = json.loads(await self.driver.get_content(key))
-            expires = float(doc["expires"])
-        except PathNotFound:
-            return None
-        except (ValueError, KeyError, TypeError):
-            expires = 0.0  # a damaged entry: expire it (the content is fetched again)
-        return Entry(parsed[0], parsed[1], parsed[2], expires)
-
     async def entries(self) -> list[Entry]:
-        """Every entry in storage."""
+        """Every entry in storage (one listing), with the latest of its expiries."""
         try:
             keys = await self.driver.list(paths.PROXY_EXPIRY)
         except PathNotFound:
             return []
-        out = []
+        found: dict[tuple[str, str, Digest], list[tuple[int, str]]] = {}
         for key in keys:
-            e = await self._read(key)
-            if e is not None:
-                out.append(e)
+            parsed = paths.parse_proxy_expiry_entry(key)
+            if parsed is not None:
+                kind, name, d, expires = parsed
+                found.setdefault((kind, name, d), []).append((expires, key))
+        out = []
+        for (kind, name, d), stamps in found.items():
+            stamps.sort()
+            out.append(Entry(kind, name, d, float(stamps[-1][0]), tuple(k for _, k in stamps)))
         return out
 
     async def import_v3(self) -> int:
@@ -131,19 +133,18 @@ class Expiry:
             log.warning("proxy: %s is not JSON; ignored", paths.SCHEDULER_STATE)
             return 0
         count = 0
+        have = {(e.kind, e.name, e.digest) for e in await self.entries()}
         for item in (doc.values() if isinstance(doc, dict) else ()):
             try:
                 name, _, digest = str(item["Key"]).partition("@")
                 d = Digest.parse(digest)
                 kind = V3_TYPES[int(item["EntryType"])]
                 expires = _go_time(str(item["ExpiryData"]))
-                key = paths.proxy_expiry_entry(kind, name, d)
+                paths.proxy_expiry_entry(kind, name, d, 0)  # a name we can keep
             except (KeyError, ValueError, TypeError, DigestError):
                 log.warning("proxy: skipping an unreadable %s entry", paths.SCHEDULER_STATE)
                 continue
-            try:
-                await self.driver.stat(key)
-            except PathNotFound:
+            if (kind, name, d) not in have:
                 await self._add(kind, name, d, 0.0, expires)
                 count += 1
         return count
@@ -184,17 +185,22 @@ class Expiry:
         now = self.clock()
         due = [e for e in entries if e.expires <= now]
         if not due:
-            await self._export(entries)
+            if trio.current_time() - self._exported_at >= EXPORT_INTERVAL:
+                await self._export(entries)
             return 0
         try:
             async with open_gc_lock(self.driver, confirm=self.lock_confirm):
                 removed = 0
-                for e in due:
-                    again = await self._read(paths.proxy_expiry_entry(e.kind, e.name, e.digest))
-                    if again is None or again.expires > self.clock():
-                        continue  # fetched again meanwhile
-                    await self._remove(e)
-                    removed += 1
+                self._repos = None
+                # Listed again under the lock: an entry fetched again meanwhile has a later
+                # key now, and stays.
+                now = self.clock()
+                for e in await self.entries():
+                    if e.expires <= now:
+                        await self._remove(e)
+                        removed += 1
+                    elif len(e.keys) > 1:
+                        await self._delete_keys(e.keys[:-1])  # superseded expiries
                 await self._export(await self.entries())
                 return removed
         except LockBusy:
@@ -205,6 +211,7 @@ class Expiry:
         if state != self._exported:
             await self.driver.put_content(paths.SCHEDULER_STATE, state)
             self._exported = state
+            self._exported_at = trio.current_time()
 
     async def _remove(self, e: Entry) -> None:
         st = self.storage
@@ -222,14 +229,31 @@ class Expiry:
                     await self.driver.delete(paths.blob_dir(e.digest))
                 except PathNotFound:
                     pass
-        try:
-            await self.driver.delete(paths.proxy_expiry_entry(e.kind, e.name, e.digest))
-        except PathNotFound:
-            pass
+        await self._delete_keys(e.keys)
+
+    async def _delete_keys(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            try:
+                await self.driver.delete(key)
+            except PathNotFound:
+                pass
 
     async def _linked_elsewhere(self, d: Digest) -> bool:
-        """Does any repository link blob ``d`` (as a layer or a manifest revision)?"""
-        for repo in await enumerate_repositories(self.driver):
-            if await self.storage.blobs.is_linked(repo, d):
-                return True
-        return False
+        """Does any repository link blob ``d`` (as a layer or a manifest revision)? The
+        repositories are listed once per sweep, checked LINK_CHECKS at a time."""
+        if self._repos is None:
+            self._repos = await enumerate_repositories(self.driver)
+        found = False
+        limiter = trio.CapacityLimiter(LINK_CHECKS)
+
+        async def check(repo: str, cancel: trio.CancelScope) -> None:
+            nonlocal found
+            async with limiter:
+                if await self.storage.blobs.is_linked(repo, d):
+                    found = True
+                    cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for repo in self._repos:
+                nursery.start_soon(check, repo, nursery.cancel_scope)
+        return found
