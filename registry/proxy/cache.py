@@ -50,7 +50,9 @@ from .upstream import Upstream, UpstreamError
 log = logging.getLogger("registry.proxy")
 
 BLOB, MANIFEST = "blob", "manifest"  # the metrics' type label (registry:3's)
-CLIENT_CHANNEL = 4  # upstream pieces buffered for the streaming client (~64 KiB each)
+CLIENT_CHANNEL = 2  # upstream pieces buffered for the streaming client (up to 1 MiB each,
+# upstream.UPSTREAM_READ): with the held-back piece and the storage pump's two units, a
+# fetch holds about 4 MiB whatever the blob's size
 CLOSE_TIMEOUT = 5.0  # seconds closing the upstream clients may take at shutdown
 
 

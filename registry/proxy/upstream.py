@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 import trio
 
@@ -45,6 +46,10 @@ TOKEN_EARLY = 5.0  # seconds: a token this close to expiry is fetched again (clo
 MAX_TOKEN_BYTES = 1 << 20  # a token answer larger than this is not a token answer
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # as pushes (storage.manifests.MAX_MANIFEST_BYTES)
 MAX_TAG_PAGES = 100  # Link pages followed when listing an upstream's tags
+# Bytes per socket read from an upstream. httpcore reads 64 KiB at a time; every piece then
+# costs its way down the pipeline (h11, the client's channel, the response, the storage
+# pump), and a cold 256 MiB pull spent 3x the CPU of 1 MiB reads (1.6 s vs 0.54 s here).
+UPSTREAM_READ = 1024 * 1024
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -94,6 +99,16 @@ def _deadline(what: str) -> Iterator[None]:
         raise UpstreamError("unreachable", f"{what}: no answer in {REQUEST_DEADLINE:.0f}s") from None
 
 
+def _tune_httpcore() -> None:
+    """Raise httpcore's per-read size to UPSTREAM_READ (a class attribute it reads on every
+    read; process-wide, which only makes other clients' large bodies cheaper too). A
+    httpcore without it is left alone."""
+    cls = getattr(getattr(httpcore, "_async", None), "http11", None)
+    conn = getattr(cls, "AsyncHTTP11Connection", None)
+    if conn is not None and getattr(conn, "READ_NUM_BYTES", UPSTREAM_READ) < UPSTREAM_READ:
+        conn.READ_NUM_BYTES = UPSTREAM_READ
+
+
 def _basic_header(username: str | None, password: str | None) -> str:
     pair = f"{username or ''}:{password or ''}".encode()
     return "Basic " + base64.b64encode(pair).decode("ascii")
@@ -113,6 +128,7 @@ class Upstream:
     """One remote's client (see the module doc). ``aclose`` closes its pool."""
 
     def __init__(self, remote: RemoteConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        _tune_httpcore()
         self.remote = remote
         self.url = remote.remoteurl
         self._basic = (remote.username, remote.password) if remote.username else None
