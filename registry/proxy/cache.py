@@ -41,7 +41,7 @@ import trio
 
 from ..config.model import RemoteConfig
 from ..digest import Digest, DigestError
-from ..errors import ErrorCode, RegistryError
+from ..errors import ErrorCode, RegistryError, unwrap
 from ..storage.manifest_store import Manifest
 from ..storage.store import Storage
 from .expiry import Expiry
@@ -50,6 +50,7 @@ from .upstream import Upstream, UpstreamError
 log = logging.getLogger("registry.proxy")
 
 BLOB, MANIFEST = "blob", "manifest"  # the metrics' type label (registry:3's)
+STORE_CHANNEL = 2  # upstream pieces queued for the storage write (up to 1 MiB each)
 CLIENT_CHANNEL = 2  # upstream pieces buffered for the streaming client (up to 1 MiB each,
 # upstream.UPSTREAM_READ): with the held-back piece and the storage pump's two units, a
 # fetch holds about 4 MiB whatever the blob's size
@@ -338,23 +339,41 @@ class ProxyCache:
                     await _close(fetch)
                 fetch.ready.set()
 
-                async def body() -> AsyncIterator[bytes]:
-                    nonlocal received
-                    async with aclosing(stream.chunks) as chunks:  # type: ignore[type-var]
-                        async for chunk in chunks:
-                            received += len(chunk)
-                            if stream.size is not None and received > stream.size:
-                                raise UpstreamError("digest_mismatch", "upstream sent more"
-                                                    " bytes than its Content-Length")
-                            if held:
-                                await _to_client(fetch, held.pop())
-                            held.append(chunk)
-                            yield chunk
-                    if stream.size is not None and received != stream.size:
-                        raise UpstreamError("unreachable", f"upstream closed after {received}"
-                                            f" of {stream.size} bytes")
+                store_send, store_recv = trio.open_memory_channel[bytes](STORE_CHANNEL)
 
-                await self.storage.uploads.upload_whole(name, d, body())
+                async def store() -> None:
+                    async def body() -> AsyncIterator[bytes]:
+                        async with store_recv:
+                            async for chunk in store_recv:
+                                yield chunk
+
+                    await self.storage.uploads.upload_whole(name, d, body())
+
+                # Receiving, the client's copy and the storage write overlap (a task each),
+                # instead of each piece waiting for the previous one's write.
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(store)
+                        try:
+                            async with aclosing(stream.chunks) as chunks:  # type: ignore[type-var]
+                                async for chunk in chunks:
+                                    received += len(chunk)
+                                    if stream.size is not None and received > stream.size:
+                                        raise UpstreamError("digest_mismatch", "upstream sent"
+                                                            " more bytes than its Content-Length")
+                                    if held:
+                                        await _to_client(fetch, held.pop())
+                                    held.append(chunk)
+                                    await store_send.send(chunk)
+                            if stream.size is not None and received != stream.size:
+                                raise UpstreamError("unreachable", f"upstream closed after"
+                                                    f" {received} of {stream.size} bytes")
+                        except BaseException:
+                            nursery.cancel_scope.cancel()  # nothing half-received is stored
+                            raise
+                        store_send.close()  # the end: the store task verifies and commits
+                except BaseExceptionGroup as group:
+                    raise unwrap(group) from None
             fetch.ok = True
             if held:
                 await _to_client(fetch, held.pop())
