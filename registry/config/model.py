@@ -165,6 +165,7 @@ class Config:
     health: Mapping[str, Any] = field(default_factory=_empty)
     gc: GCConfig = field(default_factory=GCConfig)
     catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
+    ui_enabled: bool = True  # ui.enabled (ours): the web UI at /ui/ (registry/ui/)
     # proxy / proxies: the pull-through cache's remotes, longest prefix first (config/proxy.py)
     proxies: tuple[RemoteConfig, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=_empty)
