@@ -299,3 +299,39 @@ async def test_index_children_on_demand_and_catch_all_beside_a_prefix(nursery, r
             assert r.status_code == 200 and r.content == other_body
             r = await c.post("/v2/anything/blobs/uploads/")  # a catch-all: no local names
             assert r.status_code == 405 and error_codes(r) == ["UNSUPPORTED"]
+
+
+def _answer_every_request(status: int, headers: list[tuple[bytes, bytes]]):  # type: ignore[no-untyped-def]
+    def fault(scope):  # type: ignore[no-untyped-def]
+        async def answer(scope, receive, send):  # type: ignore[no-untyped-def]
+            await respond(send, status, b'{"errors":[]}', headers)
+        return answer
+    return fault
+
+
+@pytest.mark.parametrize(("status", "code", "client_status"), [
+    (429, "TOOMANYREQUESTS", 429), (500, "UNAVAILABLE", 503), (503, "UNAVAILABLE", 503)])
+async def test_upstream_429_and_5xx_serve_the_cache_and_fail_cleanly_without_it(
+        nursery, roots, status, code, client_status):
+    up_root, px_root = roots
+    with trio.fail_after(TIMEOUT):
+        up, _ = await start_upstream(nursery, up_root)
+        async with httpx.AsyncClient(base_url=up.url) as upc:
+            _, body = await push_image(upc, "app", "1", layers=(b"cached layer",))
+        url, _, _ = await start_proxy(nursery, str(px_root), [remote(up.url)])
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            assert (await c.get("/v2/app/manifests/1")).status_code == 200
+            assert (await c.get(f"/v2/app/blobs/{digest(b'cached layer')}")).status_code == 200
+            up.fault = _answer_every_request(status, [(b"retry-after", b"7")])
+            r = await c.get("/v2/app/manifests/1")
+            assert r.status_code == 200 and r.content == body and "warning" in r.headers
+            r = await c.get(f"/v2/app/blobs/{digest(b'cached layer')}")
+            assert r.status_code == 200 and r.content == b"cached layer"
+            r = await c.get("/v2/app/manifests/2")
+            assert r.status_code == client_status and error_codes(r) == [code]
+            if status == 429:
+                assert r.headers["retry-after"] == "7"
+            r = await c.get(f"/v2/app/blobs/{digest(b'not cached')}")
+            assert r.status_code == client_status and error_codes(r) == [code]
+            r = await c.head("/v2/app/manifests/2")
+            assert r.status_code == client_status and r.content == b""
