@@ -39,6 +39,7 @@ from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
+from .proxy import ProxyCache
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
@@ -125,6 +126,8 @@ def build_app(
         can_pull=authenticate.can_pull if authenticate is not None else None,
         gc=collector,  # POST /admin/gc (http/admin.py)
         ops=ops,  # serve_worker serves its debug app beside the API
+        # proxy / proxies: the pull-through cache (registry/proxy/), None without remotes
+        proxy=ProxyCache(storage, config.proxies, metrics=ops.metrics) if config.proxies else None,
         ui=ui,  # the web UI (registry/ui/), None when ui.enabled is false
     )
 

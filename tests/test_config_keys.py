@@ -76,12 +76,9 @@ def test_every_accepted_key_is_known_to_the_unknown_key_check(entry):
 # --- refused keys: one line that names the key and says what to do ---------------------------
 
 REFUSED_CASES = [
-    ("proxy", "proxy:\n  remoteurl: https://registry-1.docker.io\n", {},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section")),
-    ("proxy-env", "", {"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io"},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section")),
+    ("proxy-exec", "proxy:\n  remoteurl: https://registry-1.docker.io\n  exec: {command: x}\n",
+     {}, ("proxy.exec: not supported: credential helpers are not supported; set proxy.username"
+     " and proxy.password")),
     ("redis", "redis:\n  addrs: [localhost:6379]\n", {},
      ("redis: not supported: redis is not supported yet (issue 17); remove it and use"
      " storage.cache.blobdescriptor: inmemory")),
@@ -126,9 +123,10 @@ REFUSED_CASES = [
     ("policy-classes", "policy:\n  repository:\n    classes: [image]\n", {},
      ("policy.repository.classes: not supported: repository classes are not supported; remove"
      " them (policy.access restricts who may push)")),
-    ("two-refused", "proxy: {remoteurl: 'https://x'}\nredis: {addrs: [r:6379]}\n", {},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section (and 1 more refused key(s))")),
+    ("two-refused", "middleware: {storage: [x]}\nredis: {addrs: [r:6379]}\n", {},
+     ("middleware: not supported: middleware (cloudfront, redirect, ...) is not supported;"
+     " remove the middleware section (storage.s3.redirectendpoint sets the redirect host)"
+     " (and 1 more refused key(s))")),
 ]
 
 

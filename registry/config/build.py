@@ -52,6 +52,7 @@ from .model import (
     ValidationConfig,
 )
 from .params import check_filesystem_params, read_params
+from .proxy import build_proxies
 from .reader import Node, freeze
 from .schema import SCHEMA, unknown_keys
 
@@ -284,7 +285,7 @@ def _build(tree: dict[str, Any]) -> Config:
     version = root.get_str("version", "0.1")
     if version != "0.1":
         raise ConfigError(f"version: unsupported configuration version {version!r} (expected 0.1)")
-    for free in ("redis", "middleware", "proxy"):
+    for free in ("redis", "middleware"):
         root.section(free)  # type check only: keys.py refuses them when set
     catalog = root.section("catalog")
     maxentries = catalog.get_int("maxentries", 0, minimum=-(2**63))
@@ -299,6 +300,7 @@ def _build(tree: dict[str, Any]) -> Config:
         notifications=freeze(root.section("notifications").data),
         health=freeze(root.section("health").data),
         gc=_build_gc(root),
+        proxies=build_proxies(root),
         # The reference: an empty, zero or negative value means its default, 1000.
         catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
         ui_enabled=root.section("ui").get_bool("enabled", True),

@@ -50,7 +50,6 @@ def _k(key: str, status: str = SUPPORTED, note: str = "", allowed: Any = None) -
     return Key(key, status, note, tuple(allowed) if allowed is not None else None)
 
 
-ISSUE_PROXY = "pull-through caching is not supported yet (issue 16); remove the proxy section"
 ISSUE_REDIS = (
     "redis is not supported yet (issue 17); remove it and use"
     " storage.cache.blobdescriptor: inmemory"
@@ -190,7 +189,18 @@ KEYS: tuple[Key, ...] = (
     _k("health.tcp[].interval"),
     _k("health.tcp[].threshold"),
     _k("catalog.maxentries", note="largest n of /v2/_catalog; default 1000"),
-    _k("proxy", REFUSED, ISSUE_PROXY),
+    _k("proxy.remoteurl", note="the whole registry is a pull-through cache of this upstream"),
+    _k("proxy.username"),
+    _k("proxy.password"),
+    _k("proxy.ttl", note="default 168h; 0 or negative: never expire"),
+    _k("proxy.exec", REFUSED, "credential helpers are not supported; set proxy.username and"
+       " proxy.password"),
+    _k("proxies[].prefix", OURS, "names under it are cached from this remote, without it;"
+       " '' = every name under no other prefix"),
+    _k("proxies[].remoteurl", OURS, "the upstream registry's URL"),
+    _k("proxies[].username", OURS, "basic or token credentials for the upstream"),
+    _k("proxies[].password", OURS, "with username"),
+    _k("proxies[].ttl", OURS, "as proxy.ttl"),
     _k("validation.enabled", note="deprecated: validation.disabled"),
     _k("validation.disabled"),
     _k("validation.manifests.urls.allow"),

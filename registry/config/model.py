@@ -133,6 +133,26 @@ class GCConfig:
     delete_untagged: bool = False
 
 
+DEFAULT_PROXY_TTL = 168 * HOUR  # proxy.ttl unset: registry:3's repositoryTTL (7 days)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One upstream. ``prefix`` '' = the catch-all (registry:3's ``proxy``); ``ttl`` in
+    seconds, None = never expire. ``key``: the config key it came from, for messages."""
+
+    prefix: str
+    remoteurl: str
+    username: str | None = None
+    password: str | None = None
+    ttl: float | None = DEFAULT_PROXY_TTL
+    key: str = "proxy"
+
+    def __repr__(self) -> str:  # never print the password
+        return f"RemoteConfig(prefix={self.prefix!r}, remoteurl={self.remoteurl!r})"
+
+
+
 @dataclass(frozen=True)
 class Config:
     version: str = "0.1"
@@ -146,4 +166,6 @@ class Config:
     gc: GCConfig = field(default_factory=GCConfig)
     catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
     ui_enabled: bool = True  # ui.enabled (ours): the web UI at /ui/ (registry/ui/)
+    # proxy / proxies: the pull-through cache's remotes, longest prefix first (config/proxy.py)
+    proxies: tuple[RemoteConfig, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=_empty)

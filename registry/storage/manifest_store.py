@@ -153,9 +153,12 @@ class ManifestStore:
         return linked, found
 
     async def put(
-        self, name: str, reference: str | Digest, content_type: str | None, body: bytes
+        self, name: str, reference: str | Digest, content_type: str | None, body: bytes,
+        *, check_references: bool = True,
     ) -> tuple[Digest, ParsedManifest]:
         """Validate, check references, store bytes, link the revision, move the tag.
+        ``check_references`` False: the referenced blobs need not be here (a pull-through
+        cache stores a manifest before its layers, as registry:3's SkipLayerVerification).
 
         Raises MANIFEST_INVALID (also for a layer URL the rules refuse), DIGEST_INVALID
         (bytes do not hash to the reference), or MANIFEST_BLOB_UNKNOWN with one entry per
@@ -170,7 +173,8 @@ class ManifestStore:
                 "manifest digest does not match its content",
                 {"expected": str(reference), "actual": str(d)},
             )
-        await self._check_references(name, parsed)
+        if check_references:
+            await self._check_references(name, parsed)
         # Written unconditionally: the bytes are content-addressed, so rewriting them is
         # harmless, and one PUT is cheaper than the existence check it replaces (on S3 a
         # missing key costs a HEAD and a listing before the PUT).
