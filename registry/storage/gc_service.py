@@ -26,6 +26,7 @@ import trio
 
 from ..drivers.base import Driver, DriverError
 from . import paths
+from .descriptor_cache import DescriptorCache, forget_collected
 from .gc_lock import LOCK_CONFIRM, LockBusy, live_holder, open_gc_lock, public, read_json
 from .gc_online import OnlineCollector, collect, read_plan
 from .gc_report import SETTLE_SECONDS, GCOptions, GCReport, LockLost
@@ -58,8 +59,12 @@ class OnlineGC:
         lock_confirm: float = LOCK_CONFIRM,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        descriptors: DescriptorCache | None = None,
     ) -> None:
+        """``descriptors``: the blob descriptor cache a finished run invalidates (what it
+        deleted), if any."""
         self.driver = driver
+        self.descriptors = descriptors
         self.scheduled = scheduled
         self.interval = interval
         self.options = GCOptions(
@@ -224,6 +229,8 @@ class OnlineGC:
                         return None
                 log.info("gc: online collection starting")
                 report = await collect(self.driver, self.options, check_lock=lock.check)
+                if self.descriptors is not None:
+                    await forget_collected(self.descriptors, report)
                 await self.driver.put_content(
                     paths.GC_LAST_RUN, json.dumps({"finished": self.clock()}).encode()
                 )
