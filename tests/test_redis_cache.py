@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import e2e_support as e2e
 import httpx
 import pytest
 import trio
 from conftest import serve_asgi
-from oci import error_codes, push_blob, push_image
+from docker_image_support import REGISTRY_3
+from oci import digest, error_codes, push_blob, push_image
 from redis_support import RedisServer, running_redis
 
 from registry.drivers.base import FileInfo
@@ -209,3 +211,71 @@ async def test_invalidation_during_an_outage_is_replayed(nursery, tmp_path, redi
         r = await s.http.head(f"/v2/repo/blobs/{d}")  # replays before it looks up
         assert r.status_code == 404
         assert redis_server.cli("SISMEMBER", "repository::repo::blobs", d) == 0
+
+
+# --- one Redis shared with registry:3 ---------------------------------------------------------
+
+
+@contextmanager
+def registry_3_on(root, server: RedisServer) -> Iterator[e2e.RegistryProcess]:
+    """registry:3's program on filesystem storage under ``root`` with the Redis descriptor
+    cache on ``server`` (v3.0.0 reads the address from REGISTRY_REDIS_OPTIONS_ADDRS)."""
+    if not REGISTRY_3.exists():
+        reason = f"{REGISTRY_3} is missing (distribution v3.0.0's registry; see shared/bin)"
+        if e2e.in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+    def command(config) -> tuple[list[str], dict[str, str]]:
+        env = e2e.clean_env(drop=["AWS_CA_BUNDLE"])  # Go's S3 client panics on it
+        env["REGISTRY_REDIS_OPTIONS_ADDRS"] = f"[{server.addr}]"
+        env["REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR"] = "redis"
+        return [str(REGISTRY_3), "serve", str(config)], env
+
+    with e2e._run_registry("registry-v3-redis", root, command) as reg:
+        yield reg
+
+
+def shape(server: RedisServer, d: str) -> dict[str, object]:
+    """Every key naming ``d``, with ``d`` written as ``D`` and the hashes' fields (size
+    left out: the blobs differ)."""
+    out: dict[str, object] = {}
+    for key in server.cli("KEYS", f"*{d}*"):
+        fields = hash_of(server, key.decode())
+        fields.pop(b"size", None)
+        out[key.decode().replace(d, "D")] = {
+            k: v.replace(d.encode(), b"D") for k, v in fields.items()}
+    members = {m.decode().replace(d, "D") for m in server.cli("SMEMBERS",
+                                                               "repository::repo::blobs")}
+    out["members"] = "D" in members
+    return out
+
+
+async def test_registry3_and_ours_share_one_redis(nursery, tmp_path, redis_server):
+    root = tmp_path / "storage"
+    with registry_3_on(root, redis_server) as v3, v3.client() as v3http:
+        async with serving(nursery, tmp_path, redis_server) as s:
+            ours_d = await push_blob(s.http, "repo", b"pushed to ours")
+            assert (await s.http.head(f"/v2/repo/blobs/{ours_d}")).status_code == 200
+            v3_data = b"pushed to registry:3"
+            v3_d = digest(v3_data)
+            r = v3http.post("/v2/repo/blobs/uploads/")  # v3 has no single-request push
+            location = r.headers["location"]
+            r = v3http.put(f"{location}&digest={v3_d}", content=v3_data)
+            assert r.status_code == 201, r.text
+            assert v3http.head(f"/v2/repo/blobs/{v3_d}").status_code == 200
+            # The same keys, the same fields, the same values, whoever wrote them.
+            assert shape(redis_server, ours_d) == shape(redis_server, v3_d)
+            assert shape(redis_server, v3_d)["members"] is True
+            assert len(shape(redis_server, v3_d)) == 3  # two keys name it, plus membership
+            # Ours reads v3's entry without touching storage; v3 reads ours.
+            s.driver.reads = 0
+            r = await s.http.head(f"/v2/repo/blobs/{v3_d}")
+            assert r.status_code == 200 and r.headers["content-length"] == str(len(v3_data))
+            assert s.driver.reads == 0
+            assert v3http.head(f"/v2/repo/blobs/{ours_d}").status_code == 200
+            # A delete on either side is seen by the other (through Redis or past it).
+            assert v3http.delete(f"/v2/repo/blobs/{ours_d}").status_code == 202
+            assert (await s.http.head(f"/v2/repo/blobs/{ours_d}")).status_code == 404
+            assert (await s.http.delete(f"/v2/repo/blobs/{v3_d}")).status_code == 202
+            assert v3http.head(f"/v2/repo/blobs/{v3_d}").status_code == 404
