@@ -109,13 +109,13 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     collector = OnlineGC(
         storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
         grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged,
-        descriptors=storage.blobs.descriptors,
+        descriptors=storage.blobs.descriptors, redis=redis,
     )
     background.append(collector.start)
     if purging.enabled:
         background.append(UploadPurger(
             storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
-            dry_run=purging.dryrun,
+            dry_run=purging.dryrun, redis=redis,
         ).start)
     return RegistryApp(
         storage, options, background=background,
