@@ -175,17 +175,21 @@ class RedisClient:
 
     async def _dial(self) -> _Conn:
         o = self.options
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(_limit(o.dial_timeout)):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(o.host, o.port)
+                stream = await trio.open_tcp_stream(o.host, o.port)
                 if o.ssl_context is not None:
-                    tls = trio.SSLStream(stream, o.ssl_context, server_hostname=o.host)
-                    await tls.do_handshake()
-                    stream = tls
-        except trio.TooSlowError:
-            raise RedisUnavailable(f"connect timed out after {o.dial_timeout}s") from None
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-            raise RedisUnavailable(f"cannot connect: {e}") from None
+                    stream = trio.SSLStream(stream, o.ssl_context, server_hostname=o.host)
+                    await stream.do_handshake()
+        except BaseException as e:
+            if stream is not None:  # a failed or cancelled handshake: close the socket
+                await trio.aclose_forcefully(stream)
+            if isinstance(e, trio.TooSlowError):
+                raise RedisUnavailable(f"connect timed out after {o.dial_timeout}s") from None
+            if isinstance(e, (OSError, trio.BrokenResourceError, ssl.SSLError)):
+                raise RedisUnavailable(f"cannot connect: {e}") from None
+            raise
         conn = _Conn(stream, trio.current_time())
         setup: list[tuple[Arg, ...]] = []
         if o.password is not None:
