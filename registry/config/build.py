@@ -303,6 +303,7 @@ def _build(tree: dict[str, Any]) -> Config:
         # The reference: an empty, zero or negative value means its default, 1000.
         catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
         redis=build_redis(root),
+        ui_enabled=root.section("ui").get_bool("enabled", True),
         raw=freeze(tree),
     )
 
