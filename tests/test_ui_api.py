@@ -396,6 +396,39 @@ async def test_delete_disabled_is_405(nursery: trio.Nursery, tmp_path: Path) -> 
     assert still.status_code == 200
 
 
+async def test_proxied_repositories_cannot_be_deleted_as_in_the_v2_api(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A pull-through cache's repository: the UI's deletes answer what the v2 API answers
+    (405 UNSUPPORTED), its can_delete is false, and nothing leaves storage; a local
+    repository beside it stays deletable."""
+    from proxy_support import start_upstream
+
+    up, _ = await start_upstream(nursery, str(tmp_path / "upstream"))
+    async with httpx.AsyncClient(base_url=up.url) as c:
+        d_up, _ = await push_image(c, "lib/app", "v1", layers=(b"upstream layer",))
+    yaml = f"version: 0.1\nproxies:\n  - {{prefix: hub, remoteurl: '{up.url}', ttl: 0}}\n"
+    url = await serve_registry(nursery, tmp_path, yaml=yaml)
+    async with httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/v2/hub/lib/app/manifests/v1")).status_code == 200  # now cached
+        await push_image(c, "local", "v1")
+        v2 = await c.delete(f"/v2/hub/lib/app/manifests/{d_up}")
+        cached = (await c.get(f"{UI}/repositories/hub/lib/app")).json()
+        r_tag = await c.delete(f"{UI}/repositories/hub/lib/app/tags/v1", headers=ACTION)
+        r_man = await c.delete(f"{UI}/repositories/hub/lib/app/manifests/{d_up}", headers=ACTION)
+        local = (await c.get(f"{UI}/repositories/local")).json()
+        r_local = await c.delete(f"{UI}/repositories/local/tags/v1", headers=ACTION)
+    assert v2.status_code == 405 and v2.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert [t["tag"] for t in cached["tags"]] == ["v1"] and cached["can_delete"] is False
+    for r in (r_tag, r_man):
+        assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert local["can_delete"] is True and r_local.status_code == 202
+    # Nothing of the cached repository left storage (the proxy's own link files).
+    repo = tmp_path / "storage/docker/registry/v2/repositories/hub/lib/app/_manifests"
+    assert (repo / "tags/v1/current/link").exists()
+    assert (repo / f"revisions/sha256/{d_up.split(':')[1]}/link").exists()
+
+
 # --- access ----------------------------------------------------------------------------------
 
 POLICY_YAML = """
