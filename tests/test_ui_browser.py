@@ -203,6 +203,37 @@ def test_registry_page_shows_storage_gc_and_version(page: Page, registry: Regist
     page.screenshot("registry")
 
 
+def facts(page: Page) -> dict[str, str]:
+    """The registry page's facts list (term -> text)."""
+    return dict(page.js(
+        "return [...document.querySelectorAll('#main dl.facts dt')].map("
+        "  (dt) => [dt.innerText, dt.nextElementSibling ? dt.nextElementSibling.innerText : ''])"
+    ) or [])
+
+
+def test_registry_page_fills_in_the_storage_totals_once_computed(tmp_path: Path) -> None:
+    """A fresh registry: the page's own /info starts the walk and answers null; the page
+    says so (never 0) and shows the totals once the walk is done, without a reload."""
+    with run_registry(tmp_path) as proc, open_browser() as page:
+        with proc.client() as client:
+            push_content(client)  # no /info yet: nothing walked the store
+        page.base = proc.url
+        page.open("/ui/registry")
+        page.wait_text("Storage used", "Blobs")
+        first = facts(page)
+        assert first["Storage used"] in ("being computed…", "not computed yet") or \
+            HUMAN_SIZE.fullmatch(first["Storage used"]), first
+        assert first["Storage used"] != "0 B" and first["Blobs"] != "0", first
+        shown = page.wait_for("the computed totals", lambda: (
+            f if (f := facts(page)).get("Blobs", "").isdigit() and "…" not in str(f) else None))
+        with proc.client() as client:
+            info = api_json(client, "/ui/api/v1/info")
+        assert info["storage"]["computing"] is False, info
+        assert shown["Blobs"] == str(info["storage"]["blobs"]) and info["storage"]["blobs"] > 0
+        assert HUMAN_SIZE.fullmatch(shown["Storage used"]) and shown["Storage used"] != "0 B"
+        assert shown["Uploads in progress"] == "0"
+
+
 def test_unknown_pages_and_repositories_say_not_found(page: Page, registry: Registry) -> None:
     page.open("/ui/no/such/page")
     page.wait_text("Not found")

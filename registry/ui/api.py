@@ -47,6 +47,7 @@ async def info(svc: Services, req: Request) -> Response:
             "bytes": totals.bytes,
             "blobs": totals.blobs,
             "computed_at": rfc3339(totals.computed_at),
+            "computing": ui.index.computing,  # addition: poll until false (API.md)
         },
         "delete_enabled": ui.delete_enabled,
         "uploads_in_progress": totals.uploads,
