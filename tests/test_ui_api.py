@@ -489,6 +489,71 @@ async def test_htpasswd_user_never_sees_another_users_repository(
         assert r.status_code == 404
 
 
+PUBLIC_YAML = """
+version: 0.1
+auth:
+  htpasswd: {realm: UI, path: %s}
+policy:
+  access:
+    anonymous:
+      - {actions: [pull], repositories: [public]}
+    users:
+      alice: [pull, push, delete]
+"""
+
+
+async def test_public_registry_anonymous_browses_what_anonymous_may_pull(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """htpasswd + ``policy.access.anonymous: [pull]``: the UI follows the v2 API's policy,
+    and /ui/login asks for credentials, then sends the browser back to the page."""
+    pw = tmp_path / "htpasswd"
+    write_htpasswd(pw, {"alice": "a"})
+    url = await serve_registry(nursery, tmp_path, yaml=PUBLIC_YAML % pw,
+                               static=write_static(tmp_path))
+    async with httpx.AsyncClient(base_url=url, auth=("alice", "a")) as c:
+        d_pub, _ = await push_image(c, "public/app", "v1", layers=(b"p",))
+        await push_image(c, "private/app", "v1", layers=(b"q",))
+    async with httpx.AsyncClient(base_url=url) as anon:
+        assert (await anon.get(f"/v2/public/app/manifests/{d_pub}")).status_code == 200
+        for path in ("/ui/", "/ui/repositories/public/app", "/ui/assets/app.js"):
+            assert (await anon.get(path)).status_code == 200, path
+        listing = (await anon.get(f"{UI}/repositories")).json()
+        assert [x["name"] for x in listing["repositories"]] == ["public/app"]
+        repo = (await anon.get(f"{UI}/repositories/public/app")).json()
+        assert [t["tag"] for t in repo["tags"]] == ["v1"] and repo["can_delete"] is False
+        r = await anon.get(f"{UI}/repositories/public/app/manifests/{d_pub}")
+        assert r.status_code == 200
+        r = await anon.get(f"{UI}/repositories/private/app")
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+        info = (await anon.get(f"{UI}/info")).json()
+        assert info["user"] == {"name": None, "can_delete": False, "can_gc": False}
+        assert info["auth"] == "htpasswd"
+        r = await anon.delete(f"{UI}/repositories/public/app/tags/v1", headers=ACTION)
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
+        assert (await anon.post(f"{UI}/gc", headers=ACTION)).status_code == 403
+        # Wrong credentials are refused even where anonymous may look (as the v2 API).
+        assert (await anon.get(f"{UI}/info", auth=("alice", "bad"))).status_code == 401
+        # The sign-in link: 401 with the challenge, so the browser asks...
+        login = await anon.get("/ui/login", params={"next": "/ui/repositories/public/app"})
+        assert login.status_code == 401
+        assert login.headers["www-authenticate"] == 'Basic realm="UI"'
+        # ... then back to the page, and only to a page of this UI.
+        for target, back in [
+            ("/ui/repositories/public/app?x=1", "/ui/repositories/public/app?x=1"),
+            (None, "/ui/"), ("https://evil.example/ui/", "/ui/"), ("//evil.example/ui/", "/ui/"),
+            ("/ui/\\evil", "/ui/"), ("/ui/login", "/ui/"), ("/ui/api/v1/info", "/ui/"),
+            ("/v2/_catalog", "/ui/"),
+        ]:
+            r = await anon.get("/ui/login", params={"next": target} if target else None,
+                               auth=("alice", "a"))
+            assert (r.status_code, r.headers["location"]) == (302, back), target
+    async with httpx.AsyncClient(base_url=url, auth=("alice", "a")) as c:
+        listing = (await c.get(f"{UI}/repositories")).json()
+        assert [x["name"] for x in listing["repositories"]] == ["private/app", "public/app"]
+        assert (await c.get(f"{UI}/info")).json()["user"]["name"] == "alice"
+
+
 async def test_token_auth_filters_by_the_tokens_access_claim(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -513,6 +513,45 @@ def test_a_user_sees_nothing_of_a_repository_they_cannot_pull(tmp_path: Path) ->
             assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
 
+def test_public_registry_browses_anonymously_and_signs_in_for_more(tmp_path: Path) -> None:
+    """htpasswd + ``policy.access.anonymous: [pull]`` on ``pub``: an anonymous visitor sees
+    what anonymous may pull and a "Sign in" link to /ui/login, which (credentials given, as
+    the browser's prompt would) brings the user back to the page, signed in."""
+    users = htpasswd_file(tmp_path / "htpasswd", {"admin": "admin-pw"})
+    config = {
+        **htpasswd_config(users),
+        "policy": {"access": {
+            "anonymous": [{"actions": ["pull"], "repositories": ["pub"]}],
+            "users": {"admin": ["pull", "push", "delete"]},
+        }},
+    }
+    with run_registry(tmp_path, config) as reg:
+        with reg.client(auth=("admin", "admin-pw")) as admin:
+            public = push_content(admin, "pub")
+            private = push_content(admin, "secret")
+        with open_browser() as page:
+            page.base = reg.url
+            page.open("/ui/")
+            text = page.wait_text(public.image_repo, public.index_repo)
+            assert private.image_repo not in text
+            page.open(f"/ui/repositories/{public.image_repo}")
+            page.wait_text(public.image_tag)
+            assert page.css("button.danger") == []  # anonymous may not delete
+            link = page.one("#who a")
+            assert link.text == "Sign in"
+            next_path = f"/ui/repositories/{public.image_repo}".replace("/", "%2F")
+            assert link.get_attribute("href") == f"{reg.url}/ui/login?next={next_path}"
+            page.basic_auth("admin", "admin-pw")  # what the browser sends after its prompt
+            link.click()
+            page.wait_for("the signed-in header",
+                          lambda: "Signed in as admin" in page.one("#who").text)
+            assert page.path() == f"/ui/repositories/{public.image_repo}"
+            page.wait_text(public.image_tag)
+            assert page.css("button.danger")  # admin may delete
+            page.open("/ui/")
+            page.wait_text(public.image_repo, private.image_repo)
+
+
 def test_token_auth_asks_for_a_token_and_shows_what_it_grants(tmp_path: Path) -> None:
     from test_auth_token import ISSUER, SERVICE, Issuer, repo
 

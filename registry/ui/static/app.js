@@ -783,7 +783,15 @@ function showUser() {
   }
   who.replaceChildren();
   info().then((data) => {
-    if (data?.user?.name) who.replaceChildren(`Signed in as ${data.user.name}`);
+    if (data?.user?.name) {
+      who.replaceChildren(`Signed in as ${data.user.name}`);
+    } else if (data?.auth === "htpasswd") {
+      // Anonymous browsing of a public registry: /ui/login answers 401 with the Basic
+      // challenge, the browser asks for credentials, and the server sends it back here.
+      // A real navigation (data-reload), not one of this page's own.
+      const next = encodeURIComponent(location.pathname + location.search);
+      who.replaceChildren(h("a", { href: `${UI}/login?next=${next}`, "data-reload": "" }, "Sign in"));
+    }
   }).catch(() => {});
 }
 
@@ -798,7 +806,7 @@ function showFatal(err) {
 function onClick(ev) {
   if (ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey) return;
   const a = ev.target instanceof Element ? ev.target.closest("a[href]") : null;
-  if (!a || (a.target && a.target !== "_self") || a.hasAttribute("download")) return;
+  if (!a || (a.target && a.target !== "_self") || a.hasAttribute("download") || a.hasAttribute("data-reload")) return;
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin) return;
   if (url.pathname !== UI && !url.pathname.startsWith(`${UI}/`)) return;
