@@ -150,6 +150,32 @@ async def test_only_the_owner_renews_and_releases(redis_server):
         assert redis_server.cli("EXISTS", KEY) == 0
 
 
+class ReplyLostClient:
+    """A real client whose SET runs in Redis but whose reply never comes back (a slow or
+    broken link): the taker is cancelled after Redis made it the owner."""
+
+    def __init__(self, real: RedisClient) -> None:
+        self.real = real
+
+    async def execute(self, *args):
+        reply = await self.real.execute(*args)
+        if args[0] == "SET":
+            await trio.sleep_forever()
+        return reply
+
+
+async def test_a_taker_cancelled_after_its_set_ran_releases_the_key(redis_server):
+    async with clients(redis_server, 2) as (a, b):
+        with trio.move_on_after(1.0) as scope:
+            async with open_redis_lock(ReplyLostClient(a), KEY, 600.0, {"who": "a"}):
+                pytest.fail("the reply was lost; the lock cannot have been taken")
+        assert scope.cancelled_caught
+        # Left behind, the key would block b for the whole 10 minute ttl.
+        assert redis_server.cli("EXISTS", KEY) == 0
+        async with open_redis_lock(b, KEY, 600.0, {"who": "b"}):
+            assert json.loads(redis_server.cli("GET", KEY))["who"] == "b"
+
+
 async def test_gc_lock_takes_redis_then_storage_and_refuses_when_redis_is_down(redis_server):
     driver = MemoryDriver()
     async with clients(redis_server, 2, down_backoff=0) as (a, b):

@@ -203,6 +203,37 @@ def test_registry_page_shows_storage_gc_and_version(page: Page, registry: Regist
     page.screenshot("registry")
 
 
+def facts(page: Page) -> dict[str, str]:
+    """The registry page's facts list (term -> text)."""
+    return dict(page.js(
+        "return [...document.querySelectorAll('#main dl.facts dt')].map("
+        "  (dt) => [dt.innerText, dt.nextElementSibling ? dt.nextElementSibling.innerText : ''])"
+    ) or [])
+
+
+def test_registry_page_fills_in_the_storage_totals_once_computed(tmp_path: Path) -> None:
+    """A fresh registry: the page's own /info starts the walk and answers null; the page
+    says so (never 0) and shows the totals once the walk is done, without a reload."""
+    with run_registry(tmp_path) as proc, open_browser() as page:
+        with proc.client() as client:
+            push_content(client)  # no /info yet: nothing walked the store
+        page.base = proc.url
+        page.open("/ui/registry")
+        page.wait_text("Storage used", "Blobs")
+        first = facts(page)
+        assert first["Storage used"] in ("being computed…", "not computed yet") or \
+            HUMAN_SIZE.fullmatch(first["Storage used"]), first
+        assert first["Storage used"] != "0 B" and first["Blobs"] != "0", first
+        shown = page.wait_for("the computed totals", lambda: (
+            f if (f := facts(page)).get("Blobs", "").isdigit() and "…" not in str(f) else None))
+        with proc.client() as client:
+            info = api_json(client, "/ui/api/v1/info")
+        assert info["storage"]["computing"] is False, info
+        assert shown["Blobs"] == str(info["storage"]["blobs"]) and info["storage"]["blobs"] > 0
+        assert HUMAN_SIZE.fullmatch(shown["Storage used"]) and shown["Storage used"] != "0 B"
+        assert shown["Uploads in progress"] == "0"
+
+
 def test_unknown_pages_and_repositories_say_not_found(page: Page, registry: Registry) -> None:
     page.open("/ui/no/such/page")
     page.wait_text("Not found")
@@ -480,6 +511,45 @@ def test_a_user_sees_nothing_of_a_repository_they_cannot_pull(tmp_path: Path) ->
         with httpx.Client(base_url=reg.url, auth=("alice", "alice-pw"), timeout=30) as alice:
             r = alice.get(f"/ui/api/v1/repositories/{theirs.image_repo}")
             assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+def test_public_registry_browses_anonymously_and_signs_in_for_more(tmp_path: Path) -> None:
+    """htpasswd + ``policy.access.anonymous: [pull]`` on ``pub``: an anonymous visitor sees
+    what anonymous may pull and a "Sign in" link to /ui/login, which (credentials given, as
+    the browser's prompt would) brings the user back to the page, signed in."""
+    users = htpasswd_file(tmp_path / "htpasswd", {"admin": "admin-pw"})
+    config = {
+        **htpasswd_config(users),
+        "policy": {"access": {
+            "anonymous": [{"actions": ["pull"], "repositories": ["pub"]}],
+            "users": {"admin": ["pull", "push", "delete"]},
+        }},
+    }
+    with run_registry(tmp_path, config) as reg:
+        with reg.client(auth=("admin", "admin-pw")) as admin:
+            public = push_content(admin, "pub")
+            private = push_content(admin, "secret")
+        with open_browser() as page:
+            page.base = reg.url
+            page.open("/ui/")
+            text = page.wait_text(public.image_repo, public.index_repo)
+            assert private.image_repo not in text
+            page.open(f"/ui/repositories/{public.image_repo}")
+            page.wait_text(public.image_tag)
+            assert page.css("button.danger") == []  # anonymous may not delete
+            link = page.one("#who a")
+            assert link.text == "Sign in"
+            next_path = f"/ui/repositories/{public.image_repo}".replace("/", "%2F")
+            assert link.get_attribute("href") == f"{reg.url}/ui/login?next={next_path}"
+            page.basic_auth("admin", "admin-pw")  # what the browser sends after its prompt
+            link.click()
+            page.wait_for("the signed-in header",
+                          lambda: "Signed in as admin" in page.one("#who").text)
+            assert page.path() == f"/ui/repositories/{public.image_repo}"
+            page.wait_text(public.image_tag)
+            assert page.css("button.danger")  # admin may delete
+            page.open("/ui/")
+            page.wait_text(public.image_repo, private.image_repo)
 
 
 def test_token_auth_asks_for_a_token_and_shows_what_it_grants(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 The app hands every routed request whose name is under a remote's prefix here before the
 route's own handler; :func:`handle` answers it, or returns None to let the normal handler
-run (catalog, referrers: local, as registry:3 lists what it holds). What registry:3's
+run (catalog, referrers: local, as registry:3 lists what it holds; the web UI's routes:
+it shows what is cached and answers its own deletes there with the same 405). What registry:3's
 proxy mode answers, from its registry/proxy/*.go and registry/handlers/*.go:
 
 - manifest GET/HEAD: through the cache (proxymanifeststore.go, proxytagservice.go);
@@ -37,7 +38,8 @@ async def handle(svc: Services, req: Request, cache: ProxyCache) -> Response | N
     if name is None or cache.remote_for(name) is None:
         return None
     route = req.route
-    if route is routes.REFERRERS:
+    if route is routes.REFERRERS or route in routes.UI_ROUTES:
+        # The web UI reads what is cached here and refuses deletes itself (ui/actions.py).
         return None
     if req.method not in READS or route not in (routes.MANIFEST, routes.BLOB, routes.TAGS):
         raise RegistryError(ErrorCode.UNSUPPORTED, "a pull-through cache is read-only")

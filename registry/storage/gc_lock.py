@@ -302,7 +302,8 @@ async def open_gc_lock(
 
     Raises LockBusy if a live holder has it (or won the race to take it); with ``force``
     only when another taker wins that race. Renewed in the background while held;
-    released (shielded, bounded) on exit, unless someone took it meanwhile. With ``redis``,
+    released (shielded, bounded) on exit, unless someone took it meanwhile; a cancel
+    while taking it (during the write or the confirm wait) removes our record too. With ``redis``,
     the Redis lock is taken first and held around it (LockUnavailable if Redis is down).
     """
     if redis is None:
@@ -345,13 +346,17 @@ async def _open_storage_lock(
             "alive, or on another host" if state == "held" else "dead on this host",
         )
     lock = GCLock(driver, uuid.uuid4().hex, ttl, clock, 0.0, me)
-    await lock.write()
-    if confirm > 0:
-        await trio.sleep(confirm)
-    now = await read_lock(driver)
-    if not now or now.get("owner") != lock.token:
-        raise LockBusy(now)
+    # The release covers the write and the confirm too: a taker cancelled there (a request
+    # gone, a shutdown) must not leave its record behind, or a taker in this same live
+    # process would see it held for a whole ttl. release() deletes only our own record,
+    # so a race lost to another taker deletes nothing of theirs.
     try:
+        await lock.write()
+        if confirm > 0:
+            await trio.sleep(confirm)
+        now = await read_lock(driver)
+        if not now or now.get("owner") != lock.token:
+            raise LockBusy(now)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lock.renew_forever)
             try:

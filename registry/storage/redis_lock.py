@@ -130,18 +130,29 @@ async def open_redis_lock(
     token: Callable[[], str] = lambda: uuid.uuid4().hex,
 ) -> AsyncIterator[RedisLock]:
     """Hold ``key`` for the body, renewed in the background, released (shielded, bounded)
-    on exit. Raises RedisLockHeld when another holds it (``force``: take it anyway),
+    on exit, and on a cancel while taking it (the SET may have run). Raises RedisLockHeld when another holds it (``force``: take it anyway),
     RedisUnavailable when Redis cannot be asked."""
     value = json.dumps({"owner": token(), **holder}, sort_keys=True)
     started = trio.current_time()
-    args: tuple[str | int, ...] = ("SET", key, value, "PX", int(ttl * 1000))
-    reply = await client.execute(*(args if force else (*args, "NX")))
-    if reply != "OK":
-        # A retried SET (a connection lost after Redis ran it) answers nil to its owner.
-        current = await client.execute("GET", key)
-        if current != value.encode():
-            raise RedisLockHeld(_record(current))
     lock = RedisLock(client, key, value, ttl, started + ttl)
+    args: tuple[str | int, ...] = ("SET", key, value, "PX", int(ttl * 1000))
+    try:
+        reply = await client.execute(*(args if force else (*args, "NX")))
+        if reply != "OK":
+            # A retried SET (a connection lost after Redis ran it) answers nil to its owner.
+            current = await client.execute("GET", key)
+            if current != value.encode():
+                raise RedisLockHeld(_record(current))
+    except RedisLockHeld:
+        raise
+    except BaseException:
+        # Cancelled (or failed) once the SET may have reached Redis: the key may be ours,
+        # and left there it would block every taker for a whole ttl. The release deletes
+        # it only if it is ours, so it is safe whatever happened.
+        with trio.move_on_after(RELEASE_TIMEOUT) as cs:
+            cs.shield = True
+            await lock.release()
+        raise
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lock.renew_forever)

@@ -16,6 +16,7 @@ const TOKEN_KEY = "registry-ui-token"; // sessionStorage: gone when the tab clos
 const FILTER_DEBOUNCE_MS = 250; // one catalog request per pause in typing, not per key
 const STATUS_CLEAR_MS = 6000; // how long a "deleted"/"copied" message stays
 const GC_POLL_MS = 2000; // the registry page re-reads /info this often while a GC runs
+const TOTALS_POLL_MS = 1000; // ... and this often while the storage totals are being computed
 const PAGE_SIZE = 100; // catalog rows per page (the API's default; max 1000)
 const DIGEST_RE = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
@@ -595,16 +596,23 @@ async function registryPage(route, signal) {
   if (signal.aborted) return { title: "Registry", node: [] };
   if (data === null) throw new ApiError(0, "UNKNOWN", "The registry's status is not available.");
   const storage = data.storage || {};
+  // The totals are walked in the background: null is unknown (never shown as 0), and while
+  // the server computes them the page says so and asks again.
+  const totals = (value, show) => {
+    if (value === null || value === undefined) {
+      return h("span", { class: "muted" }, storage.computing ? "being computed…" : "not computed yet");
+    }
+    return storage.computing ? [show(value), h("span", { class: "muted" }, " (updating…)")] : show(value);
+  };
   const gc = data.gc || {};
   const user = data.user || {};
   const facts = h("dl", { class: "facts" },
     h("dt", {}, "Version"), h("dd", {}, data.version || "–"),
     h("dt", {}, "Storage"), h("dd", {}, storage.driver || "–"),
-    h("dt", {}, "Storage used"), h("dd", {}, storage.bytes === null || storage.bytes === undefined
-      ? h("span", { class: "muted" }, "not computed yet") : sizeNode(storage.bytes)),
-    h("dt", {}, "Blobs"), h("dd", {}, count(storage.blobs)),
-    h("dt", {}, "Computed"), h("dd", {}, timeNode(storage.computed_at)),
-    h("dt", {}, "Uploads in progress"), h("dd", {}, count(data.uploads_in_progress)),
+    h("dt", {}, "Storage used"), h("dd", {}, totals(storage.bytes, sizeNode)),
+    h("dt", {}, "Blobs"), h("dd", {}, totals(storage.blobs, count)),
+    h("dt", {}, "Computed"), h("dd", {}, totals(storage.computed_at, timeNode)),
+    h("dt", {}, "Uploads in progress"), h("dd", {}, totals(data.uploads_in_progress, count)),
     h("dt", {}, "Deletion"), h("dd", {}, data.delete_enabled ? "enabled" : "disabled"),
     h("dt", {}, "Authentication"), h("dd", {}, data.auth || "–"),
     user.name ? [h("dt", {}, "Signed in as"), h("dd", {}, user.name)] : null);
@@ -623,9 +631,10 @@ async function registryPage(route, signal) {
     }
     await render();
   }));
-  if (gc.running) {
-    // Show the run's end without a manual reload; a newer page (or this one again) cancels it.
-    const timer = setTimeout(() => render().catch(showFatal), GC_POLL_MS);
+  if (gc.running || storage.computing) {
+    // Show the run's end, or the totals, without a manual reload; a newer page (or this one
+    // again) cancels it.
+    const timer = setTimeout(() => render().catch(showFatal), gc.running ? GC_POLL_MS : TOTALS_POLL_MS);
     signal.addEventListener("abort", () => clearTimeout(timer));
   }
   const runs = gc.last_runs || [];
@@ -774,7 +783,15 @@ function showUser() {
   }
   who.replaceChildren();
   info().then((data) => {
-    if (data?.user?.name) who.replaceChildren(`Signed in as ${data.user.name}`);
+    if (data?.user?.name) {
+      who.replaceChildren(`Signed in as ${data.user.name}`);
+    } else if (data?.auth === "htpasswd") {
+      // Anonymous browsing of a public registry: /ui/login answers 401 with the Basic
+      // challenge, the browser asks for credentials, and the server sends it back here.
+      // A real navigation (data-reload), not one of this page's own.
+      const next = encodeURIComponent(location.pathname + location.search);
+      who.replaceChildren(h("a", { href: `${UI}/login?next=${next}`, "data-reload": "" }, "Sign in"));
+    }
   }).catch(() => {});
 }
 
@@ -789,7 +806,7 @@ function showFatal(err) {
 function onClick(ev) {
   if (ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey) return;
   const a = ev.target instanceof Element ? ev.target.closest("a[href]") : null;
-  if (!a || (a.target && a.target !== "_self") || a.hasAttribute("download")) return;
+  if (!a || (a.target && a.target !== "_self") || a.hasAttribute("download") || a.hasAttribute("data-reload")) return;
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin) return;
   if (url.pathname !== UI && !url.pathname.startsWith(`${UI}/`)) return;
