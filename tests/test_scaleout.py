@@ -1,0 +1,286 @@
+"""Three replicas on one storage behind haproxy, balancing every request round-robin
+(issue 17, items 2-3): one bucket on moto (signature checking on) and, where cheap, one
+shared directory. Real processes (tests/scaleout_support.py), real clients (httpx, dockerd,
+skopeo); every check reads what the replicas logged or what storage holds."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from scaleout_support import STORAGES, Deployment, deployment
+
+try:  # tests/ is a plain directory on sys.path, or a package
+    from tests import e2e_support as e2e
+except ImportError:
+    import e2e_support as e2e  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+docker_cli = e2e.docker_cli
+
+CHUNK = 64 * 1024  # bytes per PATCH in the chunked pushes: several PATCHes per layer
+PUSHES = 32  # concurrent pushes of overlapping images (issue 17)
+PUSH_THREADS = 8  # client threads: bounded, the machine has 2 cores
+_UPLOAD_UUID = re.compile(r"/blobs/uploads/([^/?]+)")
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def client(deploy: Deployment) -> httpx.Client:
+    return httpx.Client(base_url=deploy.url, timeout=60.0)
+
+
+def chunked_upload(http: httpx.Client, repo: str, data: bytes) -> str:
+    """POST, PATCHes of CHUNK bytes with Content-Range (SPEC 13), PUT ?digest= (one
+    request per step, so haproxy spreads them); returns the digest."""
+    digest = sha(data)
+    r = http.post(f"/v2/{repo}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    location = r.headers["Location"]
+    for start in range(0, len(data), CHUNK):
+        piece = data[start : start + CHUNK]
+        r = http.patch(location, content=piece, headers={
+            "Content-Range": f"{start}-{start + len(piece) - 1}",
+            "Content-Type": "application/octet-stream"})  # fmt: skip
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    r = http.put(f"{location}{sep}digest={digest}")
+    assert r.status_code == 201, r.text
+    return digest
+
+
+def push_manifest(http: httpx.Client, repo: str, tag: str, config: bytes,
+                  layers: list[bytes]) -> bytes:  # fmt: skip
+    manifest = e2e.canonical_json({
+        "schemaVersion": 2, "mediaType": e2e.MEDIA_OCI_MANIFEST,
+        "config": e2e.descriptor(e2e.MEDIA_OCI_CONFIG, config),
+        "layers": [e2e.descriptor(e2e.MEDIA_OCI_LAYER_GZIP, layer) for layer in layers]})  # fmt: skip
+    r = http.put(f"/v2/{repo}/manifests/{tag}", content=manifest,
+                 headers={"Content-Type": e2e.MEDIA_OCI_MANIFEST})  # fmt: skip
+    assert r.status_code == 201, r.text
+    return manifest
+
+
+def pull_and_verify(http: httpx.Client, repo: str, tag: str, manifest: bytes) -> None:
+    """The manifest comes back byte for byte and every blob's bytes match its digest."""
+    r = e2e.get_manifest(http, repo, tag)
+    assert r.status_code == 200, (repo, tag, r.text)
+    assert r.content == manifest
+    doc = json.loads(manifest)
+    for desc in [doc["config"], *doc["layers"]]:
+        blob = http.get(f"/v2/{repo}/blobs/{desc['digest']}")
+        assert blob.status_code == 200, (repo, desc, blob.text)
+        assert sha(blob.content) == desc["digest"], f"wrong bytes for {desc['digest']}"
+
+
+def uploads_by_replica(deploy: Deployment, repo: str) -> dict[str, set[int]]:
+    """Upload UUID -> the replicas that served a request of that upload session."""
+    spread: dict[str, set[int]] = defaultdict(set)
+    for replica in deploy.replicas:
+        for _, uri, _ in replica.access(None, f"/v2/{repo}/blobs/uploads/"):
+            found = _UPLOAD_UUID.search(uri)
+            if found:
+                spread[found.group(1)].add(replica.index)
+    return spread
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# --------------------------------------------------------------------------- balancing
+
+
+def test_successive_requests_on_one_connection_reach_every_replica(tmp_path: Path,
+                                                                   storage: str) -> None:  # fmt: skip
+    """haproxy balances per request, not per connection: 9 GETs on one keep-alive client
+    connection land 3 on each replica (counted in the replicas' access logs)."""
+    with deployment(tmp_path, storage=storage) as deploy, client(deploy) as http:
+        for _ in range(9):
+            assert http.get("/v2/_catalog").status_code == 200
+        assert deploy.replica_of("/v2/_catalog", "GET") == {0: 3, 1: 3, 2: 3}
+
+
+def test_chunked_upload_continues_across_replicas(tmp_path: Path, storage: str) -> None:
+    """SPEC 13 across processes: the session lives in storage, so each PATCH may reach
+    another replica; the blob is intact and every session was served by >1 replica."""
+    data = secrets.token_bytes(5 * CHUNK + 123)
+    with deployment(tmp_path, storage=storage) as deploy, client(deploy) as http:
+        digest = chunked_upload(http, "spread/blob", data)
+        r = http.get(f"/v2/spread/blob/blobs/{digest}")
+        assert r.status_code == 200 and r.content == data
+        spread = uploads_by_replica(deploy, "spread/blob")
+        assert len(spread) == 1 and len(next(iter(spread.values()))) == 3, spread
+
+
+# --------------------------------------------------------------------------- real clients
+
+
+@pytest.fixture
+def pushed_refs(docker_cli: str) -> Iterator[list[str]]:
+    refs: list[str] = []
+    yield refs
+    e2e.docker_remove_images(docker_cli, *refs)
+
+
+def test_docker_push_and_pull_through_the_load_balancer(
+    docker_cli: str, pushed_refs: list[str], tmp_path: Path
+) -> None:
+    """The system dockerd pushes and pulls through haproxy on S3; one upload session's
+    requests (POST, PATCH, PUT) were served by more than one replica."""
+    with deployment(tmp_path, storage="s3") as deploy:
+        ref = f"{deploy.host}/lb/app:1"
+        pushed_refs.append(ref)
+        expected = e2e.build_app(docker_cli, tmp_path / "ctx", ref)
+        digest, _ = e2e.docker_push(docker_cli, ref)
+        spread = uploads_by_replica(deploy, "lb/app")
+        assert spread and any(len(replicas) > 1 for replicas in spread.values()), spread
+
+        e2e.docker_remove_images(docker_cli, ref, e2e.BASE_IMAGE)
+        e2e.run([docker_cli, "pull", ref])
+        assert e2e.run_cat(docker_cli, ref) == expected
+        with client(deploy) as http:
+            r = e2e.get_manifest(http, "lb/app", "1")
+            assert r.status_code == 200 and e2e.sha256_digest(r.content) == digest
+
+
+def test_skopeo_two_platform_index_round_trip_through_the_load_balancer(tmp_path: Path) -> None:
+    """skopeo copy --all in and out through haproxy (S3): the index's digest is unchanged
+    and every child, config and layer comes back byte for byte."""
+    from test_e2e_skopeo import make_multiplatform
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    index, images = make_multiplatform(src)
+    digest = e2e.sha256_digest(index)
+    with deployment(tmp_path, storage="s3") as deploy:
+        target = f"docker://{deploy.host}/multi/app:v1"
+        e2e.skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{src}:v1", target)
+        raw = e2e.skopeo("inspect", "--raw", "--tls-verify=false", target).stdout
+        assert e2e.sha256_digest(raw.encode()) == digest
+        e2e.skopeo("copy", "--all", "--src-tls-verify=false", target, f"oci:{dst}:v1")
+    assert e2e.read_oci_layout_ref(dst, "v1")["digest"] == digest
+    assert e2e.read_oci_blob(dst, digest) == index
+    for img in images:
+        assert e2e.read_oci_blob(dst, img.digest) == img.manifest
+        for blob_digest, data in img.blobs.items():
+            assert e2e.read_oci_blob(dst, blob_digest) == data
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_32_concurrent_pushes_of_overlapping_images(tmp_path: Path, storage: str) -> None:
+    """32 pushes (8 client threads) of images sharing base layers, into 4 repositories:
+    every manifest then pulls back intact and every blob's bytes match its digest."""
+    shared = [secrets.token_bytes(3 * CHUNK + i) for i in range(3)]
+
+    def image(i: int) -> tuple[str, str, bytes, list[bytes]]:
+        layers = [shared[0], shared[1 + i % 2], secrets.token_bytes(CHUNK + i)]
+        config = json.dumps({"architecture": "amd64", "os": "linux", "n": i}).encode()
+        return f"load/r{i % 4}", f"t{i}", config, layers
+
+    images = [image(i) for i in range(PUSHES)]
+    with deployment(tmp_path, storage=storage) as deploy:
+
+        def push(item: tuple[str, str, bytes, list[bytes]]) -> bytes:
+            repo, tag, config, layers = item
+            with client(deploy) as http:
+                for blob in [config, *layers]:
+                    chunked_upload(http, repo, blob)
+                return push_manifest(http, repo, tag, config, layers)
+
+        with ThreadPoolExecutor(PUSH_THREADS) as pool:
+            manifests = list(pool.map(push, images))
+        with client(deploy) as http:
+            for (repo, tag, _, _), manifest in zip(images, manifests):
+                pull_and_verify(http, repo, tag, manifest)
+        assert len(deploy.replica_of("/v2/load/", "PATCH")) == 3
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+class Webhook:
+    """A webhook receiver on 127.0.0.1 (a thread): records every event it is sent."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        events = self.events = []  # type: list[dict]
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with lock:
+                    events.extend(json.loads(body).get("events", []))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", e2e.free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+
+@contextlib.contextmanager
+def open_webhook() -> Iterator[Webhook]:
+    """A running :class:`Webhook`, shut down on exit."""
+    hook = Webhook()
+    hook.thread.start()
+    try:
+        yield hook
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
+        hook.thread.join(10)
+
+
+def test_notifications_are_sent_once_per_event_not_once_per_replica(tmp_path: Path) -> None:
+    """Each request is one replica's, so each event is sent once: one manifest push event,
+    one blob push event per uploaded blob, and no event id twice."""
+    import time
+
+    config, layer = b'{"architecture":"amd64","os":"linux"}', secrets.token_bytes(3 * CHUNK)
+    with open_webhook() as hook:
+        extra = ("notifications:\n  endpoints:\n    - name: hook\n"
+                 f"      url: {hook.url}\n      timeout: 5s\n      threshold: 3\n"
+                 "      backoff: 100ms\n")  # fmt: skip
+        with deployment(tmp_path, storage="fs", extra=extra) as deploy, client(deploy) as http:
+            for blob in (config, layer):
+                chunked_upload(http, "notify/app", blob)
+            manifest = push_manifest(http, "notify/app", "v1", config, [layer])
+            expected = 3  # two blob pushes and one manifest push
+            deadline = time.monotonic() + 30
+            pushes: list[dict] = []
+            while time.monotonic() < deadline:
+                pushes = [e for e in hook.events if e.get("action") == "push"]
+                if len(pushes) >= expected:
+                    break
+                time.sleep(0.2)
+            time.sleep(1.0)  # let a duplicate (one per replica) arrive if there were any
+        pushes = [e for e in hook.events if e.get("action") == "push"]
+        targets = sorted(e["target"]["digest"] for e in pushes)
+        assert targets == sorted([sha(config), sha(layer), sha(manifest)]), pushes
+        ids = [e["id"] for e in hook.events]
+        assert len(ids) == len(set(ids)), "an event was sent twice"
