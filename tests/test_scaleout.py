@@ -284,3 +284,130 @@ def test_notifications_are_sent_once_per_event_not_once_per_replica(tmp_path: Pa
         assert targets == sorted([sha(config), sha(layer), sha(manifest)]), pushes
         ids = [e["id"] for e in hook.events]
         assert len(ids) == len(set(ids)), "an event was sent twice"
+
+
+# --------------------------------------------------------------------------- faults
+
+HALF = 4 * 1024 * 1024  # bytes sent before the replica serving the PATCH is killed
+KILL_WAIT_S = 30.0  # bound on finding the replica that serves the streaming PATCH
+LEASE_WAIT_S = 90.0  # bound on the dead writer's upload lease expiring (LEASE_TTL is 30 s)
+
+
+def established(port: int) -> int:
+    """How many ESTABLISHED TCP connections have local port ``port`` (/proc/net/tcp*)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                count += 1
+    return count
+
+
+def stored_blobs(deploy: Deployment) -> dict[str, bytes]:
+    """digest -> bytes of every blob ``data`` in storage, read around the registry."""
+    found: dict[str, bytes] = {}
+    if deploy.storage == "fs":
+        assert deploy.root is not None
+        for data in (deploy.root / "docker/registry/v2/blobs").glob("sha256/*/*/data"):
+            found["sha256:" + data.parent.name] = data.read_bytes()
+        return found
+    import boto3
+
+    s3 = deploy.s3
+    bucket = boto3.client(
+        "s3", endpoint_url=s3["regionendpoint"], region_name=s3["region"],
+        aws_access_key_id=s3["accesskey"], aws_secret_access_key=s3["secretkey"],
+    )  # fmt: skip
+    prefix = s3["rootdirectory"].strip("/") + "/docker/registry/v2/blobs/"
+    for page in bucket.get_paginator("list_objects_v2").paginate(
+        Bucket=s3["bucket"], Prefix=prefix
+    ):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/data"):
+                body = bucket.get_object(Bucket=s3["bucket"], Key=item["Key"])["Body"].read()
+                found["sha256:" + item["Key"].split("/")[-2]] = body
+    return found
+
+
+def test_replica_killed_mid_push_retry_succeeds_and_nothing_half_written_shows(
+    tmp_path: Path, storage: str
+) -> None:
+    """SIGKILL the replica a streamed PATCH (SPEC 12) is writing to, half way: the blob is
+    not linked, the session answers 204 or 404 (never 500), a fresh upload through the LB
+    (docker's retry) succeeds, the old session continues once the dead writer's lease has
+    expired, every blob in storage matches its digest, and the killed replica restarts."""
+    import time
+
+    data = secrets.token_bytes(2 * HALF)
+    digest = sha(data)
+    release = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def body() -> Iterator[bytes]:
+        yield data[:HALF]
+        release.wait(KILL_WAIT_S + 10)
+        yield data[HALF:]
+
+    with deployment(tmp_path, storage=storage) as deploy, client(deploy) as http:
+        r = http.post("/v2/crash/app/blobs/uploads/")
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+
+        def patch() -> None:
+            try:
+                with client(deploy) as own:
+                    outcome["status"] = own.patch(location, content=body()).status_code
+            except httpx.HTTPError as exc:
+                outcome["error"] = exc
+
+        writer = threading.Thread(target=patch)
+        writer.start()
+        try:
+            victim = None
+            deadline = time.monotonic() + KILL_WAIT_S
+            while victim is None and time.monotonic() < deadline:
+                busy = [rep for rep in deploy.replicas if established(rep.port)]
+                victim = busy[0] if len(busy) == 1 else None
+                time.sleep(0.05)
+            assert victim is not None, "no single replica was serving the PATCH"
+            time.sleep(0.5)  # let it write part of what it got
+            victim.kill()
+        finally:
+            release.set()
+            writer.join(KILL_WAIT_S)
+        assert outcome.get("status") != 202, outcome  # the PATCH could not have completed
+
+        # Nothing half-written is visible.
+        assert http.head(f"/v2/crash/app/blobs/{digest}").status_code == 404
+        status = http.get(location)
+        assert status.status_code in (204, 404), status.text
+
+        # The client's retry (a new session, as docker does) succeeds through the LB.
+        assert e2e.push_blob(http, "crash/app", data) == digest
+        assert http.get(f"/v2/crash/app/blobs/{digest}").content == data
+
+        # The interrupted session is continuable once the dead writer's lease expires.
+        if status.status_code == 204:
+            deadline = time.monotonic() + LEASE_WAIT_S
+            while True:
+                last = int(http.get(location).headers["Range"].split("-")[1])
+                done = last + 1 if last else 0  # "0-0" is an empty session (SPEC 9)
+                r = http.patch(location, content=data[done:], headers={
+                    "Content-Range": f"{done}-{len(data) - 1}"})  # fmt: skip
+                if r.status_code != 416 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert r.status_code == 202, r.text
+            sep = "&" if "?" in r.headers["Location"] else "?"
+            put = http.put(f"{r.headers['Location']}{sep}digest={digest}")
+            assert put.status_code == 201, put.text
+
+        for key, stored in stored_blobs(deploy).items():
+            assert sha(stored) == key, f"{key} holds bytes of another digest"
+        victim.start()
+        assert httpx.get(f"{victim.url}/v2/crash/app/blobs/{digest}").content == data
