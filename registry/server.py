@@ -100,7 +100,7 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     gc, purging = config.gc, s.uploadpurging
     collector = OnlineGC(
         storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
-        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged,
+        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged, settle=gc.settle,
     )
     background.append(collector.start)
     if purging.enabled:

@@ -131,6 +131,7 @@ class GCConfig:
     interval: float = 24 * HOUR
     graceperiod: float = 1 * HOUR
     delete_untagged: bool = False
+    settle: float = 300.0  # = storage.gc_report.SETTLE_SECONDS (config imports no storage)
 
 
 @dataclass(frozen=True)
