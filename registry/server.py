@@ -38,6 +38,8 @@ from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
+from .ops.redis import redis_client, start_redis
+from .storage.descriptor_cache import RedisDescriptors
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
@@ -62,14 +64,18 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
     notifier = build_notifier(config)
+    redis = redis_client(config.redis)  # opens nothing yet (ops/redis.py)
     ops, driver = build_operations(
-        config, driver, multiprocess_dir, (notifier.observe,) if notifier else ()
+        config, driver, multiprocess_dir, (notifier.observe,) if notifier else (), redis
     )
     v = config.validation  # manifests.urls: the layer URLs pushes may carry
     urls = URLRules.compile(v.manifests_urls_allow, v.manifests_urls_deny, enabled=not v.disabled)
     storage = Storage(
         driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls,
         blob_descriptor_cache=s.blobdescriptorsize if s.blobdescriptor else None,
+        descriptors=(
+            RedisDescriptors(redis) if redis is not None and s.blobdescriptor == "redis" else None
+        ),
         # validation.disabled turns the index check off too (the reference)
         index_children="none" if v.disabled else v.indexes_platforms,
         index_platforms=v.indexes_platformlist,
@@ -94,6 +100,8 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     )
     authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
     background = [notifier.start] if notifier else []
+    if redis is not None:
+        background.append(partial(start_redis, redis))
     if ops.health is not None:
         background.append(partial(_start, ops.health.serve))
     # Upload purging and online GC run in the lifespan nursery (storage/purge.py, gc_service.py).
@@ -101,12 +109,13 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
     collector = OnlineGC(
         storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
         grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged, settle=gc.settle,
+        descriptors=storage.blobs.descriptors, redis=redis,
     )
     background.append(collector.start)
     if purging.enabled:
         background.append(UploadPurger(
             storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
-            dry_run=purging.dryrun,
+            dry_run=purging.dryrun, redis=redis,
         ).start)
     return RegistryApp(
         storage, options, background=background,

@@ -229,6 +229,7 @@ class ManifestStore:
             await self.driver.delete(paths.revision_dir(name, d))
         except PathNotFound:
             pass
+        await self.blobs.forget_link(name, d)  # blob HEAD answers for revisions too
 
     # --- referrers ---------------------------------------------------------------------
 
