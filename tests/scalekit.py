@@ -215,6 +215,15 @@ class Redis:
         if self.proc is not None:
             _stop(self.proc)
 
+    def dbsize(self) -> int:
+        """How many keys Redis holds now (DBSIZE)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"DBSIZE\r\n")
+            reply = sock.recv(64)
+        if not reply.startswith(b":"):
+            raise RuntimeError(f"DBSIZE answered {reply!r}")
+        return int(reply[1:].split(b"\r\n")[0])
+
 
 def haproxy_config(port: int, backends: Sequence[int], *, max_conn: int = 2048) -> str:
     """haproxy in http mode on 127.0.0.1:``port``, round-robin per request over ``backends``."""

@@ -32,10 +32,10 @@ STORAGES = ("s3", "fs")
 
 
 def redis_supported() -> bool:
-    """True once ``redis`` is no longer a refused key of registry/config/keys.py."""
+    """True once ``redis.addrs`` is a supported key of registry/config/keys.py."""
     from registry.config import keys
 
-    return all(k.status != keys.REFUSED for k in keys.KEYS if k.key.split(".")[0] == "redis")
+    return any(k.key == "redis.addrs" and k.status != keys.REFUSED for k in keys.KEYS)
 
 
 @contextlib.contextmanager
