@@ -311,17 +311,18 @@ def _yaml_scalar(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def replica_config(deploy: Deployment, port: int, *, workers: int, log_level: str,
-                   extra: str, ours: bool, redis_cache: bool) -> str:  # fmt: skip
+def replica_config(deploy: Deployment, port: int, *, workers: int | None, log_level: str,
+                   access_log: bool, extra: str, redis_cache: bool) -> str:  # fmt: skip
     """The config every replica gets (``http.addr`` aside); ``extra`` is appended YAML."""
     cache = "  cache:\n    blobdescriptor: redis\n" if deploy.redis and redis_cache else ""
     text = (
         "version: 0.1\n"
         f"log:\n  level: {log_level}\n"
+        f"  accesslog:\n    disabled: {'false' if access_log else 'true'}\n"
         f"storage:\n{storage_yaml(deploy)}{cache}  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: {HTTP_SECRET}\n"
     )
-    if ours:
+    if workers is not None:  # ours only: registry:3 has no http.workers
         text += f"  workers: {workers}\n"
     if deploy.redis is not None:
         text += f"redis:\n  addrs: [{deploy.redis.addr}]\n"
@@ -336,8 +337,9 @@ def open_deployment(
     storage: str = "fs",
     s3_params: dict[str, Any] | None = None,
     redis: bool = False,
-    workers: int = 1,
+    workers: int | None = 1,
     log_level: str = "info",
+    access_log: bool = True,
     extra: str = "",
     command: Command = ours_command,
     redis_cache: bool = True,
@@ -349,7 +351,8 @@ def open_deployment(
     ``"fs"`` shares ``directory/storage``. ``redis=True`` starts a redis-server and gives
     every replica its ``redis:`` section (and ``storage.cache.blobdescriptor: redis`` with
     ``redis_cache``). ``command`` builds a replica's argv + env from its config path;
-    ``free_port`` gives each process its port.
+    ``free_port`` gives each process its port. ``workers``: our ``http.workers`` (None for
+    a reference binary, which has no such key).
     """
     directory.mkdir(parents=True, exist_ok=True)
     deploy = Deployment(directory=directory, replicas=[], lb_port=0, storage=storage)
@@ -362,7 +365,6 @@ def open_deployment(
         deploy.s3 = dict(s3_params)
     else:
         raise ValueError(f"storage must be 'fs' or 's3', not {storage!r}")
-    ours = command is ours_command
     started: list[Callable[[], None]] = []
     try:
         if redis:
@@ -373,8 +375,8 @@ def open_deployment(
             port = free_port()
             config = directory / f"replica-{i}.yml"
             config.write_text(replica_config(
-                deploy, port, workers=workers, log_level=log_level, extra=extra, ours=ours,
-                redis_cache=redis_cache))  # fmt: skip
+                deploy, port, workers=workers, log_level=log_level, access_log=access_log,
+                extra=extra, redis_cache=redis_cache))  # fmt: skip
             replica = Replica(i, port, config, directory / f"replica-{i}.log", command)
             deploy.replicas.append(replica)
             replica.start()
