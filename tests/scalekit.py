@@ -369,8 +369,8 @@ def open_deployment(
     try:
         if redis:
             deploy.redis = Redis(free_port(), directory / "redis.log", directory)
+            started.append(deploy.redis.stop)  # first: a start that fails still gets stopped
             deploy.redis.start()
-            started.append(deploy.redis.stop)
         for i in range(replicas):
             port = free_port()
             config = directory / f"replica-{i}.yml"
@@ -379,8 +379,8 @@ def open_deployment(
                 extra=extra, redis_cache=redis_cache))  # fmt: skip
             replica = Replica(i, port, config, directory / f"replica-{i}.log", command)
             deploy.replicas.append(replica)
-            replica.start()
             started.append(replica.stop)
+            replica.start()
         deploy.lb_port = free_port()  # late: the shorter the probe-to-bind window the better
         cfg = directory / "haproxy.cfg"
         cfg.write_text(haproxy_config(deploy.lb_port, [r.port for r in deploy.replicas]))
