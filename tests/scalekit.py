@@ -46,6 +46,8 @@ STOP_TIMEOUT_S = 15.0  # graceful shutdown finishes in-flight requests first
 CHECK_INTERVAL_MS = 300  # haproxy's health check period: a killed replica is down in <1 s
 CHECK_FALL = 2  # failed checks before haproxy takes a replica out
 LB_HEADER = "X-Scale-Out-LB"
+LOG_QUIET_S = 0.3  # a log unchanged this long has its last access line (written after the answer)
+LOG_SETTLE_BOUND_S = 10.0  # bound on that wait: a replica under load may log continuously
 HTTP_SECRET = "scale-out-shared-secret"  # every replica must share it (upload state tokens)
 
 _ACCESS = re.compile(
@@ -282,8 +284,23 @@ class Deployment:
     def url(self) -> str:
         return f"http://{self.host}"
 
+    def quiet_logs(self) -> None:
+        """Wait (at most LOG_SETTLE_BOUND_S) until no replica's log has grown for
+        LOG_QUIET_S: a replica writes a request's access line just after sending its
+        answer, so a client that got the answer may read the log a moment too early."""
+        deadline = time.monotonic() + LOG_SETTLE_BOUND_S
+        sizes: list[int] = []
+        while time.monotonic() < deadline:
+            now = [r.log_path.stat().st_size if r.log_path.exists() else 0 for r in self.replicas]
+            if now == sizes:
+                return
+            sizes = now
+            time.sleep(LOG_QUIET_S)
+
     def replica_of(self, uri_prefix: str, method: str | None = None) -> dict[int, int]:
-        """Replica index -> how many access lines match ``method``/``uri_prefix``."""
+        """Replica index -> how many access lines match ``method``/``uri_prefix`` (after
+        :meth:`quiet_logs`)."""
+        self.quiet_logs()
         counts = {r.index: len(r.access(method, uri_prefix)) for r in self.replicas}
         return {i: n for i, n in counts.items() if n}
 

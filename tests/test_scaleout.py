@@ -89,6 +89,7 @@ def pull_and_verify(http: httpx.Client, repo: str, tag: str, manifest: bytes) ->
 def uploads_by_replica(deploy: Deployment, repo: str) -> dict[str, set[int]]:
     """Upload UUID -> the replicas that served a request of that upload session."""
     spread: dict[str, set[int]] = defaultdict(set)
+    deploy.quiet_logs()
     for replica in deploy.replicas:
         for _, uri, _ in replica.access(None, f"/v2/{repo}/blobs/uploads/"):
             found = _UPLOAD_UUID.search(uri)
