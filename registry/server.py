@@ -260,6 +260,7 @@ def _check_startup(config: Config) -> None:
     build_notifier(config)
     parse_health(config.health)
     parse_checks(config.health)
+    redis_client(config.redis)  # loads redis.tls's files; never connects
 
 
 def _debug_sockets(config: Config) -> Any:

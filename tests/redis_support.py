@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,10 +53,16 @@ def _read_reply(f) -> object:  # type: ignore[no-untyped-def]
 class RedisServer:
     """One redis-server process on ``port``; :meth:`stop` and :meth:`start` it at will."""
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, port: int | None = None,
+        tls: tuple[Path, Path, Path, ssl.SSLContext] | None = None,
+    ) -> None:
+        """``tls``: (server certificate, key, CA that client certificates must chain to, a
+        client context for :meth:`cli`): serve TLS only, on ``port``, clients verified."""
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,8 +71,14 @@ class RedisServer:
 
     def start(self) -> None:
         assert self.proc is None
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            cert, key, ca, _ = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                     "--tls-auth-clients", "yes"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -98,7 +111,11 @@ class RedisServer:
 
     def cli_many(self, *commands: tuple[str | bytes | int, ...]) -> object:
         """Send `commands` on one new connection; the last one's reply."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), 5))
+            if self.tls is not None:  # the SSL socket takes the descriptor: close it too
+                sock = stack.enter_context(
+                    self.tls[3].wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(b"".join(_encode(*c) for c in commands))
             with sock.makefile("rb") as f:
                 replies = [_read_reply(f) for _ in commands]
@@ -106,12 +123,14 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A started RedisServer, stopped on exit whatever happened."""
+def running_redis(
+    tmp_path: Path, tls: tuple[Path, Path, Path, ssl.SSLContext] | None = None
+) -> Iterator[RedisServer]:
+    """A started RedisServer (TLS only with ``tls``), stopped on exit whatever happened."""
     binary = require_tool("redis-server", "apt-get install redis-server")
     workdir = tmp_path / "redis"
     workdir.mkdir()
-    server = RedisServer(binary, workdir)
+    server = RedisServer(binary, workdir, tls=tls)
     try:
         server.start()
         yield server

@@ -139,6 +139,8 @@ async def test_blob_and_manifest_deletes_leave_the_repository_set(nursery, tmp_p
         m, _ = await push_image(s.http, "repo", "v1", layers=(b"kept layer",))
         for x in (d, m):
             assert (await s.http.head(f"/v2/repo/blobs/{x}")).status_code == 200
+        for _ in range(2):  # the second GET answers the revision check from Redis
+            assert (await s.http.get(f"/v2/repo/manifests/{m}")).status_code == 200
         assert redis_server.cli("SISMEMBER", "repository::repo::blobs", d) == 1
         assert redis_server.cli("SISMEMBER", "repository::repo::blobs", m) == 1
         assert (await s.http.delete(f"/v2/repo/blobs/{d}")).status_code == 202
@@ -148,6 +150,8 @@ async def test_blob_and_manifest_deletes_leave_the_repository_set(nursery, tmp_p
             assert redis_server.cli("EXISTS", f"repository::repo::blobs::{x}") == 0
             r = await s.http.get(f"/v2/repo/blobs/{x}")
             assert r.status_code == 404 and error_codes(r) == ["BLOB_UNKNOWN"]
+        r = await s.http.get(f"/v2/repo/manifests/{m}")  # its bytes are still held here
+        assert r.status_code == 404 and error_codes(r) == ["MANIFEST_UNKNOWN"]
 
 
 async def test_online_gc_forgets_what_it_deleted(nursery, tmp_path, redis_server):

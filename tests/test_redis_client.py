@@ -6,19 +6,23 @@ line down, one back, no connect attempt per call while down)."""
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trustme
 from redis_support import RedisServer, running_redis
 
+from registry.config import load_config
 from registry.drivers.redis import RedisClient, RedisOptions, RedisUnavailable, ReplyError
 from registry.drivers.redis.protocol import (
     ProtocolError,
     ReplyParser,
     encode_command,
 )
+from registry.ops.redis import redis_client
 
 TEST_TIMEOUT_S = 20  # seconds; every test body here ends well within this
 
@@ -205,3 +209,48 @@ async def test_reused_connection_broken_by_a_restart_is_retried(redis_server):
         redis_server.start()  # the pooled connection is now dead
         assert await c.execute("PING") == "PONG"
         assert not c.down and c.failures == 0
+
+
+# --- TLS (redis.tls: certificate, key, clientcas) ----------------------------------------------
+
+
+async def test_tls_with_a_client_certificate_from_the_config(tmp_path):
+    ca, stranger = trustme.CA(), trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("registry-client")
+    files = {}
+    for name, blob in (("server.pem", server_cert.cert_chain_pems[0]),
+                       ("server.key", server_cert.private_key_pem),
+                       ("client.pem", client_cert.cert_chain_pems[0]),
+                       ("client.key", client_cert.private_key_pem),
+                       ("ca.pem", ca.cert_pem), ("stranger.pem", stranger.cert_pem)):
+        files[name] = tmp_path / name
+        blob.write_to_path(str(files[name]))
+    cli_ctx = ssl.create_default_context(cafile=str(files["ca.pem"]))
+    client_cert.configure_cert(cli_ctx)
+    tls = (files["server.pem"], files["server.key"], files["ca.pem"], cli_ctx)
+
+    def configured(**env: str):
+        config, _ = load_config(None, {"REGISTRY_STORAGE": "inmemory", **env})
+        return redis_client(config.redis)
+
+    with running_redis(tmp_path, tls=tls) as server:
+        base = {"REGISTRY_REDIS_ADDRS": f"[127.0.0.1:{server.port}]",
+                "REGISTRY_REDIS_DIALTIMEOUT": "2s", "REGISTRY_REDIS_MAXRETRIES": "-1"}
+        good = configured(**base, REGISTRY_REDIS_TLS_CERTIFICATE=str(files["client.pem"]),
+                          REGISTRY_REDIS_TLS_KEY=str(files["client.key"]),
+                          REGISTRY_REDIS_TLS_CLIENTCAS=f"[{files['ca.pem']}]")
+        wrong_ca = configured(**base, REGISTRY_REDIS_TLS_CERTIFICATE=str(files["client.pem"]),
+                              REGISTRY_REDIS_TLS_KEY=str(files["client.key"]),
+                              REGISTRY_REDIS_TLS_CLIENTCAS=f"[{files['stranger.pem']}]")
+        plain = configured(**base)  # no certificate: no TLS (registry:3's rule)
+        try:
+            with trio.fail_after(TEST_TIMEOUT_S):
+                assert await good.execute("SET", "over", "tls") == "OK"
+                for refused in (wrong_ca, plain):
+                    with pytest.raises(RedisUnavailable):
+                        await refused.execute("PING")
+        finally:
+            for c in (good, wrong_ca, plain):
+                await c.aclose()
+        assert server.cli("GET", "over") == b"tls"

@@ -108,3 +108,14 @@ def test_unknown_redis_key_is_a_warning(tmp_path):
     path.write_text(V + "redis:\n  addrs: [r:1]\n  poolsiz: 3\n")
     _, warnings = load_config(str(path), {})
     assert "unknown configuration key: redis.poolsiz" in warnings
+
+
+def test_unreadable_redis_tls_files_stop_startup(tmp_path):
+    from registry.server import _check_startup
+
+    path = tmp_path / "config.yml"
+    path.write_text(V + f"redis:\n  addrs: [r:1]\n  tls:\n    certificate: {tmp_path}/no.pem\n"
+                    f"    key: {tmp_path}/no.key\n")
+    config, _ = load_config(str(path), {})
+    with pytest.raises(ConfigError, match=r"^redis\.tls: cannot load the certificate"):
+        _check_startup(config)

@@ -79,6 +79,21 @@ class BlobStore:
         """Is manifest ``d`` a revision of repo ``name`` (its revision link names it)?"""
         return await read_link(self.driver, paths.revision_link(name, d)) == d
 
+    async def has_revision_cached(self, name: str, d: Digest, size: int) -> bool:
+        """:meth:`has_revision`, answered by the descriptor cache when it vouches for the
+        repository's membership (redis; as registry:3, one membership set covers layers and
+        revisions); a yes from storage is written back. ``size``: the manifest's length."""
+        cache = self.descriptors
+        if cache is not None:
+            linked, _ = await cache.lookup(name, d)
+            if linked:
+                return True
+        if not await self.has_revision(name, d):
+            return False
+        if cache is not None:
+            await cache.remember(name, d, size)
+        return True
+
     async def stat_in_repo(self, name: str, d: Digest) -> int:
         """Size of blob ``d`` as seen from repo ``name``; BLOB_UNKNOWN if not linked or gone.
         Asks the descriptor cache first; what storage answers is written back to it."""

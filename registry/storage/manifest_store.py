@@ -115,12 +115,13 @@ class ManifestStore:
         return entry
 
     async def get(self, name: str, reference: str | Digest) -> Manifest:
-        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag and the
-        revision link are read from storage every time; only the bytes may be cached."""
+        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag is read
+        from storage every time; the bytes may be cached here, and once they are, the
+        revision check may be answered by the Redis descriptor cache (blobs.py)."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
         found = self._manifest_bytes.get(d)
         if found is not None:
-            linked = await self.blobs.has_revision(name, d)
+            linked = await self.blobs.has_revision_cached(name, d, len(found[0]))
         else:
             linked, found = await self._revision_and_bytes(name, d)
         if not linked or found is None:

@@ -103,11 +103,15 @@ class _Conn:
 
     async def call(self, payload: bytes, n: int, options: RedisOptions) -> list[Reply]:
         """Send ``payload`` and read ``n`` replies. Raises RedisUnavailable, trio.Cancelled."""
+        replies: list[Reply] = []
         try:
-            with trio.fail_after(_limit(options.write_timeout)):
+            # One cancel scope for both deadlines (a scope costs more than the command's
+            # own work here): the write's, then moved to the read's.
+            with trio.CancelScope(
+                deadline=trio.current_time() + _limit(options.write_timeout)
+            ) as scope:
                 await self.stream.send_all(payload)
-            replies: list[Reply] = []
-            with trio.fail_after(_limit(options.read_timeout)):
+                scope.deadline = trio.current_time() + _limit(options.read_timeout)
                 while len(replies) < n:
                     replies.extend(self.parser.replies())
                     if len(replies) >= n:
@@ -116,8 +120,8 @@ class _Conn:
                     if not data:
                         raise RedisUnavailable("connection closed by Redis")
                     self.parser.feed(data)
-        except trio.TooSlowError:
-            raise RedisUnavailable("timed out") from None
+            if scope.cancelled_caught:
+                raise RedisUnavailable("timed out")
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             raise RedisUnavailable(f"connection broken: {e}") from None
         except ProtocolError as e:
@@ -175,17 +179,21 @@ class RedisClient:
 
     async def _dial(self) -> _Conn:
         o = self.options
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(_limit(o.dial_timeout)):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(o.host, o.port)
+                stream = await trio.open_tcp_stream(o.host, o.port)
                 if o.ssl_context is not None:
-                    tls = trio.SSLStream(stream, o.ssl_context, server_hostname=o.host)
-                    await tls.do_handshake()
-                    stream = tls
-        except trio.TooSlowError:
-            raise RedisUnavailable(f"connect timed out after {o.dial_timeout}s") from None
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-            raise RedisUnavailable(f"cannot connect: {e}") from None
+                    stream = trio.SSLStream(stream, o.ssl_context, server_hostname=o.host)
+                    await stream.do_handshake()
+        except BaseException as e:
+            if stream is not None:  # a failed or cancelled handshake: close the socket
+                await trio.aclose_forcefully(stream)
+            if isinstance(e, trio.TooSlowError):
+                raise RedisUnavailable(f"connect timed out after {o.dial_timeout}s") from None
+            if isinstance(e, (OSError, trio.BrokenResourceError, ssl.SSLError)):
+                raise RedisUnavailable(f"cannot connect: {e}") from None
+            raise
         conn = _Conn(stream, trio.current_time())
         setup: list[tuple[Arg, ...]] = []
         if o.password is not None:
@@ -235,10 +243,13 @@ class RedisClient:
         o = self.options
         if self._slots is None:
             self._slots = trio.Semaphore(max(1, o.pool_size))
-        with trio.move_on_after(_limit(o.pool_timeout)) as waited:
-            await self._slots.acquire()
-        if waited.cancelled_caught:
-            raise PoolTimeout(f"no free connection within {o.pool_timeout}s")
+        try:
+            self._slots.acquire_nowait()  # the common case: no cancel scope to pay for
+        except trio.WouldBlock:
+            with trio.move_on_after(_limit(o.pool_timeout)) as waited:
+                await self._slots.acquire()
+            if waited.cancelled_caught:
+                raise PoolTimeout(f"no free connection within {o.pool_timeout}s") from None
         try:
             attempt = 0
             while True:
