@@ -139,11 +139,11 @@ def pushed_refs(docker_cli: str) -> Iterator[list[str]]:
 
 
 def test_docker_push_and_pull_through_the_load_balancer(
-    docker_cli: str, pushed_refs: list[str], tmp_path: Path
+    docker_cli: str, pushed_refs: list[str], tmp_path: Path, storage: str
 ) -> None:
-    """The system dockerd pushes and pulls through haproxy on S3; one upload session's
+    """The system dockerd pushes and pulls through haproxy; one upload session's
     requests (POST, PATCH, PUT) were served by more than one replica."""
-    with deployment(tmp_path, storage="s3") as deploy:
+    with deployment(tmp_path, storage=storage) as deploy:
         ref = f"{deploy.host}/lb/app:1"
         pushed_refs.append(ref)
         expected = e2e.build_app(docker_cli, tmp_path / "ctx", ref)
@@ -159,15 +159,17 @@ def test_docker_push_and_pull_through_the_load_balancer(
             assert r.status_code == 200 and e2e.sha256_digest(r.content) == digest
 
 
-def test_skopeo_two_platform_index_round_trip_through_the_load_balancer(tmp_path: Path) -> None:
-    """skopeo copy --all in and out through haproxy (S3): the index's digest is unchanged
+def test_skopeo_two_platform_index_round_trip_through_the_load_balancer(
+    tmp_path: Path, storage: str
+) -> None:
+    """skopeo copy --all in and out through haproxy: the index's digest is unchanged
     and every child, config and layer comes back byte for byte."""
     from test_e2e_skopeo import make_multiplatform
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     index, images = make_multiplatform(src)
     digest = e2e.sha256_digest(index)
-    with deployment(tmp_path, storage="s3") as deploy:
+    with deployment(tmp_path, storage=storage) as deploy:
         target = f"docker://{deploy.host}/multi/app:v1"
         e2e.skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{src}:v1", target)
         raw = e2e.skopeo("inspect", "--raw", "--tls-verify=false", target).stdout
