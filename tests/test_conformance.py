@@ -1,8 +1,8 @@
 """The OCI distribution-spec conformance suites against `python -m registry serve` (issue 15,
 item 4; issue 17, item 4): v1.1.1's ginkgo suite and the spec's newer conformance program,
 both from ../shared/bin (see its README), on three setups: one server on the filesystem, one
-on S3 (moto, signature checking on), and three replicas on one bucket behind haproxy
-(tests/scaleout_support.py). Missing binaries skip locally and fail under CI=true.
+on S3 (moto, signature checking on), and three replicas behind haproxy on one bucket and on
+one shared directory (tests/scaleout_support.py). Missing binaries skip locally and fail under CI=true.
 
 v1.1.1's skips: ``OCI_AUTOMATIC_CROSSMOUNT=0`` runs the "mount without from -> 202" spec
 (we, as registry:3, do no automatic content discovery: a mount needs ``from``); its
@@ -63,15 +63,16 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-SETUPS = ("fs", "s3", "lb")
+SETUPS = ("fs", "s3", "lb", "lb-fs")  # lb: on one bucket; lb-fs: on one shared directory
 LB_REPLICAS = 3
 
 
 @contextlib.contextmanager
 def serving(setup: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(url, host) of the registry under test in ``setup``; stopped on exit."""
-    if setup == "lb":
-        with deployment(tmp_path, storage="s3", replicas=LB_REPLICAS, extra=ALLOW_URLS) as lb:
+    if setup.startswith("lb"):
+        storage = "fs" if setup == "lb-fs" else "s3"
+        with deployment(tmp_path, storage=storage, replicas=LB_REPLICAS, extra=ALLOW_URLS) as lb:
             yield lb.url, lb.host
         return
     command = _ours_allowing_urls
