@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -262,8 +263,6 @@ def open_webhook() -> Iterator[Webhook]:
 def test_notifications_are_sent_once_per_event_not_once_per_replica(tmp_path: Path) -> None:
     """Each request is one replica's, so each event is sent once: one manifest push event,
     one blob push event per uploaded blob, and no event id twice."""
-    import time
-
     config, layer = b'{"architecture":"amd64","os":"linux"}', secrets.token_bytes(3 * CHUNK)
     with open_webhook() as hook:
         extra = ("notifications:\n  endpoints:\n    - name: hook\n"
@@ -344,8 +343,6 @@ def test_replica_killed_mid_push_retry_succeeds_and_nothing_half_written_shows(
     not linked, the session answers 204 or 404 (never 500), a fresh upload through the LB
     (docker's retry) succeeds, the old session continues once the dead writer's lease has
     expired, every blob in storage matches its digest, and the killed replica restarts."""
-    import time
-
     data = secrets.token_bytes(2 * HALF)
     digest = sha(data)
     release = threading.Event()
