@@ -26,6 +26,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from . import __version__
 from .auth import Authenticator, build_authenticator
 from .config import Config, ConfigError
 from .cpuquota import auto_workers
@@ -45,6 +46,9 @@ from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
 from .storage.store import Storage
 from .supervisor import supervise
+from .ui.access import Access, scheme_of
+from .ui.service import UIService, build_ui
+from .ui.static import load_assets
 
 log = logging.getLogger("registry")
 
@@ -56,11 +60,14 @@ MAX_AUTO_WORKERS = 2  # the deployment budget is small; more workers cost memory
 RECV_SIZE = 128 * 1024
 
 
-def build_app(config: Config, *, multiprocess_dir: str | None = None) -> RegistryApp:
+def build_app(
+    config: Config, *, multiprocess_dir: str | None = None, ui_static: Any = None
+) -> RegistryApp:
     """The app for ``config``, built in one step from everything it uses; ``app.ops`` holds
     its metrics, health check and exchange listeners (``registry/ops/``). Raises ConfigError
     for unusable auth/policy/health/notification settings (run() checks them before
-    forking)."""
+    forking). ``ui_static``: the web UI's files from this directory instead of the
+    package's (tests)."""
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
     notifier = build_notifier(config)
@@ -117,12 +124,32 @@ def build_app(config: Config, *, multiprocess_dir: str | None = None) -> Registr
             storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
             dry_run=purging.dryrun, redis=redis,
         ).start)
+    ui = (_build_ui(config, storage, authenticate, collector, ui_static)
+          if config.ui_enabled else None)
+    if ui is not None:
+        background.append(ui.index.start)
     return RegistryApp(
         storage, options, background=background,
         authenticate=_gate(build_ratelimiter(config.raw), authenticate),
         can_pull=authenticate.can_pull if authenticate is not None else None,
         gc=collector,  # POST /admin/gc (http/admin.py)
         ops=ops,  # serve_worker serves its debug app beside the API
+        ui=ui,  # the web UI (registry/ui/), None when ui.enabled is false
+    )
+
+
+def _build_ui(
+    config: Config, storage: Storage, authenticate: Authenticator | None, gc: OnlineGC,
+    static: Any,
+) -> UIService:
+    return build_ui(
+        storage,
+        access=Access(authenticate, scheme_of(config.auth)),
+        gc=gc,
+        delete_enabled=config.storage.delete_enabled,
+        driver_name=config.storage.driver,
+        version=__version__,
+        assets=load_assets(static, prefix=config.http.prefix),
     )
 
 

@@ -3,6 +3,7 @@
     cli.py, server.py, supervisor.py, gc_cli.py, __main__.py   entry points: nothing imports them
     notifications.py   events from exchanges: ops, http's route table
     http/              HTTP: the route table, handlers, the app -> storage, ops, auth.policy
+    ui/                the web UI's server side, at http's level -> http, storage, auth
     auth/              who may do what (http.request only for its types)
     ops/               metrics, health, the exchange record, the debug listener -> storage, drivers
     storage/           OCI: blobs, uploads, manifests, tags, GC, the key layout -> drivers
@@ -26,11 +27,12 @@ ENTRY_POINTS = {"cli", "server", "supervisor", "gc_cli", "__main__"}
 # package (or top-level module) -> project packages it must never import, beyond the entry
 # points. DESIGN.md: http -> storage -> drivers, never back, and http never -> drivers.
 FORBIDDEN = {
-    "drivers": {"http", "storage", "auth", "ops", "notifications", "config"},
-    "storage": {"http", "auth", "ops", "notifications"},
+    "drivers": {"http", "storage", "auth", "ops", "notifications", "config", "ui"},
+    "storage": {"http", "auth", "ops", "notifications", "ui"},
     "http": {"drivers", "notifications"},
-    "ops": {"http", "auth", "notifications"},
-    "auth": {"storage", "drivers", "ops", "notifications"},
+    "ui": {"drivers", "notifications"},  # the web UI sits at http's level (registry/ui/)
+    "ops": {"http", "auth", "notifications", "ui"},
+    "auth": {"storage", "drivers", "ops", "notifications", "ui"},
     "notifications.py": {"storage", "drivers", "auth"},
 }
 LEAVES = {"errors.py", "digest.py", "reference.py", "safejson.py", "cpuquota.py", "logs.py"}
@@ -93,6 +95,8 @@ NOT_ROUTE_NAMES = {
     ("http/manifests.py", "tags"),  # the tags list's JSON key (SPEC Discovery 22)
     ("config/build.py", "catalog"),  # the reference's free-form config section
     ("drivers/s3/api.py", "uploads"),  # S3's ?uploads query (multipart uploads)
+    ("ui/api.py", "tags"),  # the UI API's JSON keys (registry/ui/API.md)
+    ("ui/api.py", "referrers"),
 }
 
 

@@ -11,18 +11,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import s3_support
 import trio
 from conftest import serve_asgi
-from oci import push_blob, push_image
+from oci import digest, push_blob, push_image
 from redis_support import RedisServer, running_redis
 
 from registry.config import Config, load_config
 from registry.drivers.redis import RedisClient, RedisOptions
+from registry.http.app import AppOptions, RegistryApp
 from registry.ops.debug import DebugApp
 from registry.ops.health import Health
 from registry.ops.redis import RedisCheck
 from registry.server import build_app, hypercorn_config
 from registry.storage.descriptor_cache import RedisDescriptors
+from registry.storage.store import Storage
 
 TEST_TIMEOUT_S = 60  # seconds; each test body is bounded by this
 STORAGE_CALLS = re.compile(rb'^registry_storage_action_seconds_count\{[^}]*\} ([0-9.e+]+)$',
@@ -128,3 +131,45 @@ async def test_debug_health_lists_redis_down_without_gating(nursery, redis_serve
                 assert (r.status_code, r.json()) == (200, {})
     finally:
         await client.aclose()
+
+
+# --- on S3: requests per request, counted at the wire ----------------------------------------
+
+
+async def s3_requests_per_request(nursery, redis: RedisClient | None) -> dict[str, float]:
+    """S3 requests (seen by a proxy in front of moto) per request, after a warm-up one."""
+    async with s3_support.open_proxied_driver() as (driver, proxy):
+        descriptors = RedisDescriptors(redis) if redis is not None else None
+        app = RegistryApp(Storage(driver, descriptors=descriptors), AppOptions())
+        url = await serve_asgi(nursery, app)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            m, _ = await push_image(http, "repo", "v1", layers=(b"a layer",))
+            layer = digest(b"a layer")
+            out = {}
+            for what, method, path in (
+                ("blob HEAD", "HEAD", f"/v2/repo/blobs/{layer}"),
+                ("manifest GET", "GET", f"/v2/repo/manifests/{m}"),
+                ("manifest GET by tag", "GET", "/v2/repo/manifests/v1"),
+            ):
+                for _ in range(2):  # warm the caches
+                    assert (await http.request(method, path)).status_code == 200
+                before = len(proxy.seen)
+                for _ in range(5):
+                    assert (await http.request(method, path)).status_code == 200
+                out[what] = (len(proxy.seen) - before) / 5
+    return out
+
+
+@pytest.mark.s3
+async def test_s3_requests_saved_by_the_redis_cache(nursery, redis_server):
+    client = RedisClient(RedisOptions("127.0.0.1", redis_server.port))
+    try:
+        with trio.fail_after(TEST_TIMEOUT_S):
+            without = await s3_requests_per_request(nursery, None)
+            with_redis = await s3_requests_per_request(nursery, client)
+    finally:
+        await client.aclose()
+    print("S3 requests per request without / with Redis:", without, with_redis)
+    assert without["blob HEAD"] >= 2 and with_redis["blob HEAD"] == 0
+    assert without["manifest GET"] >= 1 and with_redis["manifest GET"] == 0
+    assert with_redis["manifest GET by tag"] == without["manifest GET by tag"] - 1

@@ -119,3 +119,12 @@ def test_unreadable_redis_tls_files_stop_startup(tmp_path):
     config, _ = load_config(str(path), {})
     with pytest.raises(ConfigError, match=r"^redis\.tls: cannot load the certificate"):
         _check_startup(config)
+
+
+def test_blobdescriptorsize_with_redis_is_a_warning(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text(V + "redis: {addrs: ['r:1']}\n")
+    _, warnings = load_config(str(path), {"REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis",
+                                          "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTORSIZE": "5"})
+    assert ("storage.cache.blobdescriptorsize: not used with the redis cache"
+            " (registry:3 warns the same)") in warnings

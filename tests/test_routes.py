@@ -12,7 +12,7 @@ from registry.http.request import Route
 from registry.http.routes import ROUTES, UPLOAD, UPLOADS
 
 SAMPLE = {"name": "team/blobs/manifests", "reference": "v1", "digest": "sha256:" + "a" * 64,
-          "uuid": "0f1e2d3c"}
+          "uuid": "0f1e2d3c", "path": "repositories/team/app", "file": "app.js"}
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.label)
@@ -30,7 +30,10 @@ def test_a_method_a_route_lacks_answers_405_with_its_allow(route: Route) -> None
     params = {k: v for k, v in SAMPLE.items() if "{" + k + "}" in route.template}
     wrong = next(m for m in ("PATCH", "OPTIONS") if m not in route.handlers)
     m = router.match(route.path(**params), wrong)
-    assert m is not None and not m.method_ok and m.route is route
+    # Two records may share a template (the UI's manifest GET and its DELETE, which alone
+    # carries the notification event kind): the first of them answers the 405.
+    assert m is not None and not m.method_ok
+    assert m.route is next(r for r in ROUTES if r.template == route.template)
     assert set(route.allow_header.split(", ")) >= set(route.handlers)
 
 

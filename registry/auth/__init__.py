@@ -5,7 +5,8 @@ an async callable ``(req)`` that RegistryApp calls before anything else in dispa
 before name validation: even an invalid name answers 401 to a stranger). It reads the
 matched route's access action (``req.access``, from the route table) and the repository
 (``req.params["name"]``), and sets ``req.user`` or raises RegistryError UNAUTHORIZED (401 + ``WWW-Authenticate``) or
-DENIED (403). ``can_pull(req, repo)`` answers the cross-repository mount question.
+DENIED (403). ``can_pull(req, repo)`` answers the cross-repository mount question,
+``allows(req, action, repo)`` any access question of the web UI (``registry/ui/``).
 
 Schemes (``auth.<scheme>`` as the reference):
 
@@ -43,6 +44,8 @@ class Authenticator(Protocol):
 
     async def can_pull(self, req: Request, repo: str) -> bool: ...
 
+    async def allows(self, req: Request, action: str, repo: str | None) -> bool: ...
+
 
 class HtpasswdAuth:
     """Basic auth against an htpasswd file, then the access policy."""
@@ -74,6 +77,10 @@ class HtpasswdAuth:
     async def can_pull(self, req: Request, repo: str) -> bool:
         return decide(req.user, PULL, repo, self.policy)
 
+    async def allows(self, req: Request, action: str, repo: str | None) -> bool:
+        """May the (authenticated) caller do ``action`` on ``repo`` (the web UI asks)?"""
+        return decide(req.user, action, repo, self.policy)
+
 
 class SillyAuth:
     """The reference's ``silly`` scheme: any Authorization header passes (development only)."""
@@ -86,6 +93,9 @@ class SillyAuth:
             raise unauthorized(self.challenge)
 
     async def can_pull(self, req: Request, repo: str) -> bool:
+        return True
+
+    async def allows(self, req: Request, action: str, repo: str | None) -> bool:
         return True
 
 

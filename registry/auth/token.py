@@ -349,6 +349,13 @@ class TokenAuth:
         claims = getattr(req, "token_claims", None)
         return claims is not None and claims.allows("repository", repo, "pull")
 
+    async def allows(self, req: Request, action: str, repo: str | None) -> bool:
+        """Does the caller's token grant ``action`` on ``repo`` (the web UI asks)?"""
+        claims = getattr(req, "token_claims", None)
+        if claims is None or (repo is None and action not in (CATALOG, ADMIN)):
+            return False
+        return all(claims.allows(*n) for n in needed_access(action, repo))
+
 
 def _read(path: str, key: str) -> bytes:
     try:

@@ -304,6 +304,7 @@ def _build(tree: dict[str, Any]) -> Config:
         # The reference: an empty, zero or negative value means its default, 1000.
         catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
         redis=build_redis(root),
+        ui_enabled=root.section("ui").get_bool("enabled", True),
         raw=freeze(tree),
     )
 
@@ -355,6 +356,10 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
             "storage.cache.blobdescriptor: redis needs the redis section: set redis.addrs"
             " (REGISTRY_REDIS_ADDRS=[host:6379])"
         )
+    cache = (merged.get("storage") or {}).get("cache") or {}
+    if config.storage.blobdescriptor == "redis" and cache.get("blobdescriptorsize") is not None:
+        warnings.append("storage.cache.blobdescriptorsize: not used with the redis cache"
+                        " (registry:3 warns the same)")
     warnings.extend(unknown_keys(merged, SCHEMA, ""))
     if config.storage.driver == "inmemory" and config.http.workers != 1:
         # Each worker process would hold its own store: a push to one is missing from the

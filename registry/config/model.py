@@ -176,4 +176,5 @@ class Config:
     gc: GCConfig = field(default_factory=GCConfig)
     catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
     redis: RedisConfig | None = None  # the redis section; None = not configured (no addrs)
+    ui_enabled: bool = True  # ui.enabled (ours): the web UI at /ui/ (registry/ui/)
     raw: Mapping[str, Any] = field(default_factory=_empty)

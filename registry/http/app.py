@@ -30,9 +30,11 @@ from ..ops.exchange import Exchange, metric_method
 from ..reference import is_valid_name
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
+from ..ui.headers import SECURITY_HEADERS
 from . import router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
 from .responses import API_VERSION_HEADER, ZEROCOPY, FileBody, Response, error_response
+from .routes import CORE_ROUTES, ROUTES, UI_PAGE_ROUTES, UI_ROUTES
 
 __all__ = ["AppOptions", "RegistryApp"]
 
@@ -66,8 +68,16 @@ class RegistryApp:
         can_pull: Callable[[Request, str], Awaitable[bool]] | None = None,
         gc: OnlineGC | None = None,
         ops: Operations | None = None,
+        ui: Any = None,
     ) -> None:
-        self.services = Services(storage, options or AppOptions(), gc, can_pull)
+        self.services = Services(storage, options or AppOptions(), gc, can_pull, ui)
+        # The web UI (registry/ui/service.UIService) or None (ui.enabled false): then its
+        # routes are not in the table the router reads, and /ui is an unknown path.
+        self._routes = ROUTES if ui is not None else CORE_ROUTES
+        self._ui_routes = frozenset(UI_ROUTES) if ui is not None else frozenset()
+        # Served without authentication (token auth: the page asks for the token itself).
+        self._public = frozenset(UI_PAGE_ROUTES) if ui is not None and ui.pages_public \
+            else frozenset()
         self.ops = ops or Operations()
         self._background = tuple(background)
         self._authenticate = authenticate
@@ -139,7 +149,8 @@ class RegistryApp:
         rl = logs.begin_request(req, scope)  # every line of this request carries its fields
         routed = _under_root(req.path, req.root_path)
         try:
-            await self._route(req, m=router.match(routed, req.method) if routed else None,
+            await self._route(req, m=router.match(routed, req.method, self._routes)
+                              if routed else None,
                               send=send, started=started)
         finally:
             logs.end_request(rl)
@@ -184,6 +195,8 @@ class RegistryApp:
             if maybe is None:
                 raise
             resp = maybe
+        if req.route in self._ui_routes:  # every /ui answer, errors too (API.md)
+            resp.headers = [*resp.headers, *SECURITY_HEADERS]
         try:
             if req.unread_body:
                 sent = await self._send_unread(send, resp, head or resp.head, req, ex)
@@ -229,6 +242,11 @@ class RegistryApp:
             # Returned, not raised: the failing check logs once, not every request.
             return error_response(_UNHEALTHY, req.method == "HEAD")
         if req.path == "/":
+            if self._ui_routes and req.method == "GET" and "text/html" in req.headers.get(
+                "accept", ""
+            ):  # a browser opening the registry's URL: the UI (API.md "Pages")
+                return Response(302, [(b"location", f"{req.root_path}/ui/".encode()),
+                                      (b"cache-control", b"no-cache")], b"")
             # v3's alive("/"): 200, empty, for any method, whatever http.prefix, before
             # authentication (the image's health check: wget --spider http://localhost:5000/),
             # but after the health gate, as v3 wraps it in health.Handler.
@@ -241,7 +259,7 @@ class RegistryApp:
                 f"method {req.method[:10]} not allowed here",
                 headers={"Allow": m.route.allow_header},
             )
-        if self._authenticate is not None:
+        if self._authenticate is not None and req.route not in self._public:
             await self._authenticate(req)
         name = req.params.get("name")
         if name is not None and not is_valid_name(name):

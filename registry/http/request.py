@@ -51,6 +51,7 @@ class AppOptions:
 Handler = Callable[["Services", "Request"], Awaitable[Response]]
 
 _PARAM = re.compile(r"\{(\w+)\}")
+_MULTI = frozenset({"name", "path"})  # parameters that may contain "/"
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -107,7 +108,8 @@ def _compile(template: str) -> re.Pattern[str]:
     for m in _PARAM.finditer(template):
         parts.append(re.escape(template[last : m.start()]))
         key = m.group(1)
-        parts.append(f"(?P<{key}>.+)" if key == "name" else f"(?P<{key}>[^/]+)")
+        # {name} and {path} take any number of components, every other parameter one.
+        parts.append(f"(?P<{key}>.+)" if key in _MULTI else f"(?P<{key}>[^/]+)")
         last = m.end()
     tail = template[last:]
     optional_slash = tail.endswith("/")
@@ -219,6 +221,7 @@ class Services:
     """What handlers use besides the request, built once with the app and never changed.
 
     ``gc``: the online collector behind ``/admin/gc`` (None answers 404 there).
+    ``ui``: the web UI's state for its handlers (None: the UI is off).
     ``can_pull``: may the caller read another repository (cross-repository mounts)? From
     the access policy; None allows it, as the reference does."""
 
@@ -226,6 +229,9 @@ class Services:
     options: AppOptions
     gc: OnlineGC | None = None
     can_pull: Callable[[Request, str], Awaitable[bool]] | None = None
+    # The web UI's shared state (registry/ui/service.py's UIService; typed Any because the
+    # UI imports this module); None: ui.enabled is false.
+    ui: Any = None
 
     def url(self, req: Request, path: str) -> str:
         """``path`` (a route's) as a Location URL (SPEC General 4: http.host, forwarded

@@ -22,14 +22,15 @@ class Match:
     method_ok: bool  # False: the path has this route's shape but not the method (405)
 
 
-def match(path: str, method: str) -> Match | None:
+def match(path: str, method: str, routes: tuple[Route, ...] = ROUTES) -> Match | None:
     """The route for ``path`` (raw, percent-encoded), or None if no route has this shape.
 
     The first route whose pattern and method match wins; when only shapes match, the first
-    of them comes back with ``method_ok`` False (405 + its Allow header).
+    of them comes back with ``method_ok`` False (405 + its Allow header). ``routes``: the
+    table to read (the app leaves the UI's routes out when the UI is off).
     """
     first_shape: Match | None = None
-    for route in ROUTES:
+    for route in routes:
         if route.marker not in path:
             continue  # cannot match: spares the pattern (most routes, on every request)
         m = route.pattern.match(path)

@@ -18,6 +18,9 @@ from functools import partial
 
 from ..auth import policy
 from ..ops.exchange import EventKind
+from ..ui import actions as ui_actions
+from ..ui import api as ui_api
+from ..ui import pages as ui_pages
 from . import admin, blobs, manifests
 from .request import Route
 
@@ -80,7 +83,61 @@ ADMIN_GC = Route(
     access={"GET": policy.ADMIN, "POST": policy.ADMIN},
 )
 
+# The web UI (registry/ui/, API.md): left out of the table the router reads when
+# ``ui.enabled`` is false. Access None: any authenticated caller; the handlers filter by
+# pull access per repository. Pages and assets are served without authentication under
+# token auth (UIService.pages_public). The delete routes carry the MANIFEST event kind and
+# ``name``/``reference`` like MANIFEST's DELETE, so notifications send the same events.
+UI_INFO = Route(
+    "ui_info", "/ui/api/v1/info",
+    handlers={"GET": ui_api.info}, access={"GET": None},
+)
+UI_REPOSITORIES = Route(
+    "ui_repositories", "/ui/api/v1/repositories",
+    handlers={"GET": ui_api.repositories}, access={"GET": None},
+)
+UI_MANIFEST = Route(
+    "ui_manifest", "/ui/api/v1/repositories/{name}/manifests/{reference}",
+    handlers={"GET": ui_api.manifest}, access={"GET": None},
+)
+UI_MANIFEST_DELETE = Route(
+    "ui_manifest_delete", "/ui/api/v1/repositories/{name}/manifests/{reference}",
+    handlers={"DELETE": ui_actions.delete_manifest}, access={"DELETE": None},
+    event=EventKind.MANIFEST,
+)
+UI_TAG_DELETE = Route(
+    "ui_tag_delete", "/ui/api/v1/repositories/{name}/tags/{reference}",
+    handlers={"DELETE": ui_actions.delete_tag}, access={"DELETE": None},
+    event=EventKind.MANIFEST,
+)
+UI_REPOSITORY = Route(  # after the two above: {name} would take their paths whole
+    "ui_repository", "/ui/api/v1/repositories/{name}",
+    handlers={"GET": ui_api.repository}, access={"GET": None},
+)
+UI_GC = Route(
+    "ui_gc", "/ui/api/v1/gc",
+    handlers={"POST": ui_actions.start_gc}, access={"POST": None},
+)
+UI_ASSET = Route(
+    "ui_asset", "/ui/assets/{file}",
+    handlers={"GET": ui_pages.asset, "HEAD": ui_pages.asset}, access={"GET": None, "HEAD": None},
+)
+UI_HOME = Route(
+    "ui_home", "/ui/",
+    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access={"GET": None, "HEAD": None},
+)
+UI_PAGE = Route(  # last: every other /ui/ path is a page (index.html); {path}: any depth
+    "ui_page", "/ui/{path}",
+    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access={"GET": None, "HEAD": None},
+)
+UI_PAGE_ROUTES: tuple[Route, ...] = (UI_ASSET, UI_HOME, UI_PAGE)
+UI_ROUTES: tuple[Route, ...] = (
+    UI_INFO, UI_REPOSITORIES, UI_MANIFEST, UI_MANIFEST_DELETE, UI_TAG_DELETE, UI_REPOSITORY,
+    UI_GC, *UI_PAGE_ROUTES,
+)
+
 # Matching order (see the module doc): uploads before blobs.
-ROUTES: tuple[Route, ...] = (
+CORE_ROUTES: tuple[Route, ...] = (
     BASE, CATALOG, TAGS, MANIFEST, UPLOADS, UPLOAD, BLOB, REFERRERS, ADMIN_GC,
 )
+ROUTES: tuple[Route, ...] = CORE_ROUTES + UI_ROUTES

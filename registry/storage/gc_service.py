@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ log = logging.getLogger("registry.gc")
 
 FIRST_RUN_JITTER = 3600.0  # at most this long before the first run ever (spread replicas)
 BUSY_RETRY = 600.0  # seconds before a scheduled run retries when another holds the lock
+HISTORY_RUNS = 10  # finished runs this process remembers (the web UI lists them)
 START_WAIT = 60.0  # seconds start_now waits for the run to take the lock (storage calls
 # have their own deadlines; this only bounds a request against a wedged collector task)
 
@@ -84,6 +86,19 @@ class OnlineGC:
         self.running = False
         self.last: dict[str, Any] | None = None  # outcome of the last attempt
         self.runs = 0
+        # Runs that collected or failed, oldest first: {started, finished (epoch seconds),
+        # blobs_deleted, bytes_freed, manifests_deleted, error (None or why it failed)}.
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_RUNS)
+
+    def _record(self, started: float, report: GCReport | None, error: str | None) -> None:
+        self.history.append({
+            "started": started,
+            "finished": self.clock(),
+            "blobs_deleted": len(report.blobs_deleted) if report else 0,
+            "bytes_freed": report.bytes_freed if report else 0,
+            "manifests_deleted": len(report.manifests_deleted) if report else 0,
+            "error": error,
+        })
 
     async def start(self, nursery: trio.Nursery) -> None:
         """A ``RegistryApp`` background callable."""
@@ -243,15 +258,18 @@ class OnlineGC:
             raise
         except LockLost as exc:
             self.last = {"outcome": "failed", "reason": str(exc), "at": started}
+            self._record(started, None, str(exc))
             log.error("gc: %s; the run stopped", exc)
             return None
         except Exception as exc:
             self.last = {"outcome": "failed", "reason": repr(exc)[:300], "at": started}
+            self._record(started, None, repr(exc)[:300])
             raise
         finally:
             self.running = False
         self.runs += 1
         self.last = {"outcome": "done", "at": started, **report.summary()}
+        self._record(started, report, None)
         log.info(
             "gc: done in %.1fs: %d blobs deleted (%d bytes), %d manifests deleted, %d kept young,"
             " %d rescued",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -14,9 +14,18 @@ from .blobs import link_content, read_link
 
 
 class TagStore:
+    """``watchers``: called with the repository name after this process moved, added or
+    removed one of its tags (the web UI's index drops what it knew; other processes'
+    changes are not seen here)."""
+
     def __init__(self, driver: Driver, concurrency: int = 100) -> None:
         self.driver = driver
         self.concurrency = max(1, concurrency)
+        self.watchers: list[Callable[[str], None]] = []
+
+    def _changed(self, name: str) -> None:
+        for watch in self.watchers:
+            watch(name)
 
     async def resolve(self, name: str, tag: str) -> Digest:
         """Digest a tag points at; MANIFEST_UNKNOWN if there is no such tag."""
@@ -29,12 +38,14 @@ class TagStore:
         """Point ``tag`` at ``d``: index link first, then current (the reference's order)."""
         await self.driver.put_content(paths.tag_index_link(name, tag, d), link_content(d))
         await self.driver.put_content(paths.tag_current_link(name, tag), link_content(d))
+        self._changed(name)
 
     async def untag(self, name: str, tag: str) -> None:
         try:
             await self.driver.delete(paths.tag_dir(name, tag))
         except PathNotFound:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": tag}) from None
+        self._changed(name)
 
     async def list(self, name: str) -> list[str]:
         """Sorted tags; NAME_UNKNOWN if the repository does not exist."""
@@ -71,6 +82,7 @@ class TagStore:
                 await self.driver.delete(paths.tag_dir(name, t))
             except PathNotFound:
                 pass
+        self._changed(name)
 
 
 def paginate(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
