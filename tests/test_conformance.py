@@ -120,6 +120,10 @@ def test_oci_conformance_v1_1_1_passes_every_spec(tmp_path: Path, setup: str):
 
 @pytest.mark.parametrize("setup", SETUPS)
 def test_oci_conformance_next_passes_every_check(tmp_path: Path, setup: str):
+    """Every check passes, upload cancel (DELETE of a session, SPEC 14) switched on: 854 of
+    858 here. Left off: mount without ``from`` (no automatic content discovery, as
+    registry:3), sparse indexes (SPEC 18: an index's children must exist) and ``?tag=`` on a
+    manifest PUT (the spec's unreleased 1.1+dev), which we do not implement."""
     exe = _binary(NEXT)
     with serving(setup, tmp_path) as (_, host):
         out = run([exe], check=False, cwd=tmp_path, timeout=NEXT_TIMEOUT_S, env=_env({
@@ -127,7 +131,8 @@ def test_oci_conformance_next_passes_every_check(tmp_path: Path, setup: str):
             "OCI_REPO1": "myorg/myrepo", "OCI_REPO2": "myorg/other", "OCI_API_PULL": "true",
             "OCI_API_PUSH": "true", "OCI_API_TAGS_LIST": "true", "OCI_API_REFERRER": "true",
             "OCI_API_TAGS_DELETE": "true", "OCI_API_MANIFESTS_DELETE": "true",
-            "OCI_API_BLOBS_DELETE": "true", "OCI_RESULTS_DIR": str(tmp_path),
+            "OCI_API_BLOBS_DELETE": "true", "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
+            "OCI_RESULTS_DIR": str(tmp_path),
         }))  # fmt: skip
     text = out.stdout + out.stderr
     counts = dict(re.findall(r"^\s*(Pass|FAIL|Error)\.+:\s+(\d+)", text, re.MULTILINE))
