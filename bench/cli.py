@@ -28,6 +28,7 @@ from .data import DataFile
 from .dockerclient import DockerClientScenario
 from .limits import LimitsScenario
 from .proxy import ProxyScenario
+from .replicas import ReplicasScenario
 from .s3 import S3Scenario
 from .servers import (
     ServerSpec,
@@ -59,6 +60,7 @@ SCENARIOS: list[Scenario] = [
     DockerClientScenario(),
     S3Scenario(),
     ProxyScenario(),
+    ReplicasScenario(),
     LimitsScenario(),
 ]
 

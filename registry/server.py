@@ -116,7 +116,7 @@ def build_app(
     gc, purging = config.gc, s.uploadpurging
     collector = OnlineGC(
         storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
-        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged,
+        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged, settle=gc.settle,
         descriptors=storage.blobs.descriptors, redis=redis,
     )
     background.append(collector.start)

@@ -40,6 +40,7 @@ Our extensions, not in the reference::
       interval: 24h         # time between runs
       graceperiod: 1h       # blobs younger than this are never collected (racing pushes)
       deleteuntagged: false # also delete manifests that no tag points to
+      settle: 5m            # an online run waits this long for pushes in flight (step 5)
 """
 
 from __future__ import annotations

@@ -278,6 +278,7 @@ def _build_gc(root: Node) -> GCConfig:
         interval=gc.get_duration("interval", GCConfig.interval, positive=online),
         graceperiod=gc.get_duration("graceperiod", GCConfig.graceperiod),
         delete_untagged=gc.get_bool("deleteuntagged", False),
+        settle=gc.get_duration("settle", GCConfig.settle),
     )
 
 

@@ -263,6 +263,7 @@ KEYS: tuple[Key, ...] = (
     _k("gc.interval", OURS, "time between online collections"),
     _k("gc.graceperiod", OURS, "blobs younger than this are never collected"),
     _k("gc.deleteuntagged", OURS, "also delete untagged manifests"),
+    _k("gc.settle", OURS, "an online run's wait for pushes in flight (default 5m)"),
     _k("ui.enabled", OURS, "the web UI at /ui/ (default true; false: /ui is not found)"),
 )
 

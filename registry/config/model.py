@@ -131,6 +131,7 @@ class GCConfig:
     interval: float = 24 * HOUR
     graceperiod: float = 1 * HOUR
     delete_untagged: bool = False
+    settle: float = 300.0  # = storage.gc_report.SETTLE_SECONDS (config imports no storage)
 
 
 DEFAULT_PROXY_TTL = 168 * HOUR  # proxy.ttl unset: registry:3's repositoryTTL (7 days)
