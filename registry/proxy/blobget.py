@@ -177,10 +177,12 @@ class Response:
             for b in self._p.body:
                 buf += b
             self._p.body.clear()
-            if len(buf) >= BODY_PIECE or (self._p.finished and buf):
-                yield buf
-                buf = bytearray()
+            while len(buf) >= BODY_PIECE:  # a read adds at most HEAD_READ: bounded
+                yield buf[:BODY_PIECE]
+                del buf[:BODY_PIECE]
             if self._p.finished:
+                if buf:
+                    yield buf
                 return
             n = await self._recv_into(memoryview(chunk))
             if n == 0:
