@@ -1,6 +1,7 @@
 """A quick A/B of one cold blob pull through a pull-through cache (issue 16, "Speed").
 
-``python -m bench.proxy_cold [--size MiB] [--rounds N] [--sides ours,ref]``: an upstream
+``python -m bench.proxy_cold [--size MiB] [--rounds N] [--sides ref,ours,base]`` (``base``:
+ours from the tree ``PROXY_COLD_BASE`` names, for before/after): an upstream
 (registry-v3.0.0, filesystem) holds one blob of random bytes; per round and side a fresh
 proxy (ours or registry-v3.0.0 in registry:3's proxy mode, empty storage) serves it to curl
 twice: cold (fetched upstream while streamed and stored) and warm (from its storage). Prints
@@ -58,9 +59,13 @@ def start(side: str, base: Path, remote: str | None) -> tuple[subprocess.Popen[b
            if not k.startswith("REGISTRY_") and k != "AWS_CA_BUNDLE"}
     argv = ([str(REF), "serve", str(cfg)] if side == "ref"
             else [sys.executable, "-m", "registry", "serve", str(cfg)])
+    cwd = None
+    if side == "base":  # ours from another tree (before/after): PROXY_COLD_BASE=/work/main
+        cwd = os.environ["PROXY_COLD_BASE"]
+        env["PYTHONPATH"] = cwd
     with (base / "log").open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT
     while True:

@@ -209,3 +209,21 @@ async def test_proxy_pulls_a_blob_an_authenticated_upstream_sends_from_a_cdn(nur
     assert len(cdn_seen) == cdn_seen_before == 1
     assert b"authorization" not in cdn_seen[0].lower()
     assert up.count("GET", f"/blobs/{d}") == 2  # the 401, then the authorized GET
+
+
+def test_a_pool_buffer_is_reused_only_once_nobody_holds_it():
+    pool = blobget.Pool()
+    first = pool.take(10 * blobget.BODY_PIECE)
+    first_id = id(first)
+    view = memoryview(first)[5:]  # a consumer's view keeps it too
+    second = pool.take(10 * blobget.BODY_PIECE)
+    assert second is not first and len(second) == blobget.BODY_PIECE
+    del first
+    assert pool.take(10 * blobget.BODY_PIECE) is not view.obj  # the view still holds it
+    view.release()
+    del view
+    reused = pool.take(10 * blobget.BODY_PIECE)
+    assert id(reused) == first_id  # free again: handed out again, no new buffer
+    assert len(pool.take(5)) == 5  # a short last piece: exactly its size, never pooled
+    held = [pool.take(10 * blobget.BODY_PIECE) for _ in range(2 * blobget.POOL_BUFFERS)]
+    assert len({id(b) for b in held}) == len(held)  # all held: never the same buffer twice

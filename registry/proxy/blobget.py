@@ -29,6 +29,7 @@ Auth is not here: the caller (``upstream.Upstream``) adds the header and runs th
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ import trio
 MAX_REDIRECTS = 5  # hops followed (Docker Hub: 1, to its CDN); more is a loop
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 BODY_PIECE = 1024 * 1024  # bytes per body piece: the storage writer's unit (uploads._pump)
+# buffers a body's pool keeps: the pieces a fetch has in flight (cache.py: the held-back
+# one, two in each channel, one being sent, one being written) and the one being received
+POOL_BUFFERS = 8
 HEAD_READ = 64 * 1024  # bytes per read until the head is complete
 MAX_HEAD = 64 * 1024  # a response head larger than this is not an upstream's answer
 
@@ -112,10 +116,37 @@ class _Parser:
         self.finished = True
 
 
+class Pool:
+    """Body buffers used again: a fresh 1 MiB buffer per piece costs page faults and
+    allocator work per piece. A buffer is handed out again only when nothing but the pool
+    refers to it (CPython's reference count): whoever still holds a piece (a channel, the
+    held-back last piece, a memoryview, a worker thread writing it) keeps it from being
+    overwritten. At most POOL_BUFFERS are kept; past them a piece gets a fresh buffer, so
+    the pool never makes anyone wait."""
+
+    FREE_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
+
+    def __init__(self) -> None:
+        self._buffers: list[bytearray] = []
+
+    def take(self, left: int) -> bytearray:
+        """A buffer for the next piece: BODY_PIECE bytes, or exactly ``left`` if fewer."""
+        if left < BODY_PIECE:
+            return bytearray(left)
+        for b in self._buffers:
+            if sys.getrefcount(b) == self.FREE_REFS:
+                return b
+        b = bytearray(BODY_PIECE)
+        if len(self._buffers) < POOL_BUFFERS:
+            self._buffers.append(b)
+        return b
+
+
 class Response:
     """An upstream answer: ``status``, ``headers``, ``length`` (Content-Length or None) and
-    :meth:`pieces`, the body in pieces of up to BODY_PIECE bytes (each a new buffer the
-    receiver may keep)."""
+    :meth:`pieces`, the body in pieces of up to BODY_PIECE bytes. A piece is the
+    receiver's while it refers to it; once dropped, its buffer may be reused (:class:`Pool`):
+    keep the piece object, never a raw pointer into it."""
 
     def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType | None,
                  p: _Parser, read_timeout: float) -> None:
@@ -150,7 +181,8 @@ class Response:
             if len(early) > self.length:
                 raise TransportError("more body bytes than the Content-Length")
             left = self.length
-            buf = bytearray(min(BODY_PIECE, left))
+            pool = Pool()
+            buf = pool.take(left)
             filled = len(early)
             buf[:filled] = early
             left -= filled
@@ -165,7 +197,7 @@ class Response:
                     yield buf
                 if not left:
                     return
-                buf, filled = bytearray(min(BODY_PIECE, left)), 0
+                buf, filled = pool.take(left), 0
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
                 ssl.SSLError) as e:
             raise TransportError(f"reading the body: {type(e).__name__}") from None
