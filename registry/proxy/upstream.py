@@ -21,6 +21,7 @@ import base64
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import httpx
 import trio
 
 from ..config.model import RemoteConfig
+from . import blobget
 
 log = logging.getLogger("registry.proxy")
 
@@ -57,6 +59,9 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+BLOB_HEADERS = {"user-agent": "registry-proxy", "accept-encoding": "identity"}
 
 
 class UpstreamError(Exception):
@@ -139,11 +144,17 @@ class Upstream:
                                 max_keepalive_connections=MAX_KEEPALIVE),
             follow_redirects=True,  # Docker Hub sends blobs from a CDN (auth is not forwarded)
             transport=transport,
-            headers={"user-agent": "registry-proxy", "accept-encoding": "identity"},
+            headers=BLOB_HEADERS,
         )
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expires at)
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._token_locks: dict[str, trio.Lock] = {}
+        # httpx honours HTTP(S)_PROXY; blobget speaks to the upstream only directly, so with
+        # a proxy configured (or a transport injected) blob bodies stay on httpx
+        self._direct = transport is None and not urllib.request.getproxies()
+        # httpx's own context: the same CA rules (SSL_CERT_FILE, ...) as every other request
+        self._ssl = httpx.create_ssl_context() if self.url.startswith("https") else None
+        self._blob_slots = trio.Semaphore(MAX_CONNECTIONS)  # blob connections open at once
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -207,15 +218,20 @@ class Upstream:
                 raise UpstreamError("unreachable", f"{method} {path}: {type(e).__name__}") from None
             if resp.status_code != 401 or attempt:
                 return resp
-            challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
             await resp.aclose()
-            self._challenge = challenge
-            self._tokens.pop(scope, None)  # refreshed on 401
-            if challenge[0] == "bearer":
-                await self._fetch_token(scope, challenge[1])
-            elif challenge[0] != "basic" or not self._basic:
-                raise UpstreamError("unauthorized", f"{method} {path}: 401 with no way to log in")
+            await self._log_in(scope, resp.headers.get("www-authenticate", ""), f"{method} {path}")
         raise AssertionError("unreachable")
+
+    async def _log_in(self, scope: str, www_authenticate: str, what: str) -> None:
+        """After a 401: take its challenge and get what the next attempt needs (a token for
+        ``scope``, or basic credentials); UpstreamError when there is no way to log in."""
+        challenge = parse_challenge(www_authenticate)
+        self._challenge = challenge
+        self._tokens.pop(scope, None)  # refreshed on 401
+        if challenge[0] == "bearer":
+            await self._fetch_token(scope, challenge[1])
+        elif challenge[0] != "basic" or not self._basic:
+            raise UpstreamError("unauthorized", f"{what}: 401 with no way to log in")
 
     @staticmethod
     async def _fail(resp: httpx.Response, what: str) -> UpstreamError:
@@ -280,8 +296,43 @@ class Upstream:
 
     @asynccontextmanager
     async def open_blob(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
-        """The blob's bytes as they arrive (the upstream's own chunking); transport errors
-        while reading raise UpstreamError ``unreachable``."""
+        """The blob's bytes as they arrive, in pieces of up to 1 MiB; transport errors while
+        reading raise UpstreamError ``unreachable``. Without an injected transport or an
+        HTTP(S)_PROXY the body bypasses httpx (``blobget.py``: a connection per blob, at most
+        MAX_CONNECTIONS at once, the body read straight into large buffers)."""
+        if not self._direct:
+            async with self._open_blob_httpx(repo, digest) as stream:
+                yield stream
+            return
+        async with self._blob_slots, self._open_blob_direct(repo, digest) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _open_blob_direct(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
+        scope = f"repository:{repo}:pull"
+        url = self.url.rstrip("/") + f"/v2/{repo}/blobs/{digest}"
+        what = "blob GET"
+        for attempt in range(2):
+            headers = {**BLOB_HEADERS, **self._auth_header(scope)}
+            try:
+                async with blobget.open_get(url, headers, ssl_context=self._ssl,
+                                            connect_timeout=CONNECT_TIMEOUT,
+                                            read_timeout=READ_TIMEOUT) as resp:
+                    if resp.status == 401 and not attempt:
+                        challenge = resp.headers.get("www-authenticate", "")
+                    elif resp.status != 200:
+                        raise UpstreamError(_kind_of(resp.status), f"{what}: upstream answered"
+                                            f" {resp.status}", resp.headers.get("retry-after"))
+                    else:
+                        yield BlobStream(resp.length, _translated(resp.pieces(), what))
+                        return
+            except blobget.TransportError as e:
+                raise UpstreamError("unreachable", f"{what}: {e}") from None
+            await self._log_in(scope, challenge, what)
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _open_blob_httpx(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
         resp = await self._send("GET", f"/v2/{repo}/blobs/{digest}", repo)
         try:
             if resp.status_code != 200:
@@ -327,3 +378,13 @@ class Upstream:
             m = re.match(r"\s*<([^>]+)>", link)
             path = m.group(1) if m and 'rel="next"' in link else None
         return sorted(set(found))
+
+
+async def _translated(pieces: AsyncIterator[bytearray], what: str) -> AsyncIterator[bytes]:
+    """``pieces`` with blobget's TransportError as UpstreamError ``unreachable``."""
+    try:
+        async with aclosing(pieces) as body:  # type: ignore[type-var]
+            async for piece in body:
+                yield piece  # type: ignore[misc]  # a bytearray: a buffer like bytes
+    except blobget.TransportError as e:
+        raise UpstreamError("unreachable", f"{what}: {e}") from None
