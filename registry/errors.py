@@ -32,6 +32,9 @@ class ErrorCode(enum.Enum):
     RANGE_INVALID = (416, "requested range not satisfiable")
     PAGINATION_NUMBER_INVALID = (400, "invalid number of results requested")
     MANIFEST_TOO_BIG = (413, "manifest too big")
+    # The reference's code for a bad tag in a manifest PUT; the spec names it (as a Docker
+    # code) and has none of its own for a bad ``?tag=`` on a PUT by digest.
+    TAG_INVALID = (400, "manifest tag invalid")
     UNAVAILABLE = (503, "service unavailable")
     # The spec has no code for "the registry's storage is full". The status is 507
     # Insufficient Storage (RFC 4918 11.5: the server cannot store what the request needs),

@@ -213,6 +213,21 @@ def event_for(ex: Exchange, source: dict[str, str], base_url: str) -> dict[str, 
     return event
 
 
+def events_for(ex: Exchange, source: dict[str, str], base_url: str) -> list[dict[str, Any]]:
+    """The events of a finished exchange: :func:`event_for`'s, except that a manifest PUT by
+    digest that applied tags (``?tag=``, answered with one ``OCI-Tag`` header per tag) is
+    one push event per tag, each as a PUT by that tag sends it (``target.tag`` set)."""
+    event = event_for(ex, source, base_url)
+    if event is None:
+        return []
+    applied = ex.response_headers.get("oci-tag", "")
+    if event["action"] != "push" or "tag" in event["target"] or not applied:
+        return [event]
+    # Tags cannot hold a comma or a space, so the joined header splits back exactly.
+    return [{**event, "id": str(uuid.uuid4()), "target": {**event["target"], "tag": tag}}
+            for tag in applied.split(", ")]
+
+
 @dataclass
 class _Sink:
     endpoint: Endpoint
@@ -242,14 +257,15 @@ class Notifier:
         self.source = {"addr": self.source_addr, "instanceID": self.instance_id}
 
     def observe(self, ex: Exchange) -> None:
-        """An exchange listener: enqueue its event on every endpoint that wants it."""
+        """An exchange listener: enqueue its events on every endpoint that wants them."""
         if not self.sinks:
             return
         base = self.base_url or f"http://{ex.request_headers.get('host', 'localhost')}"
         base += self.prefix
-        event = event_for(ex, self.source, base)
-        if event is None:
-            return
+        for event in events_for(ex, self.source, base):
+            self._enqueue(event)
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
         for sink in self.sinks:
             if not sink.endpoint.wants(event):
                 continue

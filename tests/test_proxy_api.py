@@ -107,6 +107,7 @@ async def test_prefixed_remote_beside_local_repositories(nursery, roots):
                 ("POST", "/v2/hub/library/alpine/blobs/uploads/"),
                 ("PATCH", "/v2/hub/library/alpine/blobs/uploads/abc"),
                 ("PUT", "/v2/hub/library/alpine/manifests/latest"),
+                ("PUT", f"/v2/hub/library/alpine/manifests/{md}?tag=mine&tag=latest"),
                 ("DELETE", f"/v2/hub/library/alpine/manifests/{md}"),
                 ("DELETE", f"/v2/hub/library/alpine/blobs/{md}"),
             ]:

@@ -17,6 +17,9 @@ from .request import Request, Services
 from .responses import Response, json_response
 
 MAX_PAGE = 10_000  # largest n a client may ask for in one page
+# Tags one manifest PUT may apply with ``?tag=``: the spec asks at least 10 and allows 414
+# beyond a limit; 100 tags of 128 characters still fit in our request-line limit.
+MAX_TAGS_PER_PUT = 100
 
 
 def parse_reference(value: str, *, put: bool = False) -> str | Digest:
@@ -56,9 +59,37 @@ async def get_manifest(svc: Services, req: Request) -> Response:
     return not_modified(req, etag, headers) or Response(200, headers, m.body)
 
 
+def query_tags(req: Request, ref: str | Digest) -> list[str]:
+    """The ``tag`` query parameters of a manifest PUT (distribution-spec main, "Pushing
+    Manifests": by digest, with ``?tag=a&tag=b``), in order, repeats once.
+
+    Raises before anything is stored: 400 TAG_INVALID for a tag that is not a valid tag
+    (an empty one too) and for ``?tag=`` on a PUT by tag (the spec defines the parameter
+    only for a PUT by digest; which tag would win is not ours to guess); 414 TAG_INVALID
+    for more than MAX_TAGS_PER_PUT distinct tags (the spec's "MAY return 414")."""
+    values = req.query.get("tag")
+    if not values:
+        return []
+    if not isinstance(ref, Digest):
+        raise RegistryError(ErrorCode.TAG_INVALID, "tag query parameters need a PUT by digest",
+                            {"reference": ref})
+    tags = list(dict.fromkeys(values))
+    for tag in tags:
+        if not is_valid_tag(tag):
+            raise RegistryError(ErrorCode.TAG_INVALID, "invalid tag", {"tag": tag[:200]})
+    if len(tags) > MAX_TAGS_PER_PUT:
+        raise RegistryError(ErrorCode.TAG_INVALID, f"at most {MAX_TAGS_PER_PUT} tags per request",
+                            {"tags": len(tags)}, status=414)
+    return tags
+
+
 async def put_manifest(svc: Services, req: Request) -> Response:
+    """Store a manifest by tag or digest; a PUT by digest may tag it too (``?tag=``, see
+    :func:`query_tags`): the manifest is stored once, then each tag points at it, and the
+    answer names each applied tag in an ``OCI-Tag`` header."""
     name = req.params["name"]
     ref = parse_reference(req.params["reference"], put=True)
+    tags = query_tags(req, ref)
     length = parse_content_length(req.headers.get("content-length"))
     if length is not None and length > MAX_MANIFEST_BYTES:
         raise RegistryError(ErrorCode.MANIFEST_TOO_BIG, f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
@@ -70,6 +101,9 @@ async def put_manifest(svc: Services, req: Request) -> Response:
     ]
     if parsed.subject is not None:
         headers.append((b"oci-subject", str(parsed.subject.digest).encode()))
+    for tag in tags:
+        await svc.storage.tags.tag(name, tag, d)
+        headers.append((b"oci-tag", tag.encode()))
     return Response(201, headers)
 
 
