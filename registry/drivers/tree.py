@@ -1,0 +1,185 @@
+"""Ordered, pruned walks of a key tree: the order the catalog pages in.
+
+``walk_tree(driver, path, descend=..., start_after=...)`` yields every key below ``path``
+(files and directories) depth first, each directory's children in the sorted order of their
+names, an entry before its subtree: distribution v3's ``WalkFallback`` order (it sorts a
+directory's full child paths, which share their prefix, so it is name order), which is what
+its filesystem catalog pages in. Names compare by code point, which is UTF-8 byte order, as
+Go compares strings.
+
+- ``descend(key)``: a pure predicate, False means the directory's subtree is not read at all
+  (the catalog skips ``_layers``, ``_manifests``, ``_uploads``). It may run in a worker thread.
+- ``start_after``: a key; only entries after it in the order above are yielded, and subtrees
+  wholly before it are never read (v3's start-after hint, without its re-walk of the hint's
+  own subtree). It need not exist.
+- A missing ``path`` yields nothing; a directory removed during the walk is skipped.
+- Work is proportional to what the consumer takes: stopping the iteration (``aclosing``)
+  stops the reads. The filesystem reads a bounded batch of directories per worker-thread
+  call (:data:`BATCH_ENTRIES`), so a walk of 10,000 repositories is a few dozen thread
+  hops, not one per directory. Other drivers list one directory per ``list`` call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from .base import Driver, PathNotFound
+
+# Keys yielded per worker-thread call on the filesystem: large enough that a 10,000
+# repository walk is ~10 hops, small enough that a 100-name catalog page reads little
+# beyond what it needs (a repository is ~4 entries: itself, _layers, _manifests, _uploads).
+BATCH_ENTRIES = 4096
+
+Descend = Callable[[str], bool]
+DirListing = list[tuple[str, bool]]  # a directory's (name, is_dir) children, sorted by name
+
+
+def _always(key: str) -> bool:
+    return True
+
+
+def split_key(key: str) -> list[str]:
+    """``/a/b/c`` -> ``["a", "b", "c"]`` (the components the order compares)."""
+    return [p for p in key.split("/") if p] if key else []
+
+
+class _Frame:
+    """One directory being walked: its remaining children (sorted) and, while the directory
+    is an ancestor of ``start_after``, the depth of the component that bounds them."""
+
+    __slots__ = ("bound", "children", "key", "pos")
+
+    def __init__(self, key: str, children: list[tuple[str, bool]], bound: int | None) -> None:
+        self.key = key
+        self.children = children
+        self.pos = 0
+        self.bound = bound  # index into start_after's components, None: all children follow
+
+
+ListDir = Callable[[str], "list[tuple[str, bool]] | None"]
+
+
+class TreeCursor:
+    """The walk's state between batches: a stack of frames. Pure Python, no I/O of its own:
+    ``step`` is given the function that lists one directory (sorted (name, is_dir) pairs;
+    FileNotFoundError if it is gone; None if the listing is not at hand yet, which pauses
+    the step until :meth:`provide` hands it over), so the same rules serve a worker thread
+    that reads directories itself and an async driver that lists them one by one."""
+
+    def __init__(self, root: str, descend: Descend, start_after: str) -> None:
+        self.root = root.rstrip("/")
+        self.descend = descend
+        self.after = split_key(start_after)
+        base = split_key(root)
+        # -1: the whole tree is before start_after; an index: the root is an ancestor of
+        # start_after and its children are bounded by that component; None: all follow.
+        bound: int | None = None
+        if self.after:
+            if self.after[: len(base)] == base:
+                bound = len(base) if len(self.after) > len(base) else None
+            elif self.after > base:
+                bound = -1
+        self.stack: list[_Frame] = []
+        self.waiting: tuple[str, int | None] | None = (self.root, bound)  # to be listed
+        self.done = bound == -1
+
+    def step(self, list_dir: ListDir, limit: int) -> list[str]:
+        """Advance by at most ``limit`` yielded keys; fewer at the end (then ``done``) or
+        when a listing is needed (then ``waiting`` names it)."""
+        out: list[str] = []
+        if self.waiting is not None and not self.done:
+            key, bound = self.waiting
+            self.waiting = None
+            self._push(list_dir, key, bound)
+        stack = self.stack
+        after = self.after
+        while stack and len(out) < limit and self.waiting is None:
+            frame = stack[-1]
+            if frame.pos >= len(frame.children):
+                stack.pop()
+                continue
+            name, is_dir = frame.children[frame.pos]
+            frame.pos += 1
+            key = f"{frame.key}/{name}"
+            if frame.bound is not None:
+                hint = after[frame.bound]
+                if name < hint:
+                    continue  # its whole subtree is before start_after
+                if name == hint:
+                    # start_after or an ancestor of it: not yielded; its subtree is walked,
+                    # bounded by the next component (unbounded below start_after itself).
+                    nxt = frame.bound + 1
+                    if is_dir and self.descend(key):
+                        self._push(list_dir, key, nxt if nxt < len(after) else None)
+                    continue
+            out.append(key)
+            if is_dir and self.descend(key):
+                self._push(list_dir, key, None)
+        if not stack and self.waiting is None:
+            self.done = True
+        return out
+
+    def provide(self, children: list[tuple[str, bool]]) -> None:
+        """The listing of ``waiting`` (sorted (name, is_dir) pairs; empty if it is gone)."""
+        assert self.waiting is not None
+        key, bound = self.waiting
+        self.waiting = None
+        if children:
+            self.stack.append(_Frame(key, children, bound))
+
+    def _push(self, list_dir: ListDir, key: str, bound: int | None) -> None:
+        try:
+            children = list_dir(key)
+        except FileNotFoundError:
+            return  # removed while we walked (or a missing root): nothing below it
+        if children is None:
+            self.waiting = (key, bound)
+        elif children:
+            self.stack.append(_Frame(key, children, bound))
+
+
+def scan_sorted(full: str) -> list[tuple[str, bool]]:
+    """A directory's (name, is_dir) children sorted by name, from the dirents (no stat).
+    Skips the filesystem driver's in-flight temp files. Raises FileNotFoundError."""
+    try:
+        with os.scandir(full) as it:
+            out = [(e.name, e.is_dir(follow_symlinks=False)) for e in it
+                   if not e.name.startswith(".tmp-")]
+    except NotADirectoryError:
+        return []
+    out.sort()
+    return out
+
+
+def _not_at_hand(key: str) -> None:
+    return None
+
+
+async def _listing(driver: Driver, key: str) -> list[tuple[str, bool]]:
+    """A directory's children through ``list``. Whether a child is a directory is not known
+    without another call, so every child counts as one; listing a file finds nothing."""
+    try:
+        children = await driver.list(key or "/")
+    except PathNotFound:
+        return []
+    return sorted((c.rsplit("/", 1)[1], True) for c in children)
+
+
+async def walk_tree(
+    driver: Driver, path: str, *, descend: Descend = _always, start_after: str = ""
+) -> AsyncGenerator[str, None]:
+    """See the module docstring. Drivers with ``walk_batch`` (the filesystem) read many
+    directories per call; others are walked with ``list``, one directory per call."""
+    cursor = TreeCursor(path, descend, start_after)
+    batch: Any = getattr(driver, "walk_batch", None)
+    while not cursor.done:
+        if batch is not None:
+            keys = await batch(cursor, BATCH_ENTRIES)
+        else:
+            if cursor.waiting is not None:
+                cursor.provide(await _listing(driver, cursor.waiting[0]))
+            keys = cursor.step(_not_at_hand, BATCH_ENTRIES)
+        for key in keys:
+            yield key
