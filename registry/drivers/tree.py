@@ -12,6 +12,10 @@ Go compares strings.
 - ``start_after``: a key; only entries after it in the order above are yielded, and subtrees
   wholly before it are never read (v3's start-after hint, without its re-walk of the hint's
   own subtree). It need not exist.
+- Key order: a driver with ``lists_in_key_order = True`` (S3) is walked in its keys' byte
+  order instead, as v3's S3 walk is one flat listing: siblings compare as ``name + "/"``,
+  so ``a-b`` < ``a.b`` < ``a/...`` < ``a_b``. (v3's filesystem and S3 catalogs differ in
+  just this; each side here matches v3 on the same storage.)
 - A missing ``path`` yields nothing; a directory removed during the walk is skipped.
 - Work is proportional to what the consumer takes: stopping the iteration (``aclosing``)
   stops the reads. The filesystem reads a bounded batch of directories per worker-thread
@@ -68,8 +72,11 @@ class TreeCursor:
     the step until :meth:`provide` hands it over), so the same rules serve a worker thread
     that reads directories itself and an async driver that lists them one by one."""
 
-    def __init__(self, root: str, descend: Descend, start_after: str) -> None:
+    def __init__(
+        self, root: str, descend: Descend, start_after: str, key_order: bool = False
+    ) -> None:
         self.root = root.rstrip("/")
+        self.key_order = key_order  # siblings compare as name + "/" (their keys' order)
         self.descend = descend
         self.after = split_key(start_after)
         base = split_key(root)
@@ -105,7 +112,11 @@ class TreeCursor:
             key = f"{frame.key}/{name}"
             if frame.bound is not None:
                 hint = after[frame.bound]
-                if name < hint:
+                if self.key_order and name != hint:
+                    # Every key below a sibling starts "name/"; compare those prefixes.
+                    if name + "/" < hint + "/":
+                        continue
+                elif name < hint:
                     continue  # its whole subtree is before start_after
                 if name == hint:
                     # start_after or an ancestor of it: not yielded; its subtree is walked,
@@ -157,14 +168,16 @@ def _not_at_hand(key: str) -> None:
     return None
 
 
-async def _listing(driver: Driver, key: str) -> list[tuple[str, bool]]:
+async def _listing(driver: Driver, key: str, key_order: bool) -> list[tuple[str, bool]]:
     """A directory's children through ``list``. Whether a child is a directory is not known
     without another call, so every child counts as one; listing a file finds nothing."""
     try:
         children = await driver.list(key or "/")
     except PathNotFound:
         return []
-    return sorted((c.rsplit("/", 1)[1], True) for c in children)
+    names = [c.rsplit("/", 1)[1] for c in children]
+    names.sort(key=(lambda n: n + "/") if key_order else None)
+    return [(n, True) for n in names]
 
 
 async def walk_tree(
@@ -172,14 +185,15 @@ async def walk_tree(
 ) -> AsyncGenerator[str, None]:
     """See the module docstring. Drivers with ``walk_batch`` (the filesystem) read many
     directories per call; others are walked with ``list``, one directory per call."""
-    cursor = TreeCursor(path, descend, start_after)
+    key_order = bool(getattr(driver, "lists_in_key_order", False))
+    cursor = TreeCursor(path, descend, start_after, key_order)
     batch: Any = getattr(driver, "walk_batch", None)
     while not cursor.done:
         if batch is not None:
             keys = await batch(cursor, BATCH_ENTRIES)
         else:
             if cursor.waiting is not None:
-                cursor.provide(await _listing(driver, cursor.waiting[0]))
+                cursor.provide(await _listing(driver, cursor.waiting[0], key_order))
             keys = cursor.step(_not_at_hand, BATCH_ENTRIES)
         for key in keys:
             yield key
