@@ -19,8 +19,8 @@ Go compares strings.
 - A missing ``path`` yields nothing; a directory removed during the walk is skipped.
 - Work is proportional to what the consumer takes: stopping the iteration (``aclosing``)
   stops the reads. The filesystem reads a bounded batch of directories per worker-thread
-  call (:data:`BATCH_ENTRIES`), so a walk of 10,000 repositories is a few dozen thread
-  hops, not one per directory. Other drivers list one directory per ``list`` call.
+  call (growing from :data:`FIRST_BATCH` to :data:`BATCH_ENTRIES` keys), so a walk of
+  10,000 repositories is about fifteen thread hops, not one per directory. Other drivers list one directory per ``list`` call.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from typing import Any
 
 from .base import Driver, PathNotFound
 
-# Keys yielded per worker-thread call on the filesystem: large enough that a 10,000
-# repository walk is ~10 hops, small enough that a 100-name catalog page reads little
-# beyond what it needs (a repository is ~4 entries: itself, _layers, _manifests, _uploads).
+# Keys yielded per worker-thread call on the filesystem: the first call reads FIRST_BATCH
+# keys, each next one twice as many up to BATCH_ENTRIES. A repository is ~4 keys (itself,
+# _layers, _manifests, _uploads): a 10-name catalog page is one call that reads ~16
+# repositories, a 100-name page 3 calls, a 10,000-repository walk ~15 calls.
+FIRST_BATCH = 64
 BATCH_ENTRIES = 4096
 
 Descend = Callable[[str], bool]
@@ -188,9 +190,11 @@ async def walk_tree(
     key_order = bool(getattr(driver, "lists_in_key_order", False))
     cursor = TreeCursor(path, descend, start_after, key_order)
     batch: Any = getattr(driver, "walk_batch", None)
+    size = FIRST_BATCH
     while not cursor.done:
         if batch is not None:
-            keys = await batch(cursor, BATCH_ENTRIES)
+            keys = await batch(cursor, size)
+            size = min(size * 2, BATCH_ENTRIES)
         else:
             if cursor.waiting is not None:
                 cursor.provide(await _listing(driver, cursor.waiting[0], key_order))
