@@ -10,6 +10,7 @@ tables against registry-v3.0.0 itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,18 +39,22 @@ NAME_ORDER = ["0x", "a/1", "a", "a/b", "a/b/c", "a/c", "a-b", "a.b", "a_b", "b",
 KEY_ORDER = ["0x", "a-b", "a.b", "a/1", "a", "a/b", "a/b/c", "a/c", "a_b", "b", "b/a-1"]
 
 
-async def seed(driver: Driver, names: list[str]) -> None:
+STARTED = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()  # uploads: not stale
+
+
+async def seed(driver: Driver, names: list[str], invalid: bool = True) -> None:
     """Repositories as the reference lays them out (a tag link, a layer link, an upload),
     plus things the catalog must not list: a repository with layers only, a directory that
-    is no repository, an invalid name."""
+    is no repository, and (``invalid``) an invalid name, which v3 would list."""
     for name in names:
         root = f"{paths.REPOSITORIES}/{name}"
         await driver.put_content(f"{root}/_manifests/tags/latest/current/link", b"sha256:0")
         await driver.put_content(f"{root}/_layers/sha256/00/link", b"sha256:0")
-        await driver.put_content(f"{root}/_uploads/u/startedat", b"0")
+        await driver.put_content(f"{root}/_uploads/u/startedat", STARTED)
     await driver.put_content(f"{paths.REPOSITORIES}/layersonly/_layers/sha256/0/link", b"x")
     await driver.put_content(f"{paths.REPOSITORIES}/empty/dir/file", b"x")
-    await driver.put_content(f"{paths.REPOSITORIES}/Upper/_manifests/tags/x/link", b"x")
+    if invalid:
+        await driver.put_content(f"{paths.REPOSITORIES}/Upper/_manifests/tags/x/link", b"x")
 
 
 @asynccontextmanager
