@@ -235,3 +235,27 @@ async def test_catalog_pages_over_http_with_link_until_the_last_page(nursery, tm
         assert r.headers["link"] == '</v2/_catalog?last=a%2Fc&n=2>; rel="next"'
         r = await client.get("/v2/_catalog", params={"n": 5})
         assert r.status_code == 400 and r.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+@pytest.mark.s3
+async def test_an_s3_page_costs_list_requests_in_proportion_to_the_page():
+    """Counted at a proxy in front of moto (test_s3_requests.py's way): a page of 10 after
+    ``last`` is a delimiter listing of the root and one per repository read, not one per
+    repository stored. (One flat listing from ``last``, v3's way, reads every key of every
+    repository on the page: ~1 request per 1,000 keys, but a repository with many tags is
+    many pages; the delimiter listings stay one request per repository.)"""
+    import s3_support
+
+    repos = 150
+    async with s3_support.open_proxied_driver() as (driver, proxy):
+        await seed(driver, [f"ns/repo-{i:04d}" for i in range(repos)])
+        storage = Storage(driver)
+        proxy.seen.clear()
+        page, more = await storage.catalog_page(PAGE, "ns/repo-0100")
+        assert page == [f"ns/repo-{i:04d}" for i in range(101, 101 + PAGE)] and more
+        lists = sum(1 for r in proxy.seen if "list-type" in r.query)
+        assert lists == len(proxy.seen)  # listings only: no object is read
+        assert lists <= PAGE + 4, lists
+        proxy.seen.clear()
+        assert len(await storage.catalog()) == repos
+        assert sum(1 for r in proxy.seen if "list-type" in r.query) > repos  # counts are real

@@ -39,7 +39,7 @@ FIRST_BATCH = 64
 BATCH_ENTRIES = 4096
 
 Descend = Callable[[str], bool]
-DirListing = list[tuple[str, bool]]  # a directory's (name, is_dir) children, sorted by name
+DirListing = list[str]  # a directory's child names, sorted (by name, or as keys: name + "/")
 
 
 def _always(key: str) -> bool:
@@ -57,20 +57,21 @@ class _Frame:
 
     __slots__ = ("bound", "children", "key", "pos")
 
-    def __init__(self, key: str, children: list[tuple[str, bool]], bound: int | None) -> None:
+    def __init__(self, key: str, children: DirListing, bound: int | None) -> None:
         self.key = key
         self.children = children
         self.pos = 0
         self.bound = bound  # index into start_after's components, None: all children follow
 
 
-ListDir = Callable[[str], "list[tuple[str, bool]] | None"]
+ListDir = Callable[[str], "DirListing | None"]
 
 
 class TreeCursor:
     """The walk's state between batches: a stack of frames. Pure Python, no I/O of its own:
-    ``step`` is given the function that lists one directory (sorted (name, is_dir) pairs;
-    FileNotFoundError if it is gone; None if the listing is not at hand yet, which pauses
+    ``step`` is given the function that lists one directory (sorted child names; empty for
+    a file; FileNotFoundError if it is gone; None if the listing is not at hand yet, which
+    pauses
     the step until :meth:`provide` hands it over), so the same rules serve a worker thread
     that reads directories itself and an async driver that lists them one by one."""
 
@@ -109,7 +110,7 @@ class TreeCursor:
             if frame.pos >= len(frame.children):
                 stack.pop()
                 continue
-            name, is_dir = frame.children[frame.pos]
+            name = frame.children[frame.pos]
             frame.pos += 1
             key = f"{frame.key}/{name}"
             if frame.bound is not None:
@@ -124,18 +125,20 @@ class TreeCursor:
                     # start_after or an ancestor of it: not yielded; its subtree is walked,
                     # bounded by the next component (unbounded below start_after itself).
                     nxt = frame.bound + 1
-                    if is_dir and self.descend(key):
+                    if self.descend(key):
                         self._push(list_dir, key, nxt if nxt < len(after) else None)
                     continue
             out.append(key)
-            if is_dir and self.descend(key):
+            # Whether it is a directory is learnt by listing it (a file lists empty): a
+            # stat per entry would cost more than the listings it saves.
+            if self.descend(key):
                 self._push(list_dir, key, None)
         if not stack and self.waiting is None:
             self.done = True
         return out
 
-    def provide(self, children: list[tuple[str, bool]]) -> None:
-        """The listing of ``waiting`` (sorted (name, is_dir) pairs; empty if it is gone)."""
+    def provide(self, children: DirListing) -> None:
+        """The listing of ``waiting`` (sorted child names; empty if it is gone)."""
         assert self.waiting is not None
         key, bound = self.waiting
         self.waiting = None
@@ -153,33 +156,33 @@ class TreeCursor:
             self.stack.append(_Frame(key, children, bound))
 
 
-def scan_sorted(full: str) -> list[tuple[str, bool]]:
-    """A directory's (name, is_dir) children sorted by name, from the dirents (no stat).
-    Skips the filesystem driver's in-flight temp files. Raises FileNotFoundError."""
+def scan_sorted(full: str) -> DirListing:
+    """A directory's child names, sorted; empty for a file. Skips the filesystem driver's
+    in-flight temp files. Raises FileNotFoundError. (``listdir``: half the cost of
+    ``scandir``'s entry objects on a 10,000-entry directory.)"""
     try:
-        with os.scandir(full) as it:
-            out = [(e.name, e.is_dir(follow_symlinks=False)) for e in it
-                   if not e.name.startswith(".tmp-")]
+        names = os.listdir(full)
     except NotADirectoryError:
         return []
-    out.sort()
-    return out
+    names.sort()
+    if names and any(n.startswith(".tmp-") for n in names):
+        names = [n for n in names if not n.startswith(".tmp-")]
+    return names
 
 
 def _not_at_hand(key: str) -> None:
     return None
 
 
-async def _listing(driver: Driver, key: str, key_order: bool) -> list[tuple[str, bool]]:
-    """A directory's children through ``list``. Whether a child is a directory is not known
-    without another call, so every child counts as one; listing a file finds nothing."""
+async def _listing(driver: Driver, key: str, key_order: bool) -> DirListing:
+    """A directory's children through ``list`` (listing a file finds nothing)."""
     try:
         children = await driver.list(key or "/")
     except PathNotFound:
         return []
     names = [c.rsplit("/", 1)[1] for c in children]
     names.sort(key=(lambda n: n + "/") if key_order else None)
-    return [(n, True) for n in names]
+    return names
 
 
 async def walk_tree(
