@@ -27,6 +27,8 @@ from .core import FULL, QUICK, Env, Scenario, Skip
 from .data import DataFile
 from .dockerclient import DockerClientScenario
 from .limits import LimitsScenario
+from .proxy import ProxyScenario
+from .replicas import ReplicasScenario
 from .s3 import S3Scenario
 from .servers import (
     ServerSpec,
@@ -57,6 +59,8 @@ SCENARIOS: list[Scenario] = [
     SmallRequestsScenario(),
     DockerClientScenario(),
     S3Scenario(),
+    ProxyScenario(),
+    ReplicasScenario(),
     LimitsScenario(),
 ]
 

@@ -30,6 +30,9 @@ import trio
 from .config import Config
 from .drivers import make_driver
 from .drivers.base import Driver
+from .drivers.redis import RedisClient
+from .ops.redis import redis_client
+from .storage.descriptor_cache import RedisDescriptors, forget_collected
 from .storage.gc_lock import LockBusy, describe, live_holder, open_gc_lock
 from .storage.gc_online import OnlineCollector, collect
 from .storage.gc_report import GCOptions, GCReport, Progress
@@ -134,8 +137,11 @@ def print_report(report: GCReport, out: TextIO, *, quiet: bool) -> None:
 
 
 async def _collect(
-    driver: Driver, options: GCOptions, progress: Progress, force: bool = False
+    driver: Driver, options: GCOptions, progress: Progress, force: bool = False,
+    redis: RedisClient | None = None,
 ) -> GCReport:
+    """One offline collection; with ``redis`` (the config's Redis descriptor cache), what it
+    deleted is forgotten there too, so no replica answers a HEAD for it from Redis."""
     try:
         if force:
             holder = await live_holder(driver)
@@ -153,10 +159,19 @@ async def _collect(
             await recovery.recover()
             report = await collect(driver, options, progress=progress, check_lock=lock.check)
             report.warnings[:0] = recovery.report.warnings
-            return report
+        if redis is not None:
+            await forget_collected(RedisDescriptors(redis), report)
+            if redis.down:
+                report.warnings.append(
+                    "Redis was unreachable: its blob descriptor cache may still list what"
+                    " was deleted; flush it (redis-cli FLUSHDB) before serving again"
+                )
+        return report
     finally:
         with trio.CancelScope(shield=True):
             await driver.aclose()
+            if redis is not None:
+                await redis.aclose()
 
 
 def run_gc(
@@ -167,8 +182,9 @@ def run_gc(
     driver = make_driver(s.driver, s.params, redirect_disable=True)
     options = GCOptions(dry_run=dry_run, delete_untagged=delete_untagged)
     progress: Progress = Progress() if quiet else TerminalProgress(sys.stderr)
+    redis = redis_client(config.redis) if s.blobdescriptor == "redis" else None
     try:
-        report = trio.run(_collect, driver, options, progress, force)
+        report = trio.run(_collect, driver, options, progress, force, redis)
     except LockBusy as exc:
         print(f"registry garbage-collect: {exc}; try again later", file=sys.stderr)
         return 1

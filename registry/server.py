@@ -39,6 +39,9 @@ from .http.tls import TLSConfigError, TLSSettings
 from .notifications import build_notifier
 from .ops import build_operations, parse_checks, parse_health
 from .ops.debug import serve_debug
+from .ops.redis import redis_client, start_redis
+from .proxy import ProxyCache
+from .storage.descriptor_cache import RedisDescriptors
 from .storage.gc_service import OnlineGC
 from .storage.manifest_urls import URLRules
 from .storage.purge import UploadPurger
@@ -69,14 +72,18 @@ def build_app(
     s = config.storage
     driver = make_driver(s.driver, s.params, redirect_disable=s.redirect_disable)
     notifier = build_notifier(config)
+    redis = redis_client(config.redis)  # opens nothing yet (ops/redis.py)
     ops, driver = build_operations(
-        config, driver, multiprocess_dir, (notifier.observe,) if notifier else ()
+        config, driver, multiprocess_dir, (notifier.observe,) if notifier else (), redis
     )
     v = config.validation  # manifests.urls: the layer URLs pushes may carry
     urls = URLRules.compile(v.manifests_urls_allow, v.manifests_urls_deny, enabled=not v.disabled)
     storage = Storage(
         driver, tag_concurrency=s.tag_concurrencylimit, manifest_urls=urls,
         blob_descriptor_cache=s.blobdescriptorsize if s.blobdescriptor else None,
+        descriptors=(
+            RedisDescriptors(redis) if redis is not None and s.blobdescriptor == "redis" else None
+        ),
         # validation.disabled turns the index check off too (the reference)
         index_children="none" if v.disabled else v.indexes_platforms,
         index_platforms=v.indexes_platformlist,
@@ -101,19 +108,22 @@ def build_app(
     )
     authenticate = build_authenticator(config)  # raises ConfigError (startup: see run)
     background = [notifier.start] if notifier else []
+    if redis is not None:
+        background.append(partial(start_redis, redis))
     if ops.health is not None:
         background.append(partial(_start, ops.health.serve))
     # Upload purging and online GC run in the lifespan nursery (storage/purge.py, gc_service.py).
     gc, purging = config.gc, s.uploadpurging
     collector = OnlineGC(
         storage.driver, scheduled=gc.online_enabled, interval=gc.interval,
-        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged,
+        grace_period=gc.graceperiod, delete_untagged=gc.delete_untagged, settle=gc.settle,
+        descriptors=storage.blobs.descriptors, redis=redis,
     )
     background.append(collector.start)
     if purging.enabled:
         background.append(UploadPurger(
             storage.driver, storage.uploads, age=purging.age, interval=purging.interval,
-            dry_run=purging.dryrun,
+            dry_run=purging.dryrun, redis=redis,
         ).start)
     ui = (_build_ui(config, storage, authenticate, collector, ui_static)
           if config.ui_enabled else None)
@@ -125,6 +135,8 @@ def build_app(
         can_pull=authenticate.can_pull if authenticate is not None else None,
         gc=collector,  # POST /admin/gc (http/admin.py)
         ops=ops,  # serve_worker serves its debug app beside the API
+        # proxy / proxies: the pull-through cache (registry/proxy/), None without remotes
+        proxy=ProxyCache(storage, config.proxies, metrics=ops.metrics) if config.proxies else None,
         ui=ui,  # the web UI (registry/ui/), None when ui.enabled is false
     )
 
@@ -278,6 +290,7 @@ def _check_startup(config: Config) -> None:
     build_notifier(config)
     parse_health(config.health)
     parse_checks(config.health)
+    redis_client(config.redis)  # loads redis.tls's files; never connects
 
 
 def _debug_sockets(config: Config) -> Any:

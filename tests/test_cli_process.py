@@ -123,8 +123,8 @@ def test_warn_level_silences_the_access_log(tmp_path: Path):
         ({}, "version: 0.1\nlog:\n  level: loud\n", "log.level"),
         ({}, "version: 0.1\nstorage: [\n", "invalid YAML"),
         # refused registry:3 keys (registry/config/keys.py) and S3 variables without s3
-        ({}, "version: 0.1\nstorage: inmemory\nproxy:\n  remoteurl: https://registry-1.docker.io\n",
-         "proxy: not supported: pull-through caching is not supported yet (issue 16)"),
+        ({}, "version: 0.1\nstorage: inmemory\nproxy:\n  remoteurl: ftp://registry-1.docker.io\n",
+         "proxy.remoteurl: expected http(s)://host[:port]"),
         ({"REGISTRY_HTTP_TLS_LETSENCRYPT_EMAIL": "a@b.c"}, "version: 0.1\nstorage: inmemory\n",
          "http.tls.letsencrypt: not supported: Let's Encrypt needs the network"),
         ({"REGISTRY_STORAGE_S3_BUCKET": "forgot"}, "version: 0.1\nstorage:\n  filesystem: {}\n",

@@ -76,21 +76,24 @@ def test_every_accepted_key_is_known_to_the_unknown_key_check(entry):
 # --- refused keys: one line that names the key and says what to do ---------------------------
 
 REFUSED_CASES = [
-    ("proxy", "proxy:\n  remoteurl: https://registry-1.docker.io\n", {},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section")),
-    ("proxy-env", "", {"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io"},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section")),
-    ("redis", "redis:\n  addrs: [localhost:6379]\n", {},
-     ("redis: not supported: redis is not supported yet (issue 17); remove it and use"
-     " storage.cache.blobdescriptor: inmemory")),
-    ("blobdescriptor-redis", "", {"REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "redis"},
-     ("storage.cache.blobdescriptor: 'redis' is not supported: inmemory: a per-worker cache of"
-     " blob sizes; redis is not supported yet (issue 17): use inmemory")),
-    ("layerinfo-redis", "", {"REGISTRY_STORAGE_CACHE_LAYERINFO": "redis"},
-     ("storage.cache.layerinfo: 'redis' is not supported: deprecated name of blobdescriptor:"
-     " use blobdescriptor: inmemory")),
+    ("proxy-exec", "proxy:\n  remoteurl: https://registry-1.docker.io\n  exec: {command: x}\n",
+     {}, ("proxy.exec: not supported: credential helpers are not supported; set proxy.username"
+     " and proxy.password")),
+    ("redis-v2-addr", "redis:\n  addr: localhost:6379\n", {},
+     "redis.addr: not supported: registry:2's key: registry:3 reads addrs: [host:port]"),
+    ("redis-v2-pool", "", {"REGISTRY_REDIS_POOL_MAXIDLE": "16"},
+     ("redis.pool: not supported: registry:2's pool section: use poolsize, maxidleconns,"
+      " connmaxidletime")),
+    ("redis-sentinel", "redis:\n  addrs: [s:26379]\n  mastername: m\n", {},
+     ("redis.mastername: not supported: Redis Sentinel is not supported; give redis.addrs the"
+      " master's address")),
+    ("redis-cluster-option", "", {"REGISTRY_REDIS_ADDRS": "[r:6379]",
+                                  "REGISTRY_REDIS_ROUTERANDOMLY": "true"},
+     ("redis.routerandomly: not supported: Redis Cluster is not supported; give redis.addrs"
+      " the one address of a standalone Redis")),
+    ("redis-tls-enabled", "redis:\n  addrs: [r:6379]\n  tls:\n    enabled: true\n", {},
+     ("redis.tls.enabled: True is not supported: only false: TLS is on when certificate and"
+      " key are set")),
     ("letsencrypt", "http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n      email: a@b.c\n",
      {}, ("http.tls.letsencrypt: not supported: Let's Encrypt needs the network; terminate TLS"
      " at traefik or set http.tls.certificate and http.tls.key")),
@@ -126,9 +129,10 @@ REFUSED_CASES = [
     ("policy-classes", "policy:\n  repository:\n    classes: [image]\n", {},
      ("policy.repository.classes: not supported: repository classes are not supported; remove"
      " them (policy.access restricts who may push)")),
-    ("two-refused", "proxy: {remoteurl: 'https://x'}\nredis: {addrs: [r:6379]}\n", {},
-     ("proxy: not supported: pull-through caching is not supported yet (issue 16); remove the"
-     " proxy section (and 1 more refused key(s))")),
+    ("two-refused", "middleware: {storage: [x]}\nredis: {addr: 'r:6379'}\n", {},
+     ("middleware: not supported: middleware (cloudfront, redirect, ...) is not supported;"
+     " remove the middleware section (storage.s3.redirectendpoint sets the redirect host)"
+     " (and 1 more refused key(s))")),
 ]
 
 

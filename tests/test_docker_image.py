@@ -796,3 +796,26 @@ def test_entrypoint_gives_root_owned_files_to_the_image_user(tmp_path: Path) -> 
     assert owners(root) == {(IMAGE_UID, IMAGE_GID): entries}
     assert (outside.stat().st_uid, outside.stat().st_gid) == (0, 0)
     assert entry.give_to(str(root), IMAGE_UID, IMAGE_GID) == 0
+
+
+MIRROR_COMPOSE_FILE = COMPOSE_FILE.parent / "docker-compose.mirror.yml"
+
+
+@pytest.mark.e2e
+def test_mirror_compose_is_a_docker_hub_pull_through_cache(docker_cli: str) -> None:
+    """Issue 16: the Docker Hub mirror's compose file is valid and sets registry:3's proxy
+    variables (credentials only when given), the port and the data volume."""
+    compose = compose_command(docker_cli)
+    env = compose_env(REGISTRY_PROXY_USERNAME="hubuser", REGISTRY_PROXY_PASSWORD="hubtoken")
+    resolved = yaml.safe_load(
+        e2e.run([*compose, "-f", str(MIRROR_COMPOSE_FILE), "config"], env=env).stdout
+    )
+    service = resolved["services"]["mirror"]
+    environment = service["environment"]
+    assert environment["REGISTRY_PROXY_REMOTEURL"] == "https://registry-1.docker.io"
+    assert environment["REGISTRY_PROXY_USERNAME"] == "hubuser"
+    assert environment["REGISTRY_PROXY_TTL"] == "168h"
+    ports = service["ports"]
+    assert any("5000" in str(p) for p in ports), ports
+    targets = {(v["target"] if isinstance(v, dict) else v.split(":")[1]) for v in service["volumes"]}
+    assert "/var/lib/registry" in targets

@@ -369,6 +369,20 @@ async def test_lock_is_exclusive_until_it_expires(autojump_clock):
     assert not await _exists(driver, paths.GC_LOCK)
 
 
+async def test_lock_taker_cancelled_while_confirming_leaves_no_record(autojump_clock):
+    # A taker cancelled in its confirm wait (a request gone, a shutdown) must remove its
+    # record: a later taker in this same live process would otherwise see it held.
+    driver = MemoryDriver()
+    with trio.move_on_after(1.0) as scope:  # inside the 2 s confirm wait
+        async with open_gc_lock(driver, confirm=2.0):
+            pytest.fail("the lock was taken before its confirm wait ended")
+    assert scope.cancelled_caught
+    assert not await _exists(driver, paths.GC_LOCK)
+    with trio.fail_after(10):
+        async with open_gc_lock(driver, confirm=0) as taker:
+            assert json.loads(await driver.get_content(paths.GC_LOCK))["owner"] == taker.token
+
+
 async def test_racing_lock_takers_only_one_proceeds(autojump_clock):
     driver = MemoryDriver()
     got: list[str] = []

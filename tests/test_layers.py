@@ -31,6 +31,8 @@ FORBIDDEN = {
     "storage": {"http", "auth", "ops", "notifications", "ui"},
     "http": {"drivers", "notifications"},
     "ui": {"drivers", "notifications"},  # the web UI sits at http's level (registry/ui/)
+    # the pull-through cache: between http and storage (http -> proxy -> storage)
+    "proxy": {"http", "ui", "auth", "notifications"},
     "ops": {"http", "auth", "notifications", "ui"},
     "auth": {"storage", "drivers", "ops", "notifications", "ui"},
     "notifications.py": {"storage", "drivers", "auth"},
@@ -95,6 +97,14 @@ NOT_ROUTE_NAMES = {
     ("http/manifests.py", "tags"),  # the tags list's JSON key (SPEC Discovery 22)
     ("config/build.py", "catalog"),  # the reference's free-form config section
     ("drivers/s3/api.py", "uploads"),  # S3's ?uploads query (multipart uploads)
+    ("http/proxied.py", "tags"),  # the tags list's JSON key
+    ("proxy/upstream.py", "tags"),  # the upstream's tags list JSON key
+    ("proxy/expiry.py", "blob"),  # the kinds of expiry entries (registry:3's entry types)
+    ("proxy/expiry.py", "manifest"),
+    ("proxy/cache.py", "blob"),  # registry:3's proxy metrics' type label
+    ("proxy/cache.py", "manifest"),
+    ("storage/paths.py", "blob"),  # the expiry entries' key names their kind
+    ("storage/paths.py", "manifest"),
     ("ui/api.py", "tags"),  # the UI API's JSON keys (registry/ui/API.md)
     ("ui/api.py", "referrers"),
 }

@@ -310,12 +310,12 @@ async def test_info_reports_storage_gc_and_the_user(content: Pushed) -> None:
         first = (await c.get(f"{UI}/info")).json()
         # Nothing walked the store yet, and this request did not either: it asked for a walk.
         assert first["storage"] == {"driver": "filesystem", "bytes": None, "blobs": None,
-                                    "computed_at": None}
+                                    "computed_at": None, "computing": True}
         assert first["uploads_in_progress"] is None
         with trio.fail_after(30):
             while True:  # the totals are computed in the background, never on a request:
                 info = (await c.get(f"{UI}/info")).json()  # this asks for fresh ones
-                if (info["storage"]["blobs"] or 0) >= 10:
+                if not info["storage"]["computing"]:
                     break
                 await trio.sleep(0.1)
         r = await c.post(f"{UI}/gc", headers=ACTION)
@@ -396,6 +396,39 @@ async def test_delete_disabled_is_405(nursery: trio.Nursery, tmp_path: Path) -> 
     assert still.status_code == 200
 
 
+async def test_proxied_repositories_cannot_be_deleted_as_in_the_v2_api(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A pull-through cache's repository: the UI's deletes answer what the v2 API answers
+    (405 UNSUPPORTED), its can_delete is false, and nothing leaves storage; a local
+    repository beside it stays deletable."""
+    from proxy_support import start_upstream
+
+    up, _ = await start_upstream(nursery, str(tmp_path / "upstream"))
+    async with httpx.AsyncClient(base_url=up.url) as c:
+        d_up, _ = await push_image(c, "lib/app", "v1", layers=(b"upstream layer",))
+    yaml = f"version: 0.1\nproxies:\n  - {{prefix: hub, remoteurl: '{up.url}', ttl: 0}}\n"
+    url = await serve_registry(nursery, tmp_path, yaml=yaml)
+    async with httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/v2/hub/lib/app/manifests/v1")).status_code == 200  # now cached
+        await push_image(c, "local", "v1")
+        v2 = await c.delete(f"/v2/hub/lib/app/manifests/{d_up}")
+        cached = (await c.get(f"{UI}/repositories/hub/lib/app")).json()
+        r_tag = await c.delete(f"{UI}/repositories/hub/lib/app/tags/v1", headers=ACTION)
+        r_man = await c.delete(f"{UI}/repositories/hub/lib/app/manifests/{d_up}", headers=ACTION)
+        local = (await c.get(f"{UI}/repositories/local")).json()
+        r_local = await c.delete(f"{UI}/repositories/local/tags/v1", headers=ACTION)
+    assert v2.status_code == 405 and v2.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert [t["tag"] for t in cached["tags"]] == ["v1"] and cached["can_delete"] is False
+    for r in (r_tag, r_man):
+        assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert local["can_delete"] is True and r_local.status_code == 202
+    # Nothing of the cached repository left storage (the proxy's own link files).
+    repo = tmp_path / "storage/docker/registry/v2/repositories/hub/lib/app/_manifests"
+    assert (repo / "tags/v1/current/link").exists()
+    assert (repo / f"revisions/sha256/{d_up.split(':')[1]}/link").exists()
+
+
 # --- access ----------------------------------------------------------------------------------
 
 POLICY_YAML = """
@@ -454,6 +487,71 @@ async def test_htpasswd_user_never_sees_another_users_repository(
         assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
         r = await c.get(f"{UI}/repositories/alice/app/manifests/{d_alice}")
         assert r.status_code == 404
+
+
+PUBLIC_YAML = """
+version: 0.1
+auth:
+  htpasswd: {realm: UI, path: %s}
+policy:
+  access:
+    anonymous:
+      - {actions: [pull], repositories: [public]}
+    users:
+      alice: [pull, push, delete]
+"""
+
+
+async def test_public_registry_anonymous_browses_what_anonymous_may_pull(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """htpasswd + ``policy.access.anonymous: [pull]``: the UI follows the v2 API's policy,
+    and /ui/login asks for credentials, then sends the browser back to the page."""
+    pw = tmp_path / "htpasswd"
+    write_htpasswd(pw, {"alice": "a"})
+    url = await serve_registry(nursery, tmp_path, yaml=PUBLIC_YAML % pw,
+                               static=write_static(tmp_path))
+    async with httpx.AsyncClient(base_url=url, auth=("alice", "a")) as c:
+        d_pub, _ = await push_image(c, "public/app", "v1", layers=(b"p",))
+        await push_image(c, "private/app", "v1", layers=(b"q",))
+    async with httpx.AsyncClient(base_url=url) as anon:
+        assert (await anon.get(f"/v2/public/app/manifests/{d_pub}")).status_code == 200
+        for path in ("/ui/", "/ui/repositories/public/app", "/ui/assets/app.js"):
+            assert (await anon.get(path)).status_code == 200, path
+        listing = (await anon.get(f"{UI}/repositories")).json()
+        assert [x["name"] for x in listing["repositories"]] == ["public/app"]
+        repo = (await anon.get(f"{UI}/repositories/public/app")).json()
+        assert [t["tag"] for t in repo["tags"]] == ["v1"] and repo["can_delete"] is False
+        r = await anon.get(f"{UI}/repositories/public/app/manifests/{d_pub}")
+        assert r.status_code == 200
+        r = await anon.get(f"{UI}/repositories/private/app")
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+        info = (await anon.get(f"{UI}/info")).json()
+        assert info["user"] == {"name": None, "can_delete": False, "can_gc": False}
+        assert info["auth"] == "htpasswd"
+        r = await anon.delete(f"{UI}/repositories/public/app/tags/v1", headers=ACTION)
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED"
+        assert (await anon.post(f"{UI}/gc", headers=ACTION)).status_code == 403
+        # Wrong credentials are refused even where anonymous may look (as the v2 API).
+        assert (await anon.get(f"{UI}/info", auth=("alice", "bad"))).status_code == 401
+        # The sign-in link: 401 with the challenge, so the browser asks...
+        login = await anon.get("/ui/login", params={"next": "/ui/repositories/public/app"})
+        assert login.status_code == 401
+        assert login.headers["www-authenticate"] == 'Basic realm="UI"'
+        # ... then back to the page, and only to a page of this UI.
+        for target, back in [
+            ("/ui/repositories/public/app?x=1", "/ui/repositories/public/app?x=1"),
+            (None, "/ui/"), ("https://evil.example/ui/", "/ui/"), ("//evil.example/ui/", "/ui/"),
+            ("/ui/\\evil", "/ui/"), ("/ui/login", "/ui/"), ("/ui/api/v1/info", "/ui/"),
+            ("/v2/_catalog", "/ui/"),
+        ]:
+            r = await anon.get("/ui/login", params={"next": target} if target else None,
+                               auth=("alice", "a"))
+            assert (r.status_code, r.headers["location"]) == (302, back), target
+    async with httpx.AsyncClient(base_url=url, auth=("alice", "a")) as c:
+        listing = (await c.get(f"{UI}/repositories")).json()
+        assert [x["name"] for x in listing["repositories"]] == ["private/app", "public/app"]
+        assert (await c.get(f"{UI}/info")).json()["user"]["name"] == "alice"
 
 
 async def test_token_auth_filters_by_the_tokens_access_claim(

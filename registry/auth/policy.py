@@ -30,6 +30,9 @@ The reference registry lets every authenticated user do everything. With
   endpoints outside ``/v2/`` (``/admin/gc``) need ``delete`` on every repository.
 - ``GET /v2/`` answers 200 to any authenticated user, and 401 to anonymous callers so that
   clients learn the challenge and send their credentials.
+- The web UI (``/ui``) is open to any authenticated user, and to anonymous callers when
+  ``anonymous`` grants anything: they see what they may pull. ``/ui/login`` asks for
+  credentials (401 with the challenge) and sends the browser back once it has them.
 - A denied anonymous request gets 401 with the challenge; a denied authenticated one gets
   403 DENIED. A cross-repository mount needs ``pull`` on the source repository, else it
   falls back to a normal upload (SPEC Push 16).
@@ -56,6 +59,10 @@ DELETE = "delete"
 ACTIONS = (PULL, PUSH, DELETE)  # the actions a grant may list
 CATALOG = "catalog"  # the pseudo-action of /v2/_catalog
 ADMIN = "admin"  # the pseudo-action of routes outside /v2/ (e.g. /admin/gc)
+# The pseudo-action of the web UI's routes (registry/ui/): any authenticated caller, and an
+# anonymous one when ``anonymous`` grants anything (a public registry: the UI then shows
+# what anonymous may pull, as the v2 API serves it; its handlers filter per repository).
+BROWSE = "browse"
 USER_PLACEHOLDER = "{user}"
 
 
@@ -98,10 +105,12 @@ def decide(user: str | None, action: str, repo: str | None, policy: Policy) -> b
     """May ``user`` (None: anonymous) do ``action`` on ``repo``?
 
     ``action`` is one of ACTIONS with a repository name, or CATALOG / ADMIN with ``repo``
-    None (allowed when some grant gives ``pull`` / ``delete`` on every repository). Anything
-    else is denied.
+    None (allowed when some grant gives ``pull`` / ``delete`` on every repository), or
+    BROWSE (any user; anonymous when it has any grant). Anything else is denied.
     """
     grants = policy.anonymous if user is None else policy.users.get(user, policy.default)
+    if action == BROWSE:
+        return user is not None or bool(grants)
     if action in (CATALOG, ADMIN):
         needed = "pull" if action == CATALOG else "delete"
         return any(needed in g.actions and g.repositories is None for g in grants)

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from .. import safejson
 from ..config import ConfigError
 from .challenge import quote_param, unauthorized
-from .policy import ADMIN, CATALOG, PULL, PUSH
+from .policy import ADMIN, BROWSE, CATALOG, PULL, PUSH
 
 if TYPE_CHECKING:
     from ..http.request import Request
@@ -296,7 +296,7 @@ class TokenVerifier:
 def needed_access(action: str | None, name: str | None) -> list[tuple[str, str, str]]:
     """(type, name, action) entries a request needs (the reference's access records), for
     its route's access ``action`` (None: none) on repository ``name``."""
-    if action is None:
+    if action is None or action == BROWSE:  # any caller with a valid token
         return []
     if action == CATALOG:
         return [("registry", "catalog", "*")]

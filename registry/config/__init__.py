@@ -14,6 +14,7 @@ Modules, in the order a load runs through them::
     reader.py     Node: typed getters raising ConfigError naming the dotted key; freeze()
     params.py     driver / auth-scheme parameter sections (what config must know of them)
     keys.py       every registry:3 key: supported / refused / ours; refuses set refused keys
+    redis.py      the redis section as registry:3 v3.0.0 reads it (go-redis's option names)
     schema.py     the known keys (from keys.py), for "unknown configuration key" warnings
     build.py      one builder per section (storage, http, auth, log, validation, gc) and
                   load_config, the pipeline
@@ -39,6 +40,7 @@ Our extensions, not in the reference::
       interval: 24h         # time between runs
       graceperiod: 1h       # blobs younger than this are never collected (racing pushes)
       deleteuntagged: false # also delete manifests that no tag points to
+      settle: 5m            # an online run waits this long for pushes in flight (step 5)
 """
 
 from __future__ import annotations

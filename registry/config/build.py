@@ -52,7 +52,9 @@ from .model import (
     ValidationConfig,
 )
 from .params import check_filesystem_params, read_params
+from .proxy import build_proxies
 from .reader import Node, freeze
+from .redis import build_redis, fold_options
 from .schema import SCHEMA, unknown_keys
 
 
@@ -101,7 +103,7 @@ def _build_storage(root: Node) -> StorageConfig:
 
 
 def _blobdescriptor(cache: Node) -> str | None:
-    """``storage.cache.blobdescriptor`` (or its old name ``layerinfo``): "inmemory" or None.
+    """``storage.cache.blobdescriptor`` (or its old name ``layerinfo``): inmemory, redis, None.
     keys.py has refused every other value already."""
     value = cache.get_str("blobdescriptor", None) or cache.get_str("layerinfo", None)
     return value.lower() if value else None
@@ -276,6 +278,7 @@ def _build_gc(root: Node) -> GCConfig:
         interval=gc.get_duration("interval", GCConfig.interval, positive=online),
         graceperiod=gc.get_duration("graceperiod", GCConfig.graceperiod),
         delete_untagged=gc.get_bool("deleteuntagged", False),
+        settle=gc.get_duration("settle", GCConfig.settle),
     )
 
 
@@ -284,7 +287,7 @@ def _build(tree: dict[str, Any]) -> Config:
     version = root.get_str("version", "0.1")
     if version != "0.1":
         raise ConfigError(f"version: unsupported configuration version {version!r} (expected 0.1)")
-    for free in ("redis", "middleware", "proxy"):
+    for free in ("middleware",):
         root.section(free)  # type check only: keys.py refuses them when set
     catalog = root.section("catalog")
     maxentries = catalog.get_int("maxentries", 0, minimum=-(2**63))
@@ -299,8 +302,10 @@ def _build(tree: dict[str, Any]) -> Config:
         notifications=freeze(root.section("notifications").data),
         health=freeze(root.section("health").data),
         gc=_build_gc(root),
+        proxies=build_proxies(root),
         # The reference: an empty, zero or negative value means its default, 1000.
         catalog_maxentries=maxentries if maxentries > 0 else CATALOG_MAXENTRIES,
+        redis=build_redis(root),
         ui_enabled=root.section("ui").get_bool("enabled", True),
         raw=freeze(tree),
     )
@@ -327,6 +332,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
     chosen = storage_drivers(apply_env_overrides(tree, selection).get("storage"))
     merged = apply_env_overrides(tree, environ)
     normalise_selectors(merged)
+    fold_options(merged)  # REGISTRY_REDIS_OPTIONS_* (v3.0.0's spelling) -> redis.*
     storage = merged.get("storage")
     drivers = storage_drivers(storage)
     kept = [d for d in drivers if d in chosen]
@@ -346,6 +352,16 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> tuple[Config, l
     check_refused(merged)
     fill_s3_credentials(merged, environ)  # AWS_* variables, the shared credentials file
     config = _build(merged)
+    if config.storage.blobdescriptor == "redis" and config.redis is None:
+        # registry:3 panics here ("redis configuration required to use for layerinfo cache").
+        raise ConfigError(
+            "storage.cache.blobdescriptor: redis needs the redis section: set redis.addrs"
+            " (REGISTRY_REDIS_ADDRS=[host:6379])"
+        )
+    cache = (merged.get("storage") or {}).get("cache") or {}
+    if config.storage.blobdescriptor == "redis" and cache.get("blobdescriptorsize") is not None:
+        warnings.append("storage.cache.blobdescriptorsize: not used with the redis cache"
+                        " (registry:3 warns the same)")
     warnings.extend(unknown_keys(merged, SCHEMA, ""))
     if config.storage.driver == "inmemory" and config.http.workers != 1:
         # Each worker process would hold its own store: a push to one is missing from the

@@ -16,8 +16,8 @@ storage drivers' parameter lists (``docs/content/storage-drivers/*.md``), plus o
 
 Statuses: ``supported`` (implemented as the reference documents it), ``refused`` (setting it
 stops start-up), ``ours`` (our extension; the reference does not have it). A supported key
-may refuse some values (``allowed``): ``storage.cache.blobdescriptor: redis`` is refused while
-``inmemory`` works. A leaf package module: pure data and pure functions.
+may refuse some values (``allowed``): ``redis.tls.enabled: true`` is refused while ``false``
+loads. A leaf package module: pure data and pure functions.
 """
 
 from __future__ import annotations
@@ -50,11 +50,9 @@ def _k(key: str, status: str = SUPPORTED, note: str = "", allowed: Any = None) -
     return Key(key, status, note, tuple(allowed) if allowed is not None else None)
 
 
-ISSUE_PROXY = "pull-through caching is not supported yet (issue 16); remove the proxy section"
-ISSUE_REDIS = (
-    "redis is not supported yet (issue 17); remove it and use"
-    " storage.cache.blobdescriptor: inmemory"
-)
+NO_CLUSTER = "Redis Cluster is not supported; give redis.addrs the one address of a standalone Redis"
+NO_SENTINEL = "Redis Sentinel is not supported; give redis.addrs the master's address"
+NO_GO_VALUE = "registry:3 cannot set it from YAML either (a Go value); remove it"
 OTHER_DRIVER = "use the filesystem or s3 driver"
 
 KEYS: tuple[Key, ...] = (
@@ -106,10 +104,12 @@ KEYS: tuple[Key, ...] = (
     _k("storage.delete.enabled"),
     _k("storage.redirect.disable"),
     _k("storage.cache.blobdescriptor", note="inmemory: a per-worker cache of blob sizes;"
-       " redis is not supported yet (issue 17): use inmemory", allowed=["inmemory"]),
-    _k("storage.cache.layerinfo", note="deprecated name of blobdescriptor: use"
-       " blobdescriptor: inmemory", allowed=["inmemory"]),
-    _k("storage.cache.blobdescriptorsize", note="default 10000; 0 = no limit"),
+       " redis: registry:3's descriptor cache in Redis, shared by replicas (needs redis.addrs)",
+       allowed=["inmemory", "redis"]),
+    _k("storage.cache.layerinfo", note="deprecated name of blobdescriptor",
+       allowed=["inmemory", "redis"]),
+    _k("storage.cache.blobdescriptorsize", note="default 10000; 0 = no limit (inmemory only,"
+       " as registry:3)"),
     _k("storage.maintenance.uploadpurging.enabled"),
     _k("storage.maintenance.uploadpurging.age"),
     _k("storage.maintenance.uploadpurging.interval"),
@@ -172,7 +172,52 @@ KEYS: tuple[Key, ...] = (
     _k("notifications.endpoints[].ignore.mediatypes"),
     _k("notifications.endpoints[].ignore.actions"),
     _k("notifications.endpoints[].queuesize", OURS, "events held while the endpoint is down"),
-    _k("redis", REFUSED, ISSUE_REDIS),
+    _k("redis.addrs", note="one host:port (a list, as registry:3); REGISTRY_REDIS_ADDRS or"
+       " v3.0.0's REGISTRY_REDIS_OPTIONS_ADDRS"),
+    _k("redis.addr", REFUSED, "registry:2's key: registry:3 reads addrs: [host:port]"),
+    _k("redis.pool", REFUSED, "registry:2's pool section: use poolsize, maxidleconns,"
+       " connmaxidletime"),
+    _k("redis.username"),
+    _k("redis.password"),
+    _k("redis.db"),
+    _k("redis.clientname", note="CLIENT SETNAME on every connection"),
+    _k("redis.protocol", note="2 or 3; we speak RESP2 either way"),
+    _k("redis.dialtimeout", note="a Go duration string; default 5s"),
+    _k("redis.readtimeout", note="default 3s; every command's reply deadline"),
+    _k("redis.writetimeout", note="default: readtimeout"),
+    _k("redis.pooltimeout", note="wait for a pooled connection; default readtimeout + 1s"),
+    _k("redis.poolsize", note="connections per worker; default 10 per CPU"),
+    _k("redis.maxactiveconns", note="0 = poolsize"),
+    _k("redis.maxidleconns", note="0 = no limit"),
+    _k("redis.minidleconns", REFUSED, "connections are opened on demand; remove minidleconns"),
+    _k("redis.connmaxidletime", note="default 30m"),
+    _k("redis.connmaxlifetime"),
+    _k("redis.poolfifo"),
+    _k("redis.maxretries", note="retries of a command whose pooled connection broke; -1 = none"),
+    _k("redis.minretrybackoff"),
+    _k("redis.maxretrybackoff"),
+    _k("redis.contexttimeoutenabled", note="either value: a cancelled request always ends"
+       " its command here"),
+    _k("redis.disableidentity", note="either value: we never send CLIENT SETINFO"),
+    _k("redis.disableindentity", note="go-redis's misspelt disableidentity"),
+    _k("redis.identitysuffix", note="unused: we never send CLIENT SETINFO"),
+    _k("redis.unstableresp3", note="only false", allowed=[False]),
+    _k("redis.tls.certificate", note="with key: TLS to Redis (as registry:3, only with a"
+       " client certificate)"),
+    _k("redis.tls.key"),
+    _k("redis.tls.clientcas", note="CAs that verify the Redis server (v3.1's meaning)"),
+    _k("redis.tls.enabled", note="only false: TLS is on when certificate and key are set",
+       allowed=[False]),
+    _k("redis.mastername", REFUSED, NO_SENTINEL),
+    _k("redis.sentinelusername", REFUSED, NO_SENTINEL),
+    _k("redis.sentinelpassword", REFUSED, NO_SENTINEL),
+    _k("redis.maxredirects", REFUSED, NO_CLUSTER),
+    _k("redis.readonly", REFUSED, NO_CLUSTER),
+    _k("redis.routebylatency", REFUSED, NO_CLUSTER),
+    _k("redis.routerandomly", REFUSED, NO_CLUSTER),
+    _k("redis.tlsconfig", REFUSED, NO_GO_VALUE),
+    _k("redis.dialer", REFUSED, NO_GO_VALUE),
+    _k("redis.onconnect", REFUSED, NO_GO_VALUE),
     _k("health.storagedriver.enabled"),
     _k("health.storagedriver.interval"),
     _k("health.storagedriver.threshold"),
@@ -190,7 +235,18 @@ KEYS: tuple[Key, ...] = (
     _k("health.tcp[].interval"),
     _k("health.tcp[].threshold"),
     _k("catalog.maxentries", note="largest n of /v2/_catalog; default 1000"),
-    _k("proxy", REFUSED, ISSUE_PROXY),
+    _k("proxy.remoteurl", note="the whole registry is a pull-through cache of this upstream"),
+    _k("proxy.username"),
+    _k("proxy.password"),
+    _k("proxy.ttl", note="default 168h; 0 or negative: never expire"),
+    _k("proxy.exec", REFUSED, "credential helpers are not supported; set proxy.username and"
+       " proxy.password"),
+    _k("proxies[].prefix", OURS, "names under it are cached from this remote, without it;"
+       " '' = every name under no other prefix"),
+    _k("proxies[].remoteurl", OURS, "the upstream registry's URL"),
+    _k("proxies[].username", OURS, "basic or token credentials for the upstream"),
+    _k("proxies[].password", OURS, "with username"),
+    _k("proxies[].ttl", OURS, "as proxy.ttl"),
     _k("validation.enabled", note="deprecated: validation.disabled"),
     _k("validation.disabled"),
     _k("validation.manifests.urls.allow"),
@@ -207,6 +263,7 @@ KEYS: tuple[Key, ...] = (
     _k("gc.interval", OURS, "time between online collections"),
     _k("gc.graceperiod", OURS, "blobs younger than this are never collected"),
     _k("gc.deleteuntagged", OURS, "also delete untagged manifests"),
+    _k("gc.settle", OURS, "an online run's wait for pushes in flight (default 5m)"),
     _k("ui.enabled", OURS, "the web UI at /ui/ (default true; false: /ui is not found)"),
 )
 

@@ -72,7 +72,7 @@ class StorageConfig:
     redirect_disable: bool = False
     cache: Mapping[str, Any] = field(default_factory=_empty)
     tag_concurrencylimit: int = 100
-    blobdescriptor: str | None = None  # storage.cache.blobdescriptor: "inmemory" or None
+    blobdescriptor: str | None = None  # storage.cache.blobdescriptor: inmemory, redis or None
     blobdescriptorsize: int = BLOBDESCRIPTOR_SIZE  # cached descriptors per worker; 0 = no limit
 
 
@@ -131,6 +131,56 @@ class GCConfig:
     interval: float = 24 * HOUR
     graceperiod: float = 1 * HOUR
     delete_untagged: bool = False
+    settle: float = 300.0  # = storage.gc_report.SETTLE_SECONDS (config imports no storage)
+
+
+DEFAULT_PROXY_TTL = 168 * HOUR  # proxy.ttl unset: registry:3's repositoryTTL (7 days)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One upstream. ``prefix`` '' = the catch-all (registry:3's ``proxy``); ``ttl`` in
+    seconds, None = never expire. ``key``: the config key it came from, for messages."""
+
+    prefix: str
+    remoteurl: str
+    username: str | None = None
+    password: str | None = None
+    ttl: float | None = DEFAULT_PROXY_TTL
+    key: str = "proxy"
+
+    def __repr__(self) -> str:  # never print the password
+        return f"RemoteConfig(prefix={self.prefix!r}, remoteurl={self.remoteurl!r})"
+
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The ``redis`` section (registry/config/redis.py): one standalone Redis. Durations in
+    seconds; None = no limit. Defaults are go-redis's, filled in by the builder."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    clientname: str | None = None
+    dialtimeout: float | None = 5.0
+    readtimeout: float | None = 3.0
+    writetimeout: float | None = 3.0
+    pooltimeout: float | None = 4.0
+    poolsize: int = 10  # connections per worker process
+    maxactiveconns: int = 0  # 0 = poolsize bounds them
+    maxidleconns: int = 0  # 0 = every pooled connection may idle
+    connmaxidletime: float | None = 1800.0
+    connmaxlifetime: float | None = None
+    maxretries: int = 3  # retries of a command whose pooled connection broke
+    minretrybackoff: float = 0.008
+    maxretrybackoff: float = 0.512
+    poolfifo: bool = False
+    tls_certificate: str | None = None  # TLS is on when certificate and key are set (v3)
+    tls_key: str | None = None
+    tls_clientcas: tuple[str, ...] = ()  # CAs that verify the server; () = the system's
 
 
 @dataclass(frozen=True)
@@ -145,5 +195,8 @@ class Config:
     health: Mapping[str, Any] = field(default_factory=_empty)
     gc: GCConfig = field(default_factory=GCConfig)
     catalog_maxentries: int = CATALOG_MAXENTRIES  # catalog.maxentries: the largest n
+    redis: RedisConfig | None = None  # the redis section; None = not configured (no addrs)
     ui_enabled: bool = True  # ui.enabled (ours): the web UI at /ui/ (registry/ui/)
+    # proxy / proxies: the pull-through cache's remotes, longest prefix first (config/proxy.py)
+    proxies: tuple[RemoteConfig, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=_empty)

@@ -27,11 +27,12 @@ from .. import logs
 from ..errors import ErrorCode, RegistryError, unwrap
 from ..ops import Operations
 from ..ops.exchange import Exchange, metric_method
+from ..proxy import ProxyCache
 from ..reference import is_valid_name
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage, as_registry_error
 from ..ui.headers import SECURITY_HEADERS
-from . import router
+from . import proxied, router
 from .request import AppOptions, ClientDisconnected, Request, Services, decode_headers
 from .responses import API_VERSION_HEADER, ZEROCOPY, FileBody, Response, error_response
 from .routes import CORE_ROUTES, ROUTES, UI_PAGE_ROUTES, UI_ROUTES
@@ -69,8 +70,9 @@ class RegistryApp:
         gc: OnlineGC | None = None,
         ops: Operations | None = None,
         ui: Any = None,
+        proxy: ProxyCache | None = None,
     ) -> None:
-        self.services = Services(storage, options or AppOptions(), gc, can_pull, ui)
+        self.services = Services(storage, options or AppOptions(), gc, can_pull, ui, proxy)
         # The web UI (registry/ui/service.UIService) or None (ui.enabled false): then its
         # routes are not in the table the router reads, and /ui is an unknown path.
         self._routes = ROUTES if ui is not None else CORE_ROUTES
@@ -79,7 +81,8 @@ class RegistryApp:
         self._public = frozenset(UI_PAGE_ROUTES) if ui is not None and ui.pages_public \
             else frozenset()
         self.ops = ops or Operations()
-        self._background = tuple(background)
+        # The pull-through cache's fetches and expiry run in the lifespan nursery too.
+        self._background = tuple(background) + ((proxy.start,) if proxy is not None else ())
         self._authenticate = authenticate
         self._observing = self.ops.observing
         # http.headers from the config win over our defaults (no header sent twice).
@@ -266,6 +269,10 @@ class RegistryApp:
             raise RegistryError(ErrorCode.NAME_INVALID, detail={"name": name[:300]})
         if self.options.readonly and req.method in WRITE_METHODS:
             raise RegistryError(ErrorCode.UNSUPPORTED, "registry is in read-only mode")
+        if self.services.proxy is not None:  # names under a remote's prefix (proxied.py)
+            answer = await proxied.handle(self.services, req, self.services.proxy)
+            if answer is not None:
+                return answer
         return await req.route.handlers[req.method](self.services, req)
 
     async def _send_unread(

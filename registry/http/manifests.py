@@ -150,3 +150,8 @@ async def referrers(svc: Services, req: Request) -> Response:
     if artifact_type is not None:
         resp.headers.append((b"oci-filters-applied", b"artifactType"))
     return resp
+
+
+# For the pull-through cache's tags list (proxied.py): the same paging rules.
+page_params = _page_params
+next_link = _link

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import ErrorCode, RegistryError
 from ..ops.exchange import UNMATCHED_LABEL, EventKind
+from ..proxy import ProxyCache
 from ..storage.gc_service import OnlineGC
 from ..storage.store import Storage
 from .responses import Response
@@ -232,6 +233,7 @@ class Services:
     # The web UI's shared state (registry/ui/service.py's UIService; typed Any because the
     # UI imports this module); None: ui.enabled is false.
     ui: Any = None
+    proxy: ProxyCache | None = None  # the pull-through cache (http/proxied.py), if configured
 
     def url(self, req: Request, path: str) -> str:
         """``path`` (a route's) as a Location URL (SPEC General 4: http.host, forwarded

@@ -84,56 +84,62 @@ ADMIN_GC = Route(
 )
 
 # The web UI (registry/ui/, API.md): left out of the table the router reads when
-# ``ui.enabled`` is false. Access None: any authenticated caller; the handlers filter by
-# pull access per repository. Pages and assets are served without authentication under
-# token auth (UIService.pages_public). The delete routes carry the MANIFEST event kind and
+# ``ui.enabled`` is false. Access BROWSE: any authenticated caller, and anonymous ones when
+# the policy grants them anything (policy.py); the handlers filter by pull access per
+# repository. UI_LOGIN (access None) makes an anonymous browser ask for credentials. Pages
+# and assets are served without authentication under token auth (UIService.pages_public). The delete routes carry the MANIFEST event kind and
 # ``name``/``reference`` like MANIFEST's DELETE, so notifications send the same events.
+_BROWSE_READ = {"GET": policy.BROWSE, "HEAD": policy.BROWSE}
 UI_INFO = Route(
     "ui_info", "/ui/api/v1/info",
-    handlers={"GET": ui_api.info}, access={"GET": None},
+    handlers={"GET": ui_api.info}, access={"GET": policy.BROWSE},
 )
 UI_REPOSITORIES = Route(
     "ui_repositories", "/ui/api/v1/repositories",
-    handlers={"GET": ui_api.repositories}, access={"GET": None},
+    handlers={"GET": ui_api.repositories}, access={"GET": policy.BROWSE},
 )
 UI_MANIFEST = Route(
     "ui_manifest", "/ui/api/v1/repositories/{name}/manifests/{reference}",
-    handlers={"GET": ui_api.manifest}, access={"GET": None},
+    handlers={"GET": ui_api.manifest}, access={"GET": policy.BROWSE},
 )
 UI_MANIFEST_DELETE = Route(
     "ui_manifest_delete", "/ui/api/v1/repositories/{name}/manifests/{reference}",
-    handlers={"DELETE": ui_actions.delete_manifest}, access={"DELETE": None},
+    handlers={"DELETE": ui_actions.delete_manifest}, access={"DELETE": policy.BROWSE},
     event=EventKind.MANIFEST,
 )
 UI_TAG_DELETE = Route(
     "ui_tag_delete", "/ui/api/v1/repositories/{name}/tags/{reference}",
-    handlers={"DELETE": ui_actions.delete_tag}, access={"DELETE": None},
+    handlers={"DELETE": ui_actions.delete_tag}, access={"DELETE": policy.BROWSE},
     event=EventKind.MANIFEST,
 )
 UI_REPOSITORY = Route(  # after the two above: {name} would take their paths whole
     "ui_repository", "/ui/api/v1/repositories/{name}",
-    handlers={"GET": ui_api.repository}, access={"GET": None},
+    handlers={"GET": ui_api.repository}, access={"GET": policy.BROWSE},
 )
 UI_GC = Route(
     "ui_gc", "/ui/api/v1/gc",
-    handlers={"POST": ui_actions.start_gc}, access={"POST": None},
+    handlers={"POST": ui_actions.start_gc}, access={"POST": policy.BROWSE},
 )
 UI_ASSET = Route(
     "ui_asset", "/ui/assets/{file}",
-    handlers={"GET": ui_pages.asset, "HEAD": ui_pages.asset}, access={"GET": None, "HEAD": None},
+    handlers={"GET": ui_pages.asset, "HEAD": ui_pages.asset}, access=_BROWSE_READ,
 )
 UI_HOME = Route(
     "ui_home", "/ui/",
-    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access={"GET": None, "HEAD": None},
+    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access=_BROWSE_READ,
+)
+UI_LOGIN = Route(  # before UI_PAGE; access None: credentials required (the sign-in prompt)
+    "ui_login", "/ui/login",
+    handlers={"GET": ui_pages.login}, access={"GET": None},
 )
 UI_PAGE = Route(  # last: every other /ui/ path is a page (index.html); {path}: any depth
     "ui_page", "/ui/{path}",
-    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access={"GET": None, "HEAD": None},
+    handlers={"GET": ui_pages.page, "HEAD": ui_pages.page}, access=_BROWSE_READ,
 )
 UI_PAGE_ROUTES: tuple[Route, ...] = (UI_ASSET, UI_HOME, UI_PAGE)
 UI_ROUTES: tuple[Route, ...] = (
     UI_INFO, UI_REPOSITORIES, UI_MANIFEST, UI_MANIFEST_DELETE, UI_TAG_DELETE, UI_REPOSITORY,
-    UI_GC, *UI_PAGE_ROUTES,
+    UI_GC, UI_LOGIN, *UI_PAGE_ROUTES,
 )
 
 # Matching order (see the module doc): uploads before blobs.

@@ -14,6 +14,7 @@ exchanges), ``server.py`` builds it; it imports neither ``http/`` nor ``notifica
 - ``health.py``: the checks' polling and threshold rules, the storage check, :class:`Health`.
 - ``checks.py``: the file, HTTP and TCP checks and their configuration.
 - ``debug.py``: the debug listener (``/debug/health``, ``/metrics``).
+- ``redis.py``: the Redis client from the ``redis`` section, its lifetime, its health check.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..drivers.instrumented import InstrumentedDriver
+from ..drivers.redis import RedisClient
 from .checks import parse_checks
 from .debug import DebugApp
 from .exchange import Listener
 from .health import Health, HealthChecker, PeriodicCheck, parse_health
 from .metrics import Metrics
+from .redis import RedisCheck
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,11 @@ class Operations:
 
 
 def build_operations(config: Any, driver: Any, multiprocess_dir: str | None = None,
-                     listeners: tuple[Listener, ...] = ()) -> tuple[Operations, Any]:
+                     listeners: tuple[Listener, ...] = (),
+                     redis: RedisClient | None = None) -> tuple[Operations, Any]:
     """Operations for ``config`` and the driver to give Storage (timed when metrics are on).
-    Raises ConfigError for a bad ``health`` section."""
+    With ``redis``, its (non-gating) health check too. Raises ConfigError for a bad
+    ``health`` section."""
     metrics = Metrics(multiprocess_dir) if config.http.debug_prometheus_enabled else None
     if metrics is not None:
         driver = InstrumentedDriver(driver, metrics)
@@ -61,6 +66,8 @@ def build_operations(config: Any, driver: Any, multiprocess_dir: str | None = No
         [HealthChecker(driver, interval, threshold, metrics)] if enabled else []
     )
     checks.extend(parse_checks(config.health))
+    if redis is not None:
+        checks.append(RedisCheck(redis))
     health = Health(tuple(checks)) if checks else None
     ops = Operations(metrics, health, listeners, config.http.debug_prometheus_path)
     return ops, driver

@@ -43,7 +43,8 @@ class DebugApp:
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         elif path == "/debug/health":
             failing = self.health.status() if self.health is not None else {}
-            status = 503 if failing else 200
+            # 503 only for a gating failure (a Redis outage is listed, not fatal: ops/redis.py)
+            status = 503 if failing and self.health is not None and not self.health.healthy else 200
             # compact and sorted, as Go's json.Marshal
             ctype, body = "application/json", json.dumps(
                 failing, separators=(",", ":"), sort_keys=True).encode()

@@ -84,6 +84,7 @@ class Metrics:
 
             ProcessCollector(registry=r)  # process_*: this (the only) worker
         self._healthy: Any = None  # created by the first health check (none: no gauge)
+        self._proxy_counters: dict[str, Any] | None = None  # the pull-through cache's
         # labels() takes a lock and builds a key: children are looked up once (child()),
         # and the four an exchange updates once per (route, method, status) together.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -143,6 +144,48 @@ class Metrics:
                 "registry_storage_healthy", "1 while the storage health check passes",
                 multiprocess_mode="min", registry=self.registry)
         self._healthy.set(1 if healthy else 0)
+
+    def _proxy(self) -> dict[str, Any]:
+        """The pull-through cache's counters, made on first use (a registry without
+        remotes shows none). registry:3's five (registry/proxy/proxymetrics.go, same names
+        and ``type`` label: blob, manifest) and ours by remote."""
+        if self._proxy_counters is None:
+            from prometheus_client import Counter
+
+            r = self.registry
+            v3 = {name: Counter(f"registry_proxy_{name}", text, ("type",), registry=r)
+                  for name, text in (
+                      ("requests", "The number of total incoming proxy request received"),
+                      ("hits", "The number of total proxy request hits"),
+                      ("misses", "The number of total proxy request misses"),
+                      ("pulled_bytes", "The size of total bytes pulled from the upstream"),
+                      ("pushed_bytes", "The size of total bytes pushed to the client"))}
+            self._proxy_counters = {
+                **v3,
+                "fetches": Counter(
+                    "registry_proxy_upstream_fetches", "Fetches from an upstream by remote, "
+                    "type and outcome (ok or the error kind)", ("remote", "type", "outcome"),
+                    registry=r),
+                "fetched_bytes": Counter(
+                    "registry_proxy_upstream_bytes", "Bytes received from an upstream by "
+                    "remote and type", ("remote", "type"), registry=r),
+            }
+        return self._proxy_counters
+
+    def proxy_served(self, kind: str, hit: bool, size: int) -> None:
+        """A proxied ``kind`` (blob, manifest) served: from the cache (``hit``) or not."""
+        c = self._proxy()
+        self.child(c["requests"], kind).inc()
+        self.child(c["hits" if hit else "misses"], kind).inc()
+        self.child(c["pushed_bytes"], kind).inc(size)
+
+    def proxy_fetched(self, remote: str, kind: str, size: int, outcome: str) -> None:
+        """One upstream fetch of a ``kind`` ended with ``outcome``, ``size`` bytes received."""
+        c = self._proxy()
+        self.child(c["fetches"], remote, kind, outcome).inc()
+        self.child(c["fetched_bytes"], remote, kind).inc(size)
+        if outcome == "ok":
+            self.child(c["pulled_bytes"], kind).inc(size)
 
     def gc_run(self, result: str, seconds: float) -> None:
         """Record one garbage collection run (for the GC loop: result ok or error)."""

@@ -20,6 +20,13 @@ raced both wrote; only the later write survives, and only its owner proceeds. Th
 renews the record every ``ttl / 3`` and checks it before every destructive step (a lost
 lock stops the run). ``force`` takes the lock whatever holds it, with a warning naming
 the holder; a live holder then finds the lock taken at its next check and stops.
+
+With Redis configured (``redis``), the taker first takes the Redis lock ``registry::lock::gc``
+(redis_lock.py: SET NX PX, atomic, renewed, released only by its owner), then the storage
+lock as above inside it: replicas agree through Redis without racing on the storage record,
+and an offline ``registry garbage-collect`` (which may not use Redis) still sees the storage
+lock. Redis unreachable: :class:`LockUnavailable` (a LockBusy: the run is retried later),
+never a fall back to the storage lock alone, which a replica that reached Redis would not see.
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..drivers.base import Driver, DriverError, PathNotFound
+from ..drivers.redis import RedisClient, RedisUnavailable
 from . import paths
 from .gc_report import LockLost
+from .redis_lock import GC_LOCK_KEY, RedisLock, RedisLockHeld, open_redis_lock
 
 log = logging.getLogger("registry.gc")
 
@@ -60,6 +69,14 @@ class LockBusy(Exception):
     def __init__(self, holder: dict[str, Any] | None) -> None:
         self.holder = holder or {}
         super().__init__(f"another garbage collection holds the lock ({describe(self.holder)})")
+
+
+class LockUnavailable(LockBusy):
+    """Redis (configured for the lock) cannot be reached: nobody may collect from here now."""
+
+    def __init__(self, reason: str) -> None:
+        self.holder = {}
+        Exception.__init__(self, f"cannot take the garbage collection lock in Redis ({reason})")
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -222,6 +239,7 @@ class GCLock:
     expires: float
     me: Identity
     lost: bool = False
+    redis_lock: RedisLock | None = None  # held around this one when Redis is configured
 
     def _record(self) -> bytes:
         return json.dumps({"owner": self.token, **self.me.record(), "expires": self.expires}).encode()
@@ -231,6 +249,12 @@ class GCLock:
         await self.driver.put_content(paths.GC_LOCK, self._record())
 
     async def check(self) -> None:
+        if self.redis_lock is not None:
+            try:
+                await self.redis_lock.check()
+            except LockLost:
+                self.lost = True
+                raise
         if self.lost or self.clock() >= self.expires:
             self.lost = True
             raise LockLost("the garbage collection lock expired")
@@ -272,13 +296,42 @@ async def open_gc_lock(
     confirm: float = LOCK_CONFIRM,
     clock: Callable[[], float] = time.time,
     force: bool = False,
+    redis: RedisClient | None = None,
 ) -> AsyncIterator[GCLock]:
     """Hold the collection lock for the body (module docstring).
 
     Raises LockBusy if a live holder has it (or won the race to take it); with ``force``
     only when another taker wins that race. Renewed in the background while held;
-    released (shielded, bounded) on exit, unless someone took it meanwhile.
+    released (shielded, bounded) on exit, unless someone took it meanwhile; a cancel
+    while taking it (during the write or the confirm wait) removes our record too. With ``redis``,
+    the Redis lock is taken first and held around it (LockUnavailable if Redis is down).
     """
+    if redis is None:
+        async with _open_storage_lock(driver, ttl, confirm, clock, force) as lock:
+            yield lock
+        return
+    async with AsyncExitStack() as stack:
+        holder = Identity.current().record()
+        try:
+            rl = await stack.enter_async_context(
+                open_redis_lock(redis, GC_LOCK_KEY, ttl, holder, force=force)
+            )
+        except RedisLockHeld as exc:
+            raise LockBusy(exc.holder) from None
+        except RedisUnavailable as exc:
+            raise LockUnavailable(str(exc)) from None
+        lock = await stack.enter_async_context(
+            _open_storage_lock(driver, ttl, confirm, clock, force)
+        )
+        lock.redis_lock = rl
+        yield lock
+
+
+@asynccontextmanager
+async def _open_storage_lock(
+    driver: Driver, ttl: float, confirm: float, clock: Callable[[], float], force: bool
+) -> AsyncIterator[GCLock]:
+    """The storage lock alone (module docstring)."""
     me = Identity.current()
     holder = await read_lock(driver)
     state = holder_state(holder, clock(), me)
@@ -293,13 +346,17 @@ async def open_gc_lock(
             "alive, or on another host" if state == "held" else "dead on this host",
         )
     lock = GCLock(driver, uuid.uuid4().hex, ttl, clock, 0.0, me)
-    await lock.write()
-    if confirm > 0:
-        await trio.sleep(confirm)
-    now = await read_lock(driver)
-    if not now or now.get("owner") != lock.token:
-        raise LockBusy(now)
+    # The release covers the write and the confirm too: a taker cancelled there (a request
+    # gone, a shutdown) must not leave its record behind, or a taker in this same live
+    # process would see it held for a whole ttl. release() deletes only our own record,
+    # so a race lost to another taker deletes nothing of theirs.
     try:
+        await lock.write()
+        if confirm > 0:
+            await trio.sleep(confirm)
+        now = await read_lock(driver)
+        if not now or now.get("owner") != lock.token:
+            raise LockBusy(now)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lock.renew_forever)
             try:

@@ -26,7 +26,9 @@ from typing import Any
 import trio
 
 from ..drivers.base import Driver, DriverError
+from ..drivers.redis import RedisClient
 from . import paths
+from .descriptor_cache import DescriptorCache, forget_collected
 from .gc_lock import LOCK_CONFIRM, LockBusy, live_holder, open_gc_lock, public, read_json
 from .gc_online import OnlineCollector, collect, read_plan
 from .gc_report import SETTLE_SECONDS, GCOptions, GCReport, LockLost
@@ -60,8 +62,14 @@ class OnlineGC:
         lock_confirm: float = LOCK_CONFIRM,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        descriptors: DescriptorCache | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
+        """``descriptors``: the blob descriptor cache a finished run invalidates (what it
+        deleted), if any. ``redis``: the lock is taken in Redis too (gc_lock.py)."""
         self.driver = driver
+        self.descriptors = descriptors
+        self.redis = redis
         self.scheduled = scheduled
         self.interval = interval
         self.options = GCOptions(
@@ -209,7 +217,7 @@ class OnlineGC:
             if not trash and await read_plan(self.driver) is None:
                 return 0
             async with open_gc_lock(
-                self.driver, confirm=self.lock_confirm, clock=self.clock
+                self.driver, confirm=self.lock_confirm, clock=self.clock, redis=self.redis
             ):
                 return await OnlineCollector(self.driver, self.options).recover()
         except LockBusy as exc:
@@ -225,7 +233,7 @@ class OnlineGC:
         started = self.clock()
         try:
             async with open_gc_lock(
-                self.driver, confirm=self.lock_confirm, clock=self.clock
+                self.driver, confirm=self.lock_confirm, clock=self.clock, redis=self.redis
             ) as lock:
                 self._report_start(None)
                 if scheduled:
@@ -239,6 +247,8 @@ class OnlineGC:
                         return None
                 log.info("gc: online collection starting")
                 report = await collect(self.driver, self.options, check_lock=lock.check)
+                if self.descriptors is not None:
+                    await forget_collected(self.descriptors, report)
                 await self.driver.put_content(
                     paths.GC_LAST_RUN, json.dumps({"finished": self.clock()}).encode()
                 )

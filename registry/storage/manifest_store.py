@@ -115,12 +115,13 @@ class ManifestStore:
         return entry
 
     async def get(self, name: str, reference: str | Digest) -> Manifest:
-        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag and the
-        revision link are read from storage every time; only the bytes may be cached."""
+        """By tag or digest; MANIFEST_UNKNOWN if the repo does not hold it. The tag is read
+        from storage every time; the bytes may be cached here, and once they are, the
+        revision check may be answered by the Redis descriptor cache (blobs.py)."""
         d = reference if isinstance(reference, Digest) else await self.tags.resolve(name, reference)
         found = self._manifest_bytes.get(d)
         if found is not None:
-            linked = await self.blobs.has_revision(name, d)
+            linked = await self.blobs.has_revision_cached(name, d, len(found[0]))
         else:
             linked, found = await self._revision_and_bytes(name, d)
         if not linked or found is None:
@@ -153,9 +154,12 @@ class ManifestStore:
         return linked, found
 
     async def put(
-        self, name: str, reference: str | Digest, content_type: str | None, body: bytes
+        self, name: str, reference: str | Digest, content_type: str | None, body: bytes,
+        *, check_references: bool = True,
     ) -> tuple[Digest, ParsedManifest]:
         """Validate, check references, store bytes, link the revision, move the tag.
+        ``check_references`` False: the referenced blobs need not be here (a pull-through
+        cache stores a manifest before its layers, as registry:3's SkipLayerVerification).
 
         Raises MANIFEST_INVALID (also for a layer URL the rules refuse), DIGEST_INVALID
         (bytes do not hash to the reference), or MANIFEST_BLOB_UNKNOWN with one entry per
@@ -170,7 +174,8 @@ class ManifestStore:
                 "manifest digest does not match its content",
                 {"expected": str(reference), "actual": str(d)},
             )
-        await self._check_references(name, parsed)
+        if check_references:
+            await self._check_references(name, parsed)
         # Written unconditionally: the bytes are content-addressed, so rewriting them is
         # harmless, and one PUT is cheaper than the existence check it replaces (on S3 a
         # missing key costs a HEAD and a listing before the PUT).
@@ -229,6 +234,7 @@ class ManifestStore:
             await self.driver.delete(paths.revision_dir(name, d))
         except PathNotFound:
             pass
+        await self.blobs.forget_link(name, d)  # blob HEAD answers for revisions too
 
     # --- referrers ---------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ Nothing else in the project spells a key. The tree, under the driver's root::
         _gc/lastrun                                          online GC: when the last one finished
         _gc/trash/<alg>/<hex>/data                           online GC: blobs being deleted
         _gc/plan                                             online GC: the blobs a run unlinks
+        _proxy/expiry/<kind>X<name, / as S>X<alg>X<hex>X<expires>   pull-through cache: an entry
+    /scheduler-state.json                                    registry:3's proxy expiry state (all entries)
 
 ``_gc/`` is ours (storage/gc.py); the reference never looks there (it walks only
 ``blobs/`` and ``repositories/``), so a directory we collected stays valid for it.
@@ -157,6 +159,35 @@ def gc_trash_dir(d: Digest) -> str:
 
 def gc_trash_data(d: Digest) -> str:
     return f"{gc_trash_dir(d)}/data"
+
+
+# The pull-through cache's expiry entries (registry/proxy/expiry.py): ours, one key per
+# entry (no read-modify-write of one file between workers); registry:3 keeps them all in
+# one file at the driver root (registry/proxy/proxyregistry.go), which we import and mirror.
+PROXY_EXPIRY = f"{ROOT}/_proxy/expiry"
+SCHEDULER_STATE = "/scheduler-state.json"
+
+
+def proxy_expiry_entry(kind: str, name: str, d: Digest, expires: int) -> str:
+    """One flat key per entry and expiry (one listing reads them all, no object reads):
+    the separators are upper-case letters, which names, kinds, digests and numbers never
+    contain (drivers allow [A-Za-z0-9._-]). ``expires``: unix seconds."""
+    if not is_valid_name(name) or kind not in ("blob", "manifest"):
+        raise ValueError(f"invalid expiry entry {kind!r} {name!r}")
+    return f"{PROXY_EXPIRY}/{kind}X{name.replace('/', 'S')}X{d.algorithm}X{d.hex}X{int(expires)}"
+
+
+def parse_proxy_expiry_entry(path: str) -> tuple[str, str, Digest, int] | None:
+    """(kind, name, digest, expires) of an expiry entry's key, None for anything else."""
+    parts = path.rsplit("/", 1)[-1].split("X")
+    if len(parts) != 5 or parts[0] not in ("blob", "manifest") or not parts[4].isdigit():
+        return None
+    name = parts[1].replace("S", "/")
+    try:
+        d = Digest.parse(f"{parts[2]}:{parts[3]}")
+    except ValueError:
+        return None
+    return (parts[0], name, d, int(parts[4])) if is_valid_name(name) else None
 
 
 def repo_name_from_path(path: str) -> str | None:

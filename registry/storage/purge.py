@@ -11,6 +11,10 @@ newest modification time of it and its files is older than the age: no session w
 started there (a crash between making the directory and writing ``startedat``, or a
 removal cut short), so nothing else would ever remove it.
 
+With Redis configured, a purge runs under the Redis lock ``registry::lock::purge``
+(redis_lock.py): while one replica purges, the others skip their turn instead of walking
+the same sessions. Redis unreachable: purge anyway, as without Redis (idempotent).
+
 Sessions go through :meth:`Uploads.cancel`, so an S3 session's multipart upload is aborted
 (R2 would otherwise keep its parts for 7 days), not just its keys deleted. Every worker
 process runs its own purger (as every reference replica does): cancelling a session twice
@@ -20,7 +24,9 @@ is harmless.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +35,17 @@ from typing import Any
 import trio
 
 from ..drivers.base import Driver, DriverError, PathNotFound
+from ..drivers.redis import RedisClient, RedisUnavailable
 from ..errors import RegistryError, unwrap
 from . import paths
+from .redis_lock import PURGE_LOCK_KEY, RedisLockHeld, open_redis_lock
 from .uploads import Uploads
 from .walk import enumerate_repositories
 
 log = logging.getLogger("registry.purge")
 
 JITTER_MINUTES = 60  # first purge after 0..59 whole minutes, as the reference
+PURGE_LOCK_TTL = 600.0  # seconds the Redis purge lock outlives a holder that died mid-purge
 CANCEL_TIMEOUT = 120.0  # seconds one session's cancel may take (an S3 abort with retries)
 
 
@@ -139,9 +148,12 @@ class UploadPurger:
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
         self.driver = driver
         self.uploads = uploads
+        self.redis = redis
+        self.skipped = 0  # turns left to another replica holding the Redis lock
         self.age = age
         self.interval = interval
         self.dry_run = dry_run
@@ -164,15 +176,7 @@ class UploadPurger:
         await trio.sleep(delay)
         while True:
             try:
-                report = await purge_uploads(
-                    self.driver, self.uploads, self.clock() - self.age, dry_run=self.dry_run
-                )
-                log.info(
-                    "upload purge done: %d removed, %d kept, %d errors",
-                    len(report.purged),
-                    report.kept,
-                    len(report.errors),
-                )
+                await self.purge_once()
             except Exception as exc:
                 cause = unwrap(exc)
                 if isinstance(cause, DriverError):  # storage down: one line, try next time
@@ -181,3 +185,33 @@ class UploadPurger:
                     log.error("upload purge failed", exc_info=cause)
             self.runs += 1
             await trio.sleep(self.interval)
+
+    async def purge_once(self) -> PurgeReport | None:
+        """One purge, under the Redis lock when there is one; None if another replica holds
+        it. Raises what purge_uploads raises."""
+        if self.redis is None:
+            return await self._purge()
+        try:
+            async with open_redis_lock(self.redis, PURGE_LOCK_KEY, PURGE_LOCK_TTL,
+                                       {"host": socket.gethostname(), "pid": os.getpid()}):
+                return await self._purge()
+        except RedisLockHeld as exc:
+            self.skipped += 1
+            log.info("upload purge skipped: another replica is purging (%s)",
+                     exc.holder.get("host", "?"))
+            return None
+        except RedisUnavailable as exc:
+            log.warning("upload purge: Redis unavailable (%s); purging without its lock", exc)
+            return await self._purge()
+
+    async def _purge(self) -> PurgeReport:
+        report = await purge_uploads(
+            self.driver, self.uploads, self.clock() - self.age, dry_run=self.dry_run
+        )
+        log.info(
+            "upload purge done: %d removed, %d kept, %d errors",
+            len(report.purged),
+            report.kept,
+            len(report.errors),
+        )
+        return report

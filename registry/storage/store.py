@@ -21,6 +21,7 @@ from ..drivers.base import (
 from ..errors import ErrorCode, RegistryError
 from . import paths
 from .blobs import BlobStore
+from .descriptor_cache import DescriptorCache
 from .manifest_store import ManifestStore
 from .manifest_urls import NO_URL_LISTS, URLRules
 from .tags import TagStore
@@ -65,14 +66,16 @@ class Storage:
         tag_concurrency: int = 100,
         manifest_urls: URLRules = NO_URL_LISTS,
         blob_descriptor_cache: int | None = None,
+        descriptors: DescriptorCache | None = None,
         index_children: str = "all",
         index_platforms: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """``blob_descriptor_cache``: None = no blob descriptor cache, 0 = unbounded,
-        n = at most n entries (storage.cache, see blobs.py). ``index_children`` and
+        n = at most n entries (storage.cache, see blobs.py); ``descriptors``, if given, is
+        the cache instead (descriptor_cache.py: redis). ``index_children`` and
         ``index_platforms``: which children of a pushed index must exist (ManifestStore)."""
         self.driver = driver
-        self.blobs = BlobStore(driver, blob_descriptor_cache)
+        self.blobs = BlobStore(driver, blob_descriptor_cache, descriptors=descriptors)
         self.uploads = Uploads(driver, self.blobs)
         self.tags = TagStore(driver, tag_concurrency)
         self.manifests = ManifestStore(

@@ -3,7 +3,8 @@ repository (``auth/``: the htpasswd policy or the token's ``access`` claim).
 
 A repository the caller may not pull is, for the UI, a repository that does not exist:
 every URL naming it answers 404 NAME_UNKNOWN, and lists leave it out (no 403: its name
-would leak).
+would leak). A repository under a pull-through cache remote (``proxied``) is read-only,
+as in the v2 API.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 
 from ..auth.policy import ADMIN, DELETE, PULL
 from ..errors import ErrorCode, RegistryError
-from ..http.request import Request
+from ..http.request import Request, Services
 
 AUTH_SCHEMES = ("none", "htpasswd", "token", "silly")
 
@@ -48,6 +49,13 @@ class Access:
         """Raise 404 NAME_UNKNOWN unless the caller may pull ``repo``."""
         if not await self.can_pull(req, repo):
             raise unknown(repo)
+
+
+def proxied(svc: Services, repo: str) -> bool:
+    """Is ``repo`` under a pull-through cache remote's prefix? The v2 API refuses every
+    write there (405 UNSUPPORTED, ``http/proxied.py``), so the UI deletes nothing there
+    either: the next pull would bring it back."""
+    return svc.proxy is not None and svc.proxy.remote_for(repo) is not None
 
 
 def unknown(repo: str) -> RegistryError:

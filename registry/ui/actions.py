@@ -8,7 +8,9 @@ Cross-site protection, checked first on every action (403 DENIED otherwise):
   ``Host`` or forwarded host and scheme, or ``http.host``);
 - ``Sec-Fetch-Site``, when sent, must not be ``cross-site``.
 
-Then: deletion disabled -> 405 UNSUPPORTED; a repository the caller may not pull -> 404
+Then: deletion disabled -> 405 UNSUPPORTED; a repository
+under a pull-through cache remote -> 405 UNSUPPORTED after the pull check (as the v2 API's
+DELETE there, ``http/proxied.py``); a repository the caller may not pull -> 404
 NAME_UNKNOWN (no leak); no ``delete`` access -> 403 DENIED. Deletes run the v2 API's own
 handler (``http/manifests.delete_manifest``: the same storage calls), and the routes carry
 the MANIFEST event kind with the same ``name``/``reference`` parameters, so webhook
@@ -25,6 +27,7 @@ from ..http import manifests
 from ..http.request import Request, Services
 from ..http.responses import Response
 from ..http.urls import base_url
+from .access import proxied
 from .api import answer
 from .service import UIService
 
@@ -59,19 +62,21 @@ def check_same_origin(svc: Services, req: Request) -> None:
         raise _denied("cross-site request")
 
 
-async def _may_delete(ui: UIService, req: Request, name: str) -> None:
+async def _may_delete(svc: Services, req: Request, name: str) -> None:
+    ui: UIService = svc.ui
     if not ui.delete_enabled:
         raise RegistryError(ErrorCode.UNSUPPORTED, "deletion is disabled")
     await ui.access.pullable(req, name)
+    if proxied(svc, name):
+        raise RegistryError(ErrorCode.UNSUPPORTED, "a pull-through cache is read-only")
     if not await ui.access.can_delete(req, name):
         raise _denied("delete access denied")
 
 
 async def delete_tag(svc: Services, req: Request) -> Response:
-    ui: UIService = svc.ui
     check_same_origin(svc, req)
     name = req.params["name"]
-    await _may_delete(ui, req, name)
+    await _may_delete(svc, req, name)
     if ":" in req.params["reference"]:
         raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, "not a tag",
                             {"tag": req.params["reference"][:200]})
@@ -79,10 +84,9 @@ async def delete_tag(svc: Services, req: Request) -> Response:
 
 
 async def delete_manifest(svc: Services, req: Request) -> Response:
-    ui: UIService = svc.ui
     check_same_origin(svc, req)
     name = req.params["name"]
-    await _may_delete(ui, req, name)
+    await _may_delete(svc, req, name)
     try:
         Digest.parse(req.params["reference"])
     except ValueError:

@@ -19,6 +19,7 @@ from ..errors import ErrorCode, RegistryError
 from ..http.request import Request, Services
 from ..http.responses import Response, json_response
 from ..storage.inventory import TagHead, tag_heads
+from .access import proxied
 from .headers import NO_STORE
 from .model import ManifestInfo, rfc3339
 from .service import UIService
@@ -46,6 +47,7 @@ async def info(svc: Services, req: Request) -> Response:
             "bytes": totals.bytes,
             "blobs": totals.blobs,
             "computed_at": rfc3339(totals.computed_at),
+            "computing": ui.index.computing,  # addition: poll until false (API.md)
         },
         "delete_enabled": ui.delete_enabled,
         "uploads_in_progress": totals.uploads,
@@ -213,7 +215,8 @@ async def repository(svc: Services, req: Request) -> Response:
         })
     return answer({
         "name": name,
-        "can_delete": ui.delete_enabled and await ui.access.can_delete(req, name),
+        "can_delete": ui.delete_enabled and not proxied(svc, name)
+        and await ui.access.can_delete(req, name),
         "tags": rows,
     })
 

@@ -126,6 +126,7 @@ class RepoIndex:
         self.totals = StorageTotals()
         self._totals_at: float | None = None  # clock() of the last walk's start
         self._dirty = True  # this worker changed tags since the last walk started
+        self._walking = False  # serve() is computing the totals right now
         self._wake = trio.Event()
 
     # --- invalidation ---------------------------------------------------------------------
@@ -270,6 +271,12 @@ class RepoIndex:
         if age >= STATS_IDLE_AGE or (self._dirty and age >= STATS_MIN_AGE):
             self._wake.set()
 
+    @property
+    def computing(self) -> bool:
+        """Fresher totals are coming: a walk was asked for (:meth:`want_totals`) or runs.
+        The page polls ``/info`` while this is true rather than show unknown as 0."""
+        return self._wake.is_set() or self._walking
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Never returns: owns the background catalog refreshes and computes the storage
@@ -280,8 +287,12 @@ class RepoIndex:
             nursery.start_soon(self._warm)
             while True:
                 await self._wake.wait()
+                self._walking = True
                 self._wake = trio.Event()
-                await self.compute_totals()
+                try:
+                    await self.compute_totals()
+                finally:
+                    self._walking = False
 
     async def _warm(self) -> None:
         """A catalog walk in the background: at start-up, so the first page does not pay
