@@ -12,8 +12,10 @@ server each time:
   first (100 repository summaries computed) and warm (median of ``--rounds``), a filter
   (``q=``) first and warm, and a page deep in the list (``last=``) first and warm;
 - both ours and the reference (registry-v3.0.0 when present, ``--reference PATH``):
-  ``GET /v2/_catalog?n=100`` first and warm, for scale (the reference has no UI; its
-  catalog walks the tree on every request).
+  ``GET /v2/_catalog?n=100`` first and warm, and the page after ``bench/repo-05000``
+  (both walk the tree on every request, stopping after the page);
+- ``--baseline CMD``: another build of ours (e.g. ``env PYTHONPATH=../main python -m
+  registry serve {config}``) measured like ours, in the same run, as two more columns.
 
 Prints one table (milliseconds). Timings are wall-clock client-side over loopback.
 """
@@ -134,9 +136,19 @@ def measure(spec: ServerSpec, root: Path, workdir: Path, rounds: int, workers: i
                 c, f"/ui/api/v1/repositories?n={PAGE}&last=bench/repo-05000", rounds,
                 _page_of(PAGE))
         out["/v2/_catalog?n=100"] = first_and_warm(
-            c, f"/v2/_catalog?n={PAGE}", rounds,
-            lambda r: None if len(r.json()["repositories"]) == PAGE else SystemExit("short"))
+            c, f"/v2/_catalog?n={PAGE}", rounds, _catalog_page(None))
+        out["/v2/_catalog after repo-05000"] = first_and_warm(
+            c, f"/v2/_catalog?n={PAGE}&last=bench/repo-05000", rounds,
+            _catalog_page("bench/repo-05001"))
     return out
+
+
+def _catalog_page(first: str | None) -> Callable[[httpx.Response], None]:
+    def check(r: httpx.Response) -> None:
+        names = r.json()["repositories"]
+        if len(names) != PAGE or (first and names[0] != first):
+            raise SystemExit(f"bad catalog page: {names[:2]}... ({len(names)})")
+    return check
 
 
 def main() -> None:
@@ -146,6 +158,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="our http.workers")
     ap.add_argument("--reference", default=default_reference())
     ap.add_argument("--ours", default=default_ours_cmd())
+    ap.add_argument("--baseline", default=None, help="another build of ours, same run")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ui-catalog-"))
     try:
@@ -155,14 +168,19 @@ def main() -> None:
         print(f"{args.repos} repositories written in {time.perf_counter() - started:.1f} s")
         ours = measure(ServerSpec("ours", args.ours), root, workdir, args.rounds,
                        args.workers, ui=True)
+        base = measure(ServerSpec("ours", args.baseline), root, workdir, args.rounds,
+                       args.workers, ui=True) if args.baseline else {}
         ref = measure(ServerSpec("ref", reference_cmd(args.reference)), root, workdir,
                       args.rounds, args.workers, ui=False)
         print(f"\n{'request':32} {'ours first':>11} {'ours warm':>10} {'ref first':>10}"
-              f" {'ref warm':>9}   (ms; warm = median of {args.rounds})")
+              f" {'ref warm':>9}" + (f" {'base first':>11} {'base warm':>10}" if base else "")
+              + f"   (ms; warm = median of {args.rounds})")
         for key, (first, warm) in ours.items():
             r = ref.get(key)
             rs = f"{r[0]:10.1f} {r[1]:9.1f}" if r else f"{'-':>10} {'-':>9}"
-            print(f"{key:32} {first:11.1f} {warm:10.1f} {rs}")
+            b = base.get(key)
+            bs = f" {b[0]:11.1f} {b[1]:10.1f}" if b else ""
+            print(f"{key:32} {first:11.1f} {warm:10.1f} {rs}{bs}")
         print(f"\nreference: {args.reference}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

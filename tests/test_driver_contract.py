@@ -419,3 +419,59 @@ async def test_walk_order_is_the_sorted_order_of_full_paths(driver):
     for p in paths:
         await driver.put_content(p, b"x")
     assert [i.path async for i in driver.walk("/w")] == sorted(paths)
+
+
+# --- drivers.tree.walk_tree: the ordered, pruned walk the catalog pages with -------------
+
+TREE_FILES = ["/t/a/x", "/t/a-b/x", "/t/a/1/x", "/t/a/_skip/deep/x", "/t/a.b/x", "/t/a_b/x",
+              "/t/b/c/x"]
+
+
+def _tree_order(driver: Driver) -> list[str]:
+    """What walk_tree must yield under /t with ``_`` directories pruned: depth first, an
+    entry before its subtree, siblings by name (filesystem, memory) or by their keys' byte
+    order, ``name/`` (S3), as distribution v3's walks on each."""
+    if getattr(driver, "lists_in_key_order", False):
+        return ["/t/a-b", "/t/a-b/x", "/t/a.b", "/t/a.b/x", "/t/a", "/t/a/1", "/t/a/1/x",
+                "/t/a/_skip", "/t/a/x", "/t/a_b", "/t/a_b/x", "/t/b", "/t/b/c", "/t/b/c/x"]
+    return ["/t/a", "/t/a/1", "/t/a/1/x", "/t/a/_skip", "/t/a/x", "/t/a-b", "/t/a-b/x",
+            "/t/a.b", "/t/a.b/x", "/t/a_b", "/t/a_b/x", "/t/b", "/t/b/c", "/t/b/c/x"]
+
+
+def _no_underscore(key: str) -> bool:
+    return not key.rsplit("/", 1)[1].startswith("_")
+
+
+async def _tree(driver: Driver, start_after: str = "") -> list[str]:
+    from registry.drivers.tree import walk_tree
+
+    return [k async for k in walk_tree(driver, "/t", descend=_no_underscore,
+                                       start_after=start_after)]
+
+
+async def test_walk_tree_is_depth_first_sorted_and_pruned(driver):
+    for f in TREE_FILES:
+        await driver.put_content(f, b"x")
+    assert await _tree(driver) == _tree_order(driver)
+
+
+@pytest.mark.parametrize("start_after", ["/t/a", "/t/a/1", "/t/a/1/x", "/t/a-", "/t/a-b",
+                                         "/t/a/zz", "/t/a/0", "/t/0", "/t/b/c/x", "/t/c",
+                                         "/s", "/u", "/t"])
+async def test_walk_tree_start_after_yields_exactly_the_later_entries(driver, start_after):
+    """start_after need not exist; what follows it is the same suffix of the full order,
+    whether it is before, inside, between or past the entries (the catalog's ``last``)."""
+    for f in TREE_FILES:
+        await driver.put_content(f, b"x")
+    full = _tree_order(driver)
+    key_order = getattr(driver, "lists_in_key_order", False)
+
+    def parts(k: str) -> list[str]:
+        return [p + "/" if key_order else p for p in k.split("/")[1:]]
+
+    expected = [k for k in full if parts(k) > parts(start_after)]
+    assert await _tree(driver, start_after) == expected
+
+
+async def test_walk_tree_of_a_missing_directory_is_empty(driver):
+    assert await _tree(driver) == []

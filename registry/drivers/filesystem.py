@@ -16,6 +16,7 @@ partial file at the destination.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import stat as stat_mod
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import trio
 
-from . import fsio
+from . import fsio, tree
 from .base import (
     AlreadyExists,
     FileInfo,
@@ -315,6 +316,20 @@ class FilesystemDriver:
                 raise driver_error(child, exc) from exc
             async for info in self._walk(child, sub):
                 yield info
+
+    async def walk_batch(self, cursor: tree.TreeCursor, limit: int) -> builtins.list[str]:
+        """Advance a :func:`tree.walk_tree` cursor by up to ``limit`` keys in ONE worker
+        thread call (scandir of each directory it enters, dirents only, no stat): a
+        directory per thread hop costs more than reading it."""
+        root = self.root
+        if cursor.root:
+            check_path(cursor.root)  # a clean key, as every call checks
+
+        def list_dir(key: str) -> tree.DirListing:
+            return tree.scan_sorted(root + key)
+
+        with os_errors(cursor.root):
+            return await self._run(cursor.step, list_dir, limit)
 
     async def redirect_url(self, path: str, method: str = "GET") -> str | None:
         return None

@@ -166,8 +166,7 @@ async def catalog(svc: Services, req: Request) -> Response:
         )
     if n is None:
         n = cap
-    repos = await svc.storage.catalog()
-    page, more = paginate(repos, n, last)
+    page, more = await svc.storage.catalog_page(n, last)
     headers = []
     if more and page and n:
         headers.append(_link(req.root_path + req.route.path(), page[-1], n))

@@ -7,6 +7,8 @@ driver errors are translated by :func:`as_registry_error` at this boundary.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from ..drivers.base import (
     Driver,
     DriverError,
@@ -24,7 +26,7 @@ from .manifest_store import ManifestStore
 from .manifest_urls import NO_URL_LISTS, URLRules
 from .tags import TagStore
 from .uploads import Uploads
-from .walk import enumerate_repositories
+from .walk import enumerate_repositories, repositories_after
 
 # Retry-After on a full storage (seconds): space comes back when someone or a GC frees it,
 # in minutes; one try a minute costs a full disk little and notices the space soon.
@@ -85,3 +87,17 @@ class Storage:
         """Repositories with manifests, sorted, as the reference lists them. One ``list``
         per directory (delimiter listing on S3), never a walk of every object."""
         return await enumerate_repositories(self.driver, markers=(paths.MANIFESTS,))
+
+    async def catalog_page(self, n: int, last: str | None) -> tuple[list[str], bool]:
+        """At most ``n`` repositories with manifests after ``last`` (which need not exist),
+        in the reference's catalog order (``walk.repositories_after``), and whether more
+        follow. Reads about ``n + 1`` repositories' worth of directories, not the registry."""
+        page: list[str] = []
+        if n <= 0:
+            return page, False
+        async with aclosing(repositories_after(self.driver, last)) as names:
+            async for name in names:
+                if len(page) == n:
+                    return page, True
+                page.append(name)
+        return page, False

@@ -1,19 +1,29 @@
 """Walking the storage tree: repositories, digest directories, bounded fan-out.
 
-Used by garbage collection, the upload purger and the catalog. Every walk is a ``list``
-per directory (a delimiter listing on S3), never a recursive walk of every object, with a
-bounded number of listings in flight.
+Used by garbage collection, the upload purger, the UI index and the catalog. No walk reads
+every object: repositories are found by an ordered walk that never enters ``_``-directories
+(``drivers.tree``; the filesystem reads many directories per worker-thread call), or on
+other drivers by a ``list`` per directory (a delimiter listing on S3) with a bounded
+number of listings in flight.
+
+:func:`repositories_after` is the catalog's walk: the reference's order (v3's filesystem
+catalog: depth first, siblings by name, a repository at the place of its ``_manifests``
+among its children, so ``a/1`` < ``a`` < ``a/b`` < ``a-b`` < ``a.b`` < ``a_b``), starting
+after ``last`` and stopping when the caller has enough, so a page costs work in proportion
+to the page, not to the registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from contextlib import aclosing
 from typing import Any
 
 import trio
 
 from ..digest import HEX_RE
 from ..drivers.base import Driver, FileInfo, PathNotFound
+from ..drivers.tree import walk_tree
 from ..reference import is_valid_name
 from . import paths
 
@@ -32,14 +42,45 @@ async def list_children(driver: Driver, path: str) -> list[str]:
         return []
 
 
+def _descend(key: str) -> bool:
+    """Enter every directory but the layout's own (``_layers``...) and hidden ones: a
+    repository name's components never start with ``_`` or ``.``."""
+    return not basename(key).startswith(("_", "."))
+
+
+async def repositories_after(
+    driver: Driver, last: str | None = None, markers: Collection[str] = (paths.MANIFESTS,)
+) -> AsyncGenerator[str, None]:
+    """Repositories (valid names with one of ``markers`` below them) in the catalog's order
+    (module docstring), each once, those after ``last`` only (``last`` need not exist).
+    Reads only as far as the caller iterates: close it (``aclosing``) to stop early."""
+    root = paths.REPOSITORIES
+    # As v3: start after last's _manifests, the place last itself holds in the order.
+    start = f"{root}/{last}/{paths.MANIFESTS}" if last else ""
+    prev = None
+    async with aclosing(walk_tree(driver, root, descend=_descend, start_after=start)) as keys:
+        async for key in keys:
+            parent, base = key.rsplit("/", 1)
+            if base not in markers or parent == prev:
+                continue
+            prev = parent
+            name = paths.repo_name_from_path(parent)
+            if name and is_valid_name(name) and name != last:
+                yield name
+
+
 async def enumerate_repositories(
     driver: Driver,
     markers: Collection[str] = (paths.LAYERS, paths.MANIFESTS),
     concurrency: int = CONCURRENCY,
 ) -> list[str]:
-    """Every repository with one of ``markers`` below it, sorted. One ``list`` per
-    directory, ``concurrency`` at a time. (The reference 2.8 goes by ``_layers``; a repo
-    with manifests always has layer links, so ``_manifests`` only adds safety.)"""
+    """Every repository with one of ``markers`` below it, sorted. (The reference 2.8 goes
+    by ``_layers``; a repo with manifests always has layer links, so ``_manifests`` only
+    adds safety.) On the filesystem: one ordered walk, many directories per thread call;
+    elsewhere one ``list`` per directory, ``concurrency`` at a time."""
+    if getattr(driver, "walk_batch", None) is not None:
+        async with aclosing(repositories_after(driver, None, markers)) as names:
+            return sorted({name async for name in names})
     found: list[str] = []
     limiter = trio.CapacityLimiter(concurrency)
 

@@ -56,6 +56,8 @@ class S3Driver:
 
     name = "s3"
     hidden_until_commit = True
+    # drivers.tree walks S3 in its keys' byte order, as v3's flat S3 walk (the catalog's order)
+    lists_in_key_order = True
 
     def __init__(self, params: S3Params, *, redirect_disable: bool = False) -> None:
         self.params = params
