@@ -4,12 +4,16 @@ app from a Config as ``registry`` does; the proxy tests use tests/proxy_support.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
+from conftest import serve_asgi
 from oci import error_codes, push_image
+from proxy_support import Scope, remote, respond, start_proxy, start_upstream
 from test_ui_api import UI, serve_registry
 
 TIMEOUT = 30  # seconds any one test may take (none may hang)
@@ -32,3 +36,113 @@ async def test_odd_page_sizes_are_400_never_500(nursery: trio.Nursery, tmp_path:
         return
     assert r.status_code == 400, r.text
     assert error_codes(r) == ["PAGINATION_NUMBER_INVALID"]
+
+
+# --- the pull-through cache: what an upstream may send -----------------------------------
+
+STALL_DECLARED = 1 << 30  # the Content-Length a stalling fake upstream announces (1 GiB)
+
+
+def stalling_body(sent: int) -> Any:
+    """An ASGI answer: 200 declaring STALL_DECLARED bytes, ``sent`` bytes of them (JSON-ish
+    text), then nothing until cancelled. Reading it whole would hang, then eat memory."""
+
+    async def answer(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(STALL_DECLARED).encode()),
+            (b"content-type", b"application/json")]})
+        piece = b'{"tags":[' + b'"a",' * (256 * 1024)
+        done = 0
+        while done < sent:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            done += len(piece)
+        await trio.sleep_forever()
+
+    return answer
+
+
+async def pulled_through(nursery: trio.Nursery, roots: tuple[str, Path], **up_kw: Any
+                         ) -> tuple[Any, str]:
+    """An upstream holding ``app:1`` and a proxy (credentials puller/s3cret) that pulled
+    it through once; (the upstream, the proxy's URL)."""
+    up_root, px_root = roots
+    up, _ = await start_upstream(nursery, up_root)
+    async with httpx.AsyncClient(base_url=up.url) as upc:
+        await push_image(upc, "app", "1", layers=(b"layer",))
+    for key, value in up_kw.items():
+        setattr(up, key, value)
+    url, _, _ = await start_proxy(nursery, str(px_root), [
+        remote(up.url, username="puller", password="s3cret")])
+    async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+        assert (await c.get("/v2/app/manifests/1")).status_code == 200
+    return up, url
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[str, Path]:
+    return str(tmp_path / "upstream"), tmp_path / "proxy"
+
+
+async def test_upstream_tags_link_to_another_host_gets_no_credentials(
+        nursery: trio.Nursery, roots: tuple[str, Path]) -> None:
+    """A tags page whose ``Link`` names another host: that host is not asked (it would be
+    sent the remote's password); the tags so far are the answer."""
+    seen: list[dict[bytes, bytes]] = []
+
+    async def elsewhere(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            seen.append(dict(scope["headers"]))
+            await respond(send, 200, json.dumps({"name": "app", "tags": ["x"]}).encode())
+
+    with trio.fail_after(TIMEOUT):
+        other = await serve_asgi(nursery, elsewhere)
+
+        def fault(scope: Scope) -> Any:
+            if scope["path"].endswith("/tags/list"):
+                async def page(scope: Scope, receive: Any, send: Any) -> None:
+                    link = f'<{other}/v2/app/tags/list?last=1>; rel="next"'.encode()
+                    await respond(send, 200, b'{"name":"app","tags":["1"]}', [(b"link", link)])
+                return page
+            return None
+
+        _, url = await pulled_through(nursery, roots, auth="basic", fault=fault)
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            r = await c.get("/v2/app/tags/list")
+    assert not [h for h in seen if b"authorization" in h], "credentials sent to another host"
+    assert r.status_code == 200 and r.json()["tags"] == ["1"]
+
+
+@pytest.mark.parametrize("where", ["tags", "token"])
+async def test_endless_upstream_answers_are_read_bounded(
+        nursery: trio.Nursery, roots: tuple[str, Path], where: str) -> None:
+    """A tags page or a token answer that never ends (1 GiB announced, megabytes sent,
+    then a stall): the proxy stops reading at its cap and answers at once with the cached
+    tags, instead of buffering it until the request deadline (45 s)."""
+
+    def fault(scope: Scope) -> Any:
+        if where == "tags" and scope["path"].endswith("/tags/list"):
+            return stalling_body(24 * 1024 * 1024)
+        return None
+
+    with trio.fail_after(TIMEOUT):
+        up, url = await pulled_through(nursery, roots, fault=fault)
+        if where == "token":
+            realm = f"{up.url}/endless-token"
+
+            def token_fault(scope: Scope) -> Any:
+                if scope["path"] == "/endless-token":
+                    return stalling_body(4 * 1024 * 1024)
+
+                async def challenge(scope: Scope, receive: Any, send: Any) -> None:
+                    await respond(send, 401, b"{}", [
+                        (b"www-authenticate", f'Bearer realm="{realm}",service="up"'.encode())])
+                return challenge
+
+            up.fault = token_fault
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
+            r = await c.get("/v2/app/tags/list")
+    assert r.status_code == 200 and r.json()["tags"] == ["1"]  # the cached tags
