@@ -5,6 +5,7 @@ app from a Config as ``registry`` does; the proxy tests use tests/proxy_support.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from conftest import serve_asgi
 from oci import error_codes, push_image
 from proxy_support import Scope, remote, respond, start_proxy, start_upstream
 from test_ui_api import UI, serve_registry
+
+from registry.ops.metrics import Metrics
 
 TIMEOUT = 30  # seconds any one test may take (none may hang)
 
@@ -146,3 +149,25 @@ async def test_endless_upstream_answers_are_read_bounded(
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
             r = await c.get("/v2/app/tags/list")
     assert r.status_code == 200 and r.json()["tags"] == ["1"]  # the cached tags
+
+
+async def test_credentials_in_the_remote_url_are_never_logged_or_exported(
+        nursery: trio.Nursery, roots: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """``remoteurl: http://user:password@host`` (accepted by the config, as Go's url.Parse
+    does): the remote's label in the fetch log lines and the metrics has no userinfo."""
+    up_root, px_root = roots
+    metrics = Metrics()
+    caplog.set_level(logging.INFO, logger="registry.proxy")
+    with trio.fail_after(TIMEOUT):
+        up, _ = await start_upstream(nursery, up_root)
+        async with httpx.AsyncClient(base_url=up.url) as upc:
+            await push_image(upc, "app", "1", layers=(b"layer",))
+        with_secret = up.url.replace("http://", "http://puller:s3cret@")
+        url, _, _ = await start_proxy(nursery, str(px_root), [remote(with_secret)],
+                                      metrics=metrics)
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            assert (await c.get("/v2/app/manifests/1")).status_code == 200
+            assert (await c.get("/v2/app/manifests/nope")).status_code == 404
+    assert "upstream fetch" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert b"s3cret" not in metrics.exposition()[0]

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
@@ -66,6 +67,14 @@ _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 BLOB_HEADERS = {"user-agent": "registry-proxy", "accept-encoding": "identity"}
+
+
+def shown_url(url: str) -> str:
+    """``url`` as logs and metrics may show it: without its userinfo (a password)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class UpstreamError(Exception):
@@ -399,7 +408,8 @@ class Upstream:
         if not target.is_absolute_url:
             return link  # a path: the client joins it to the remote's URL, as before
         if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
-            log.warning("upstream %s: tags page link to another host ignored", self.url)
+            log.warning("upstream %s: tags page link to another host ignored",
+                        shown_url(self.url))
             return None
         return link
 
