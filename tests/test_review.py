@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from oci import error_codes, push_image
 from proxy_support import Scope, remote, respond, start_proxy, start_upstream
 from test_ui_api import UI, serve_registry
 
+from registry.drivers.redis import RedisClient, RedisOptions, RedisUnavailable
+from registry.drivers.redis.protocol import ProtocolError, ReplyParser
 from registry.ops.metrics import Metrics
 
 TIMEOUT = 30  # seconds any one test may take (none may hang)
@@ -171,3 +174,34 @@ async def test_credentials_in_the_remote_url_are_never_logged_or_exported(
     assert "upstream fetch" in caplog.text
     assert "s3cret" not in caplog.text
     assert b"s3cret" not in metrics.exposition()[0]
+
+
+# --- Redis: what a broken or hostile server may answer --------------------------------------
+
+NESTED = b"*1\r\n" * 100_000  # an array in an array in ... 100,000 deep (400 kB)
+
+
+async def test_deeply_nested_redis_reply_is_a_protocol_error_not_a_crash(
+        nursery: trio.Nursery) -> None:
+    """A server answering arrays nested past any command's reply: the connection is
+    dropped and the call raises RedisUnavailable (what every caller handles), never
+    RecursionError (which the HTTP layer would turn into a 500)."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(NESTED)
+        await trio.sleep_forever()
+
+    with trio.fail_after(TIMEOUT):
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = RedisClient(RedisOptions("127.0.0.1", port, max_retries=0))
+        try:
+            with pytest.raises(RedisUnavailable, match="protocol error"):
+                await client.execute("GET", "k")
+        finally:
+            await client.aclose()
+    parser = ReplyParser()
+    parser.feed(NESTED)
+    with pytest.raises(ProtocolError):
+        list(parser.replies())
