@@ -21,6 +21,7 @@ from test_ui_api import UI, serve_registry
 from registry.drivers.redis import RedisClient, RedisOptions, RedisUnavailable
 from registry.drivers.redis.protocol import ProtocolError, ReplyParser
 from registry.ops.metrics import Metrics
+from registry.proxy import upstream as upstream_module
 
 TIMEOUT = 30  # seconds any one test may take (none may hang)
 
@@ -205,3 +206,23 @@ async def test_deeply_nested_redis_reply_is_a_protocol_error_not_a_crash(
     parser.feed(NESTED)
     with pytest.raises(ProtocolError):
         list(parser.replies())
+
+
+async def test_names_asked_leave_no_token_lock_and_at_most_max_tokens(
+        nursery: trio.Nursery, roots: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are the client's choice: asking for many (each its own bearer scope) leaves no
+    lock behind and keeps at most MAX_TOKENS tokens (4 here), not one of each per name."""
+    monkeypatch.setattr(upstream_module, "MAX_TOKENS", 4, raising=False)
+    up_root, px_root = roots
+    with trio.fail_after(TIMEOUT):
+        up, _ = await start_upstream(nursery, up_root, auth="bearer")
+        url, _, cache = await start_proxy(nursery, str(px_root), [
+            remote(up.url, username="puller", password="s3cret")])
+        async with httpx.AsyncClient(base_url=url, timeout=20) as c:
+            for i in range(12):
+                r = await c.get(f"/v2/name{i}/manifests/latest")
+                assert r.status_code == 404, r.text
+    client = cache.remotes[0].upstream
+    assert up.tokens_issued >= 12  # a token per scope was fetched
+    assert client._token_locks == {}
+    assert len(client._tokens) <= 4

@@ -48,6 +48,10 @@ MAX_KEEPALIVE = 16  # idle connections kept per remote per worker
 TOKEN_DEFAULT_EXPIRY = 60.0  # seconds: the token spec's default for a missing expires_in
 TOKEN_EARLY = 5.0  # seconds: a token this close to expiry is fetched again (clock skew)
 MAX_TOKEN_BYTES = 1 << 20  # a token answer larger than this is not a token answer
+# tokens kept (one per repository scope): clients choose the names, so without a bound
+# every name ever asked for would stay in memory; past it expired and then the soonest
+# expiring tokens are dropped (a dropped token is fetched again on the next 401)
+MAX_TOKENS = 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # as pushes (storage.manifests.MAX_MANIFEST_BYTES)
 MAX_TAG_PAGES = 100  # Link pages followed when listing an upstream's tags
 # bytes of tags pages read in all for one listing: ~500,000 tags of 32 characters, more
@@ -189,37 +193,56 @@ class Upstream:
         """Get a token for ``scope`` from the challenge's realm (one fetch per scope at a
         time: concurrent requests wait for it instead of stampeding the token server)."""
         lock = self._token_locks.setdefault(scope, trio.Lock())
-        async with lock:
-            cached = self._tokens.get(scope)
-            if cached is not None and cached[1] > time.monotonic() + TOKEN_EARLY:
-                return
-            realm = params.get("realm")
-            if not realm:
-                raise UpstreamError("unauthorized", "bearer challenge without a realm")
-            query = {"scope": scope}
-            if params.get("service"):
-                query["service"] = params["service"]
-            auth = httpx.BasicAuth(*self._basic_pair()) if self._basic else None
-            try:
-                # streamed and read up to MAX_TOKEN_BYTES: the realm is the upstream's word
-                req = self._client.build_request("GET", realm, params=query)
-                r = await self._client.send(req, auth=auth, stream=True)
-            except httpx.HTTPError as e:
-                raise UpstreamError("unreachable", f"token server: {type(e).__name__}") from None
-            if r.status_code != 200:
-                await r.aclose()
-                raise UpstreamError(_kind_of(r.status_code) if r.status_code != 404 else "unauthorized",
-                                    f"token server answered {r.status_code}")
-            body = await _read_capped(r, MAX_TOKEN_BYTES, "token server", "unauthorized")
-            try:
-                doc = json.loads(body)
-                token = doc.get("token") or doc.get("access_token")
-                expires = float(doc.get("expires_in") or TOKEN_DEFAULT_EXPIRY)
-            except (ValueError, AttributeError, TypeError):
-                raise UpstreamError("unauthorized", "token server sent no token") from None
-            if not isinstance(token, str) or not token:
-                raise UpstreamError("unauthorized", "token server sent no token")
-            self._tokens[scope] = (token, time.monotonic() + max(expires - TOKEN_EARLY, 1.0))
+        try:
+            async with lock:
+                await self._fetch_token_locked(scope, params)
+        finally:
+            if not lock.locked() and self._token_locks.get(scope) is lock:
+                del self._token_locks[scope]  # no one waits: one lock per name asked is a leak
+
+    def _keep_token(self, scope: str, token: str, expires_at: float) -> None:
+        """Keep ``token`` for ``scope``, at most MAX_TOKENS in all (see the constant)."""
+        self._tokens[scope] = (token, expires_at)
+        if len(self._tokens) <= MAX_TOKENS:
+            return
+        now = time.monotonic()
+        for key in [k for k, (_, at) in self._tokens.items() if at <= now]:
+            del self._tokens[key]
+        while len(self._tokens) > MAX_TOKENS:
+            del self._tokens[min(self._tokens, key=lambda k: self._tokens[k][1])]
+
+    async def _fetch_token_locked(self, scope: str, params: Mapping[str, str]) -> None:
+        """The body of :meth:`_fetch_token`, under its scope's lock."""
+        cached = self._tokens.get(scope)
+        if cached is not None and cached[1] > time.monotonic() + TOKEN_EARLY:
+            return
+        realm = params.get("realm")
+        if not realm:
+            raise UpstreamError("unauthorized", "bearer challenge without a realm")
+        query = {"scope": scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        auth = httpx.BasicAuth(*self._basic_pair()) if self._basic else None
+        try:
+            # streamed and read up to MAX_TOKEN_BYTES: the realm is the upstream's word
+            req = self._client.build_request("GET", realm, params=query)
+            r = await self._client.send(req, auth=auth, stream=True)
+        except httpx.HTTPError as e:
+            raise UpstreamError("unreachable", f"token server: {type(e).__name__}") from None
+        if r.status_code != 200:
+            await r.aclose()
+            raise UpstreamError(_kind_of(r.status_code) if r.status_code != 404 else "unauthorized",
+                                f"token server answered {r.status_code}")
+        body = await _read_capped(r, MAX_TOKEN_BYTES, "token server", "unauthorized")
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+            expires = float(doc.get("expires_in") or TOKEN_DEFAULT_EXPIRY)
+        except (ValueError, AttributeError, TypeError):
+            raise UpstreamError("unauthorized", "token server sent no token") from None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError("unauthorized", "token server sent no token")
+        self._keep_token(scope, token, time.monotonic() + max(expires - TOKEN_EARLY, 1.0))
 
     async def _send(self, method: str, path: str, repo: str,
                     headers: Mapping[str, str] | None = None) -> httpx.Response:
