@@ -124,7 +124,7 @@ def _page_params(req: Request) -> tuple[int | None, str | None]:
     raw_n = req.q("n")
     n: int | None = None
     if raw_n is not None and raw_n != "":
-        if not raw_n.isdigit() or len(raw_n) > 9 or int(raw_n) > MAX_PAGE:
+        if not (raw_n.isascii() and raw_n.isdigit()) or len(raw_n) > 9 or int(raw_n) > MAX_PAGE:
             raise RegistryError(
                 ErrorCode.PAGINATION_NUMBER_INVALID,
                 f"n must be an integer between 0 and {MAX_PAGE}",

@@ -45,7 +45,7 @@ from ..errors import ErrorCode, RegistryError, unwrap
 from ..storage.manifest_store import Manifest
 from ..storage.store import Storage
 from .expiry import Expiry
-from .upstream import Upstream, UpstreamError
+from .upstream import Upstream, UpstreamError, shown_url
 
 log = logging.getLogger("registry.proxy")
 
@@ -80,7 +80,9 @@ class Remote:
 
     @property
     def label(self) -> str:
-        return self.config.prefix or self.config.remoteurl
+        """The remote's name in logs and metrics: its prefix, else its URL without any
+        ``user:password@`` (the config accepts credentials in the URL)."""
+        return self.config.prefix or shown_url(self.config.remoteurl)
 
 
 @dataclass

@@ -18,9 +18,11 @@ Errors are :class:`UpstreamError` with a ``kind`` (the metric label): ``unreacha
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
@@ -46,8 +48,15 @@ MAX_KEEPALIVE = 16  # idle connections kept per remote per worker
 TOKEN_DEFAULT_EXPIRY = 60.0  # seconds: the token spec's default for a missing expires_in
 TOKEN_EARLY = 5.0  # seconds: a token this close to expiry is fetched again (clock skew)
 MAX_TOKEN_BYTES = 1 << 20  # a token answer larger than this is not a token answer
+# tokens kept (one per repository scope): clients choose the names, so without a bound
+# every name ever asked for would stay in memory; past it expired and then the soonest
+# expiring tokens are dropped (a dropped token is fetched again on the next 401)
+MAX_TOKENS = 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # as pushes (storage.manifests.MAX_MANIFEST_BYTES)
 MAX_TAG_PAGES = 100  # Link pages followed when listing an upstream's tags
+# bytes of tags pages read in all for one listing: ~500,000 tags of 32 characters, more
+# than any real repository has; past it the listing fails (the cached tags are served)
+MAX_TAGS_BYTES = 16 * 1024 * 1024
 # Bytes per socket read from an upstream. httpcore reads 64 KiB at a time; every piece then
 # costs its way down the pipeline (h11, the client's channel, the response, the storage
 # pump), and a cold 256 MiB pull spent 3x the CPU of 1 MiB reads (1.6 s vs 0.54 s here).
@@ -62,6 +71,14 @@ _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 BLOB_HEADERS = {"user-agent": "registry-proxy", "accept-encoding": "identity"}
+
+
+def shown_url(url: str) -> str:
+    """``url`` as logs and metrics may show it: without its userinfo (a password)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class UpstreamError(Exception):
@@ -176,33 +193,56 @@ class Upstream:
         """Get a token for ``scope`` from the challenge's realm (one fetch per scope at a
         time: concurrent requests wait for it instead of stampeding the token server)."""
         lock = self._token_locks.setdefault(scope, trio.Lock())
-        async with lock:
-            cached = self._tokens.get(scope)
-            if cached is not None and cached[1] > time.monotonic() + TOKEN_EARLY:
-                return
-            realm = params.get("realm")
-            if not realm:
-                raise UpstreamError("unauthorized", "bearer challenge without a realm")
-            query = {"scope": scope}
-            if params.get("service"):
-                query["service"] = params["service"]
-            auth = httpx.BasicAuth(*self._basic_pair()) if self._basic else None
-            try:
-                r = await self._client.get(realm, params=query, auth=auth)
-            except httpx.HTTPError as e:
-                raise UpstreamError("unreachable", f"token server: {type(e).__name__}") from None
-            if r.status_code != 200 or len(r.content) > MAX_TOKEN_BYTES:
-                raise UpstreamError(_kind_of(r.status_code) if r.status_code != 404 else "unauthorized",
-                                    f"token server answered {r.status_code}")
-            try:
-                doc = r.json()
-                token = doc.get("token") or doc.get("access_token")
-                expires = float(doc.get("expires_in") or TOKEN_DEFAULT_EXPIRY)
-            except (ValueError, AttributeError, TypeError):
-                raise UpstreamError("unauthorized", "token server sent no token") from None
-            if not isinstance(token, str) or not token:
-                raise UpstreamError("unauthorized", "token server sent no token")
-            self._tokens[scope] = (token, time.monotonic() + max(expires - TOKEN_EARLY, 1.0))
+        try:
+            async with lock:
+                await self._fetch_token_locked(scope, params)
+        finally:
+            if not lock.locked() and self._token_locks.get(scope) is lock:
+                del self._token_locks[scope]  # no one waits: one lock per name asked is a leak
+
+    def _keep_token(self, scope: str, token: str, expires_at: float) -> None:
+        """Keep ``token`` for ``scope``, at most MAX_TOKENS in all (see the constant)."""
+        self._tokens[scope] = (token, expires_at)
+        if len(self._tokens) <= MAX_TOKENS:
+            return
+        now = time.monotonic()
+        for key in [k for k, (_, at) in self._tokens.items() if at <= now]:
+            del self._tokens[key]
+        while len(self._tokens) > MAX_TOKENS:
+            del self._tokens[min(self._tokens, key=lambda k: self._tokens[k][1])]
+
+    async def _fetch_token_locked(self, scope: str, params: Mapping[str, str]) -> None:
+        """The body of :meth:`_fetch_token`, under its scope's lock."""
+        cached = self._tokens.get(scope)
+        if cached is not None and cached[1] > time.monotonic() + TOKEN_EARLY:
+            return
+        realm = params.get("realm")
+        if not realm:
+            raise UpstreamError("unauthorized", "bearer challenge without a realm")
+        query = {"scope": scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        auth = httpx.BasicAuth(*self._basic_pair()) if self._basic else None
+        try:
+            # streamed and read up to MAX_TOKEN_BYTES: the realm is the upstream's word
+            req = self._client.build_request("GET", realm, params=query)
+            r = await self._client.send(req, auth=auth, stream=True)
+        except httpx.HTTPError as e:
+            raise UpstreamError("unreachable", f"token server: {type(e).__name__}") from None
+        if r.status_code != 200:
+            await r.aclose()
+            raise UpstreamError(_kind_of(r.status_code) if r.status_code != 404 else "unauthorized",
+                                f"token server answered {r.status_code}")
+        body = await _read_capped(r, MAX_TOKEN_BYTES, "token server", "unauthorized")
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+            expires = float(doc.get("expires_in") or TOKEN_DEFAULT_EXPIRY)
+        except (ValueError, AttributeError, TypeError):
+            raise UpstreamError("unauthorized", "token server sent no token") from None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError("unauthorized", "token server sent no token")
+        self._keep_token(scope, token, time.monotonic() + max(expires - TOKEN_EARLY, 1.0))
 
     async def _send(self, method: str, path: str, repo: str,
                     headers: Mapping[str, str] | None = None) -> httpx.Response:
@@ -360,24 +400,68 @@ class Upstream:
     async def _tags(self, repo: str) -> list[str]:
         path: str | None = f"/v2/{repo}/tags/list"
         found: list[str] = []
+        budget = MAX_TAGS_BYTES
         for _ in range(MAX_TAG_PAGES):
             if path is None:
                 break
             resp = await self._send("GET", path, repo)
             if resp.status_code != 200:
                 raise await self._fail(resp, "tags list")
+            body = await _read_capped(resp, budget, "tags list", "status")
+            budget -= len(body)
             try:
-                await resp.aread()
-                doc = resp.json()
-            except (httpx.HTTPError, ValueError):
+                doc = json.loads(body)
+                found.extend(t for t in (doc.get("tags") or []) if isinstance(t, str))
+            except (ValueError, AttributeError, TypeError):
                 raise UpstreamError("status", "tags list: not JSON") from None
-            finally:
-                await resp.aclose()
-            found.extend(t for t in (doc.get("tags") or []) if isinstance(t, str))
             link = resp.headers.get("link", "")
             m = re.match(r"\s*<([^>]+)>", link)
-            path = m.group(1) if m and 'rel="next"' in link else None
+            path = self._same_origin(m.group(1)) if m and 'rel="next"' in link else None
         return sorted(set(found))
+
+    def _same_origin(self, link: str) -> str | None:
+        """``link`` (a tags page's next page) if it is on the remote's own scheme, host and
+        port, else None (the listing ends there): every request to the remote carries its
+        credentials, which another host must never get."""
+        base = httpx.URL(self.url)
+        try:
+            target = httpx.URL(link)
+        except (httpx.InvalidURL, ValueError):
+            return None
+        if not target.is_absolute_url:
+            return link  # a path: the client joins it to the remote's URL, as before
+        if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+            log.warning("upstream %s: tags page link to another host ignored",
+                        shown_url(self.url))
+            return None
+        return link
+
+
+async def _read_capped(resp: httpx.Response, limit: int, what: str, kind: str) -> bytes:
+    """``resp``'s (decoded) body, closing it; UpstreamError ``kind`` past ``limit`` bytes
+    (read no further: an answer may be endless), ``unreachable`` on a transport error."""
+    body = bytearray()
+    over = False
+    try:
+        async for chunk in resp.aiter_bytes():
+            if over:
+                continue
+            body += chunk
+            if len(body) > limit:
+                # Close the connection and let the iteration end by the read error that
+                # follows: breaking out would leave httpx's nested generators unfinished.
+                over = True
+                body.clear()
+                await resp.aclose()
+    except (httpx.HTTPError, httpx.StreamError) as e:
+        if not over:
+            raise UpstreamError("unreachable", f"{what}: {type(e).__name__}") from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await resp.aclose()
+    if over:
+        raise UpstreamError(kind, f"{what}: answer larger than {limit} bytes")
+    return bytes(body)
 
 
 async def _translated(pieces: AsyncIterator[bytearray], what: str) -> AsyncIterator[bytes]:

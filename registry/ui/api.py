@@ -26,6 +26,7 @@ from .service import UIService
 
 DEFAULT_PAGE = 100  # repositories per page unless ?n= says otherwise
 MAX_PAGE = 1000  # the largest ?n= (API.md)
+MAX_N_DIGITS = 9  # digits of ?n= converted; a longer n (not all zeros) is MAX_PAGE
 MAX_QUERY = 255  # a filter longer than any repository name matches nothing anyway
 TAG_CONCURRENCY = 16  # tags of one repository read at once
 
@@ -82,9 +83,12 @@ def page_size(req: Request) -> int:
     raw = req.q("n")
     if raw is None or raw == "":
         return DEFAULT_PAGE
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+    digits = raw.lstrip("0")
+    if not (raw.isascii() and raw.isdigit()) or not digits:
         raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"n": raw[:20]})
-    return min(int(raw), MAX_PAGE)
+    # int() refuses more than 4300 digits; any n that long is above MAX_PAGE anyway
+    return MAX_PAGE if len(digits) > MAX_N_DIGITS else min(int(digits), MAX_PAGE)
 
 
 async def repositories(svc: Services, req: Request) -> Response:

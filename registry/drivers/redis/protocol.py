@@ -25,6 +25,9 @@ CRLF = b"\r\n"
 MAX_BULK = 512 * 1024 * 1024  # bytes: Redis's own proto-max-bulk-len default
 MAX_ARRAY = 1 << 20  # elements; a reply this long from our commands is a broken stream
 MAX_LINE = 64 * 1024  # bytes of a type/length/status line before we call the stream broken
+# arrays within arrays: our commands' replies nest one or two deep; a deeper stream is
+# broken, and parsing it would recurse until Python's RecursionError
+MAX_DEPTH = 32
 
 Arg: TypeAlias = bytes | str | int
 
@@ -124,7 +127,9 @@ class ReplyParser:
         except ValueError:
             raise ProtocolError(f"bad integer {text[:32]!r}") from None
 
-    def _parse(self) -> Reply:
+    def _parse(self, depth: int = 0) -> Reply:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"arrays nested more than {MAX_DEPTH} deep")
         if self._pos >= len(self._buf):
             raise _Incomplete
         line = self._line()
@@ -154,5 +159,5 @@ class ReplyParser:
                 return None
             if n < 0 or n > MAX_ARRAY:
                 raise ProtocolError(f"bad array length {n}")
-            return [self._parse() for _ in range(n)]
+            return [self._parse(depth + 1) for _ in range(n)]
         raise ProtocolError(f"unknown reply type {kind!r}")
