@@ -15,9 +15,11 @@ import trio
 from oci import digest, push_blob, push_image
 from proxy_support import remote, start_proxy, start_upstream
 
+from registry.config.model import RemoteConfig
 from registry.digest import Digest
 from registry.drivers.memory import MemoryDriver
 from registry.errors import RegistryError
+from registry.proxy.cache import ProxyCache
 from registry.proxy.expiry import Expiry
 from registry.storage import paths
 from registry.storage.store import Storage
@@ -147,3 +149,30 @@ async def test_expiry_survives_a_restart_of_the_proxy(nursery, tmp_path: Path):
         while blob_link.exists() or tag.exists() or await cache.expiry.entries():
             await trio.sleep(0.05)
         assert digest(b"layer data") == d
+
+
+async def test_beside_local_repositories_an_expired_blob_is_unlinked_and_its_data_left_to_gc(
+        autojump_clock):
+    """Prefixed remotes only: a local push may link the digest during the sweep, so the
+    sweeper never deletes blob data there (the collector's protocol does it safely)."""
+    st = Storage(MemoryDriver())
+    expiry = Expiry(st, clock=lambda: BASE + trio.current_time(), lock_confirm=0,
+                    delete_data=False)
+    d = await _blob(st, "hub/library/alpine", b"cached layer")
+    await expiry.add_blob("hub/library/alpine", d, HOUR)
+    await trio.sleep(2 * HOUR)
+    assert await expiry.sweep() == 1
+    assert not await st.blobs.is_linked("hub/library/alpine", d)
+    assert await st.blobs.size(d) is not None  # data kept: only the GC deletes it here
+
+
+@pytest.mark.parametrize(("prefixes", "deletes"), [
+    ([""], True),  # registry:3's proxy.remoteurl: a pure mirror, nobody pushes
+    (["hub", ""], True),  # a catch-all beside a prefix: still every name proxied
+    (["hub"], False),  # local repositories beside the remote: leave data to the GC
+    (["hub", "ghcr"], False),
+])
+def test_blob_data_is_deleted_on_expiry_only_in_a_pure_mirror(prefixes, deletes) -> None:
+    remotes = [RemoteConfig(prefix=p, remoteurl="http://127.0.0.1:9") for p in prefixes]
+    cache = ProxyCache(Storage(MemoryDriver()), remotes)
+    assert cache.expiry.delete_data is deletes

@@ -128,7 +128,10 @@ class ProxyCache:
                  clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.remotes = tuple(Remote(c, Upstream(c, transport)) for c in remotes)
-        self.expiry = Expiry(storage, clock=clock)
+        # Blob data is deleted on expiry only in a pure mirror: beside local repositories
+        # a push could link the digest during the sweep (expiry.py's module doc).
+        self.expiry = Expiry(storage, clock=clock,
+                             delete_data=any(not c.prefix for c in remotes))
         self.metrics = metrics
         self._inflight: dict[tuple[str, Digest], Fetch] = {}
         self._nursery: trio.Nursery | None = None

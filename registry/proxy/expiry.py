@@ -18,9 +18,14 @@ started on the same storage later finds every entry (and our re-import of it is 
 Removal, by one worker or replica at a time (the storage's collection lock,
 ``storage/gc_lock.py``, which also keeps it apart from an online garbage collection):
 - a manifest: its revision link and every tag on it (registry:3: ``manifests.Delete``);
-- a blob: the repository's layer link, then the blob's data when no other repository
-  links it (registry:3 removes the data whatever links it; a blob another repository still
-  uses must not vanish under it).
+- a blob: the repository's layer link, then, in a pure mirror (a catch-all remote: every
+  name is proxied, nobody pushes), the blob's data when no other repository links it
+  (registry:3 removes the data whatever links it; a blob another repository still uses
+  must not vanish under it). Beside local repositories (prefixed remotes only) the data is
+  left to the garbage collector: a local push or mount may link the same digest between
+  the sweeper's link check and its delete, and only the collector's trash-settle-rescan
+  protocol (storage/gc_online.py) closes that window, so an unlinked blob's space comes
+  back at the next online (``gc.online``) or offline collection.
 Due entries are listed again under the lock: one fetched again meanwhile has a later key
 and stays. The file is rewritten at most every EXPORT_INTERVAL unless entries were removed.
 """
@@ -80,8 +85,12 @@ class Expiry:
     """The entries and the sweeper (see the module doc). ``clock``: unix seconds."""
 
     def __init__(self, storage: Storage, *, clock: Callable[[], float] = time.time,
-                 interval: float = SWEEP_INTERVAL, lock_confirm: float = LOCK_CONFIRM) -> None:
+                 interval: float = SWEEP_INTERVAL, lock_confirm: float = LOCK_CONFIRM,
+                 delete_data: bool = True) -> None:
+        """``delete_data``: remove an expired blob's data when nothing else links it; only
+        safe when no local push can link it meanwhile (see the module doc)."""
         self.storage = storage
+        self.delete_data = delete_data
         self.driver = storage.driver
         self.clock = clock
         self.interval = interval
@@ -224,7 +233,7 @@ class Expiry:
                 await st.blobs.unlink(e.name, e.digest)
             except RegistryError:
                 pass  # not linked any more
-            if not await self._linked_elsewhere(e.digest):
+            if self.delete_data and not await self._linked_elsewhere(e.digest):
                 try:
                     await self.driver.delete(paths.blob_dir(e.digest))
                 except PathNotFound:
