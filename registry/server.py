@@ -321,6 +321,12 @@ def run(config: Config) -> int:
     for host, port, *_ in bound:
         log.info("registry listening on %s://%s (%d worker%s)", scheme, listen.display(host, port),
                  n, "s" * (n > 1))
+    if config.ui_enabled and bound:
+        # A URL a browser on this machine can open (a wildcard address cannot be opened).
+        host, port = bound[0][0], bound[0][1]
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        log.info("web UI: %s://%s%s/ui/", scheme, listen.display(shown, port),
+                 config.http.prefix.rstrip("/"))
     debug = _debug_sockets(config)
     multiprocess_dir = None
     if config.http.debug_prometheus_enabled and n > 1:

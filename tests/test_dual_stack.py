@@ -79,3 +79,22 @@ def test_socket_addr_unmaps_ipv4(family: int, address: object, expected: object)
 )
 def test_split_addr(addr: str, expected: tuple[str, int]) -> None:
     assert split_addr(addr) == expected
+
+
+@pytest.mark.parametrize(("addr", "prefix", "shown"), [
+    (":{port}", None, "http://localhost:{port}/ui/"),  # a wildcard: a URL a browser can open
+    ("127.0.0.1:{port}", "/reg/", "http://127.0.0.1:{port}/reg/ui/"),
+])
+def test_start_up_prints_the_web_ui_url_and_it_opens(tmp_path: Path, addr: str,
+                                                     prefix: str | None, shown: str) -> None:
+    """issue 18: the README's first command prints a URL that opens the web UI."""
+    port = e2e.free_port()
+    http: dict[str, object] = {"addr": addr.format(port=port)}
+    if prefix:
+        http["prefix"] = prefix
+    url = shown.format(port=port)
+    any_answer = lambda r: r.status_code < 500  # below a prefix, /v2/ is 404
+    with run_registry(tmp_path, {"http": http}, port=port, ready=any_answer) as reg:
+        page = httpx.get(url.replace("localhost", "127.0.0.1"), timeout=REQUEST_TIMEOUT_S)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert f"web UI: {url}" in reg.log()
