@@ -98,5 +98,8 @@ def test_redis_stopped_and_started_under_load(tmp_path, redis_server):
     assert errors == []
     down = log.count("serving from storage until it is back")
     back = log.count(" is back after ")
-    assert 1 <= down <= 2 and back == down, log[-3000:]  # once per worker that saw it
+    # Once per worker that saw it go, never per request; a worker logs the return only if a
+    # request reached it after the back-off (the kernel picks which worker a connection
+    # lands on), so at least one return line and never more than outages.
+    assert 1 <= down <= 2 and 1 <= back <= down, log[-3000:]
     assert int(redis_server.cli("DBSIZE")) > 0  # the cache filled again after the restart
